@@ -1,0 +1,170 @@
+"""Settings: environment variables ``COPBRIDGE_*`` over an optional TOML file over defaults.
+
+Validated once at start-up so a bad value stops the process with one line naming the setting,
+never a stack trace half-way through serving.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_config_file: ContextVar[Path | None] = ContextVar("copbridge_config_file", default=None)
+
+#: Labels located where they touch the ground (bottom-centre of the box), not at the box centre.
+DEFAULT_GROUND_LABELS = (
+    "person",
+    "pedestrian",
+    "people",
+    "car",
+    "truck",
+    "bus",
+    "motorcycle",
+    "bicycle",
+    "vehicle",
+    "van",
+    "tractor",
+    "trailer",
+    "animal",
+    "dog",
+    "horse",
+    "cow",
+    "sheep",
+)
+
+
+class DestinationSettings(BaseModel):
+    """One TAK destination as written in the TOML file's ``[[destinations]]`` tables."""
+
+    model_config = {"extra": "forbid"}
+
+    url: str
+    name: str | None = None
+    protocol: Literal["xml", "protobuf"] = "xml"
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    client_password: SecretStr | None = None
+    ca_file: Path | None = None
+    verify_hostname: bool = True
+    expected_hostname: str | None = None
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    keepalive_s: float = Field(default=15.0, gt=0, le=3600)
+
+
+class Settings(BaseSettings):
+    """Every knob of a copbridge process; names match the contract's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COPBRIDGE_",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    host: str = "0.0.0.0"  # noqa: S104 - the service is meant to be reachable by detectors
+    port: int = Field(default=9000, ge=1, le=65535)
+    database_url: str = "sqlite:///./var/copbridge.db"
+    data_dir: Path = Path("./var")
+    migrate_on_start: bool = True
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    destinations: Annotated[str | list[DestinationSettings], NoDecode] = ""
+    feed: str = "tcp://127.0.0.1:8088"
+    bootstrap_key: SecretStr | None = None
+
+    uid_prefix: str = Field(default="copbridge", pattern=r"^[A-Za-z0-9._:-]{1,32}$")
+    ground_labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_GROUND_LABELS
+    stale_seconds: float = Field(default=300.0, gt=0, le=7 * 86400)
+    stale_seconds_by_label: dict[str, float] = Field(default_factory=dict)
+    cot_types: dict[str, str] = Field(default_factory=dict)
+    platform_interval_s: float = Field(default=5.0, ge=0, le=3600)
+
+    group_commit_max_delay_ms: float = Field(default=2.0, ge=0, le=100)
+    group_commit_max_items: int = Field(default=512, ge=1, le=10_000)
+    sqlite_checkpoint_s: float = Field(default=30.0, gt=0)
+    max_body_bytes: int = Field(default=12 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    retention_hours: float = Field(default=24.0, gt=0)
+    run_worker: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @field_validator("ground_labels", mode="before")
+    @classmethod
+    def _split_labels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+    def redacted_database_url(self) -> str:
+        """The store URL with any password replaced, safe for logs."""
+        head, sep, tail = self.database_url.partition("@")
+        if not sep or ":" not in head.split("//", 1)[-1]:
+            return self.database_url
+        scheme, _, userinfo = head.partition("//")
+        user = userinfo.split(":", 1)[0]
+        return f"{scheme}//{user}:***@{tail}"
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line naming it."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate settings, turning any validation failure into a one-line error."""
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file {config_file} does not exist")
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None
+    except ValueError as exc:  # malformed TOML, bad env JSON
+        raise SettingsError(f"invalid configuration: {exc}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"])
+        env = f"COPBRIDGE_{field.split('.')[0].upper()}"
+        shown = error.get("input")
+        value = "" if isinstance(shown, dict | list) or shown is None else f" (got {shown!r})"
+        parts.append(f"{env}: {error['msg']}{value}")
+    return "invalid setting " + "; ".join(parts)

@@ -1,0 +1,73 @@
+"""The persistence port and its adapters: detections, outbox, audit chain, keys and tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from copbridge.store.errors import MigrationError, StoreError, StoreUnavailable
+from copbridge.store.port import Store
+from copbridge.store.records import (
+    Acceptance,
+    ApiKeyRecord,
+    AuditEntry,
+    AuditRecord,
+    ChainReport,
+    DetectionQuery,
+    DetectionRecord,
+    FeedEvent,
+    OutboxItem,
+    OutboxStats,
+    QueuedEvent,
+    RefreshTokenRecord,
+    StoredDetection,
+)
+from copbridge.store.sql import SqlStore
+from copbridge.store.writer import BatchObserver
+
+__all__ = [
+    "Acceptance",
+    "ApiKeyRecord",
+    "AuditEntry",
+    "AuditRecord",
+    "ChainReport",
+    "DetectionQuery",
+    "DetectionRecord",
+    "FeedEvent",
+    "MigrationError",
+    "OutboxItem",
+    "OutboxStats",
+    "QueuedEvent",
+    "RefreshTokenRecord",
+    "SqlStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredDetection",
+    "open_store",
+]
+
+
+def open_store(
+    url: str,
+    *,
+    checkpoint_every_s: float = 30.0,
+    max_delay_s: float = 0.002,
+    max_items: int = 512,
+    observe: BatchObserver | None = None,
+) -> SqlStore:
+    """Open the store a ``COPBRIDGE_DATABASE_URL`` names (no connection is made yet)."""
+    if url.startswith("sqlite:///"):
+        from copbridge.store.sqlite import SqliteStore, path_from_url
+
+        return SqliteStore(
+            Path(path_from_url(url)),
+            checkpoint_every_s=checkpoint_every_s,
+            max_delay_s=max_delay_s,
+            max_items=max_items,
+            observe=observe,
+        )
+    if url.startswith(("postgresql://", "postgres://")):
+        from copbridge.store.postgres import PostgresStore
+
+        return PostgresStore(url, max_delay_s=max_delay_s, max_items=max_items, observe=observe)
+    raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")

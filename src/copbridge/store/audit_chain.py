@@ -1,0 +1,74 @@
+"""The audit chain's hashing: each record's hash covers its canonical content and its predecessor.
+
+Kept pure so the store adapters, ``audit verify`` and the tests compute exactly the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+from copbridge.store.records import AuditRecord, ChainReport, JsonObject
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical(
+    seq: int,
+    at_us: int,
+    kind: str,
+    actor: str | None,
+    subject: str | None,
+    data: JsonObject,
+    prev_hash: str,
+) -> bytes:
+    body = {
+        "seq": seq,
+        "at_us": at_us,
+        "kind": kind,
+        "actor": actor,
+        "subject": subject,
+        "data": data,
+        "prev": prev_hash,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(
+    seq: int,
+    at_us: int,
+    kind: str,
+    actor: str | None,
+    subject: str | None,
+    data: JsonObject,
+    prev_hash: str,
+) -> str:
+    return hashlib.sha256(canonical(seq, at_us, kind, actor, subject, data, prev_hash)).hexdigest()
+
+
+def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
+    """Walk the records in stored order; name the first one whose link or content is broken."""
+    expected_prev = GENESIS_HASH
+    expected_seq = 1
+    count = 0
+    for rec in records:
+        count += 1
+        if rec.seq != expected_seq:
+            return ChainReport(
+                False, count, rec.seq, f"record {rec.seq} follows {expected_seq - 1}: records missing"
+            )
+        if rec.prev_hash != expected_prev:
+            return ChainReport(
+                False, count, rec.seq, f"record {rec.seq} does not link to record {rec.seq - 1}"
+            )
+        actual = record_hash(
+            rec.seq, rec.at_us, rec.kind, rec.actor, rec.subject, rec.data, rec.prev_hash
+        )
+        if actual != rec.hash:
+            return ChainReport(
+                False, count, rec.seq, f"record {rec.seq} content does not match its hash"
+            )
+        expected_prev = rec.hash
+        expected_seq += 1
+    return ChainReport(True, count)

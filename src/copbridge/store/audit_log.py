@@ -1,0 +1,85 @@
+"""Appending to and reading the hash-chained audit table inside a store transaction."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+
+from copbridge.store.audit_chain import GENESIS_HASH, record_hash
+from copbridge.store.records import AuditEntry, AuditRecord
+from copbridge.store.tx import Tx
+
+_COLUMNS = "seq, at_us, kind, actor, subject, data, prev_hash, hash"
+
+
+def append(tx: Tx, entries: Sequence[AuditEntry], at_us: int | None = None) -> None:
+    """Chain ``entries`` after the current head; the caller's transaction makes it atomic."""
+    if not entries:
+        return
+    if tx.dialect.audit_lock:
+        # Replicas append to one chain: serialise appenders until this transaction ends.
+        tx.execute(tx.dialect.audit_lock)
+    head = tx.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+    seq, prev = (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
+    when = at_us if at_us is not None else time.time_ns() // 1000
+    rows = []
+    for entry in entries:
+        seq += 1
+        digest = record_hash(seq, when, entry.kind, entry.actor, entry.subject, entry.data, prev)
+        rows.append(
+            (
+                seq,
+                when,
+                entry.kind,
+                entry.actor,
+                entry.subject,
+                json.dumps(entry.data, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+                prev,
+                digest,
+            )
+        )
+        prev = digest
+    tx.many(f"INSERT INTO audit ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
+
+
+def _record(row: tuple[object, ...]) -> AuditRecord:
+    seq, at_us, kind, actor, subject, data, prev_hash, digest = row
+    return AuditRecord(
+        seq=int(seq),  # type: ignore[call-overload]
+        at_us=int(at_us),  # type: ignore[call-overload]
+        kind=str(kind),
+        actor=None if actor is None else str(actor),
+        subject=None if subject is None else str(subject),
+        data=json.loads(str(data)),
+        prev_hash=str(prev_hash),
+        hash=str(digest),
+    )
+
+
+def page(tx: Tx, after_seq: int, limit: int, kind: str | None) -> list[AuditRecord]:
+    if kind is None:
+        rows = tx.all(
+            f"SELECT {_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        )
+    else:
+        rows = tx.all(
+            f"SELECT {_COLUMNS} FROM audit WHERE seq > ? AND kind = ? ORDER BY seq LIMIT ?",
+            (after_seq, kind, limit),
+        )
+    return [_record(r) for r in rows]
+
+
+def walk(tx: Tx, chunk: int = 5000) -> Iterator[AuditRecord]:
+    """Every record in sequence order, read in chunks so a long chain is not held in memory."""
+    after = 0
+    while True:
+        rows = tx.all(
+            f"SELECT {_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, chunk)
+        )
+        if not rows:
+            return
+        for row in rows:
+            record = _record(row)
+            after = record.seq
+            yield record

@@ -1,0 +1,127 @@
+"""The persistence port: what the rest of copbridge may ask of a store.
+
+Adapters (SQLite, PostgreSQL) implement it; one conformance suite holds them to the same behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Protocol
+
+from copbridge.store.records import (
+    Acceptance,
+    ApiKeyRecord,
+    AuditEntry,
+    AuditRecord,
+    ChainReport,
+    DetectionQuery,
+    DetectionRecord,
+    FeedEvent,
+    OutboxItem,
+    OutboxStats,
+    RefreshTokenRecord,
+    StoredDetection,
+)
+
+
+class Store(Protocol):
+    """Durable state of copbridge. Every write is committed before its call returns."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def upgrade(self) -> int:
+        """Apply pending migrations; return the schema version now in force."""
+        ...
+
+    def schema_version(self) -> int: ...
+
+    def ping(self) -> None:
+        """Answer a trivial query or raise ``StoreUnavailable`` with the reason."""
+        ...
+
+    def close(self) -> None: ...
+
+    # -- detections -----------------------------------------------------------------------------
+    def submit_detections(
+        self, records: Sequence[DetectionRecord], destinations: Sequence[str]
+    ) -> Future[list[Acceptance]]:
+        """Queue detections for the next group commit; resolves once committed (or failed)."""
+        ...
+
+    def accept_detections(
+        self, records: Sequence[DetectionRecord], destinations: Sequence[str]
+    ) -> list[Acceptance]: ...
+
+    def record_rejection(self, entry: AuditEntry) -> None: ...
+
+    def get_detection(self, detection_id: str) -> StoredDetection | None: ...
+
+    def list_detections(self, query: DetectionQuery) -> list[StoredDetection]: ...
+
+    def put_image(self, sha256: str, media_type: str, data: bytes) -> None: ...
+
+    def get_image(self, sha256: str) -> tuple[str, bytes] | None: ...
+
+    def claim_platform_slot(self, sensor_id: str, now_us: int, interval_us: int) -> bool:
+        """True when the sensor's platform event is due (and marks it emitted)."""
+        ...
+
+    # -- outbox ---------------------------------------------------------------------------------
+    def claim(
+        self, destination: str, owner: str, limit: int, lease_us: int, now_us: int
+    ) -> list[OutboxItem]:
+        """Lease up to ``limit`` due rows; expire stale ones and supersede older ones per uid."""
+        ...
+
+    def mark_sent(self, items: Sequence[OutboxItem], now_us: int) -> int:
+        """Mark rows sent, only where the claim token still matches (fencing)."""
+        ...
+
+    def release(
+        self, items: Sequence[OutboxItem], error: str, next_attempt_us: int, now_us: int
+    ) -> int: ...
+
+    def outbox_stats(self, destinations: Sequence[str]) -> list[OutboxStats]: ...
+
+    def purge(self, done_before_us: int, now_us: int) -> int: ...
+
+    def feed_since(self, after_seq: int, now_us: int, limit: int = 1000) -> list[FeedEvent]: ...
+
+    def feed_snapshot(self, now_us: int) -> list[FeedEvent]:
+        """The newest non-stale event of every uid, for replay to a newly connected client."""
+        ...
+
+    # -- audit ----------------------------------------------------------------------------------
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None: ...
+
+    def audit_records(
+        self, after_seq: int = 0, limit: int = 100, kind: str | None = None
+    ) -> list[AuditRecord]: ...
+
+    def verify_audit(self) -> ChainReport: ...
+
+    # -- keys and tokens ------------------------------------------------------------------------
+    def create_key(self, record: ApiKeyRecord, actor: str | None) -> None: ...
+
+    def get_key(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    def list_keys(self) -> list[ApiKeyRecord]: ...
+
+    def revoke_key(self, key_id: str, now_us: int, actor: str | None) -> bool: ...
+
+    def touch_key(self, key_id: str, now_us: int) -> None: ...
+
+    def count_keys(self) -> int: ...
+
+    def add_refresh_token(self, record: RefreshTokenRecord) -> None: ...
+
+    def use_refresh_token(self, jti: str, now_us: int) -> tuple[str, RefreshTokenRecord | None]:
+        """Mark a refresh token used: ("ok"|"reused"|"unknown"|"revoked"|"expired", record)."""
+        ...
+
+    def revoke_token(self, jti: str, expires_us: int, actor: str | None) -> None: ...
+
+    def is_token_revoked(self, jti: str) -> bool: ...

@@ -1,0 +1,717 @@
+"""The store port implemented once in portable SQL; the adapters supply connections and dialect.
+
+Writes go through the group-commit writer; reads use a connection per calling thread.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from copbridge.store import audit_log
+from copbridge.store.audit_chain import verify_chain
+from copbridge.store.errors import StoreUnavailable
+from copbridge.store.migrations import apply_migrations, current_version
+from copbridge.store.records import (
+    Acceptance,
+    ApiKeyRecord,
+    AuditEntry,
+    AuditRecord,
+    ChainReport,
+    DetectionQuery,
+    DetectionRecord,
+    FeedEvent,
+    OutboxItem,
+    OutboxStats,
+    RefreshTokenRecord,
+    StoredDetection,
+)
+from copbridge.store.tx import Dialect, Tx, placeholders
+from copbridge.store.writer import BatchObserver, GroupWriter
+
+T = TypeVar("T")
+
+_DETECTION_COLUMNS = (
+    "id, seq, time_us, received_us, sensor_id, label, detection, answer, cot_xml, image_sha256"
+)
+_KEY_COLUMNS = (
+    "key_id, name, secret_hash, scopes, created_us, expires_us, last_used_us, revoked_us"
+)
+_REFRESH_COLUMNS = "jti, family, key_id, issued_us, expires_us, used_us, revoked_us"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+class SqlStore:
+    """Shared implementation of :class:`copbridge.store.port.Store`."""
+
+    def __init__(
+        self,
+        *,
+        dialect: Dialect,
+        connect: Callable[[], Any],
+        is_store_error: Callable[[BaseException], bool],
+        idle: Callable[[Any], None] | None = None,
+        idle_every_s: float = 30.0,
+        max_delay_s: float = 0.002,
+        max_items: int = 512,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self._dialect = dialect
+        self._connect = connect
+        self._is_store_error = is_store_error
+        self._local = threading.local()
+        self._readers: list[Any] = []
+        self._readers_lock = threading.Lock()
+        self._writer: GroupWriter[Any] = GroupWriter(
+            connect=connect,
+            begin=lambda c: c.execute(dialect.begin_write),
+            commit=lambda c: c.execute("COMMIT"),
+            rollback=lambda c: c.execute("ROLLBACK"),
+            savepoint=lambda c, sql: c.execute(sql),
+            is_store_error=is_store_error,
+            close=lambda c: c.close(),
+            idle=idle,
+            idle_every_s=idle_every_s,
+            max_delay_s=max_delay_s,
+            max_items=max_items,
+            observe=observe,
+        )
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect.name
+
+    def _write(self, job: Callable[[Tx], T]) -> Future[T]:
+        dialect = self._dialect
+        return self._writer.submit(lambda conn: job(Tx(conn, dialect)))
+
+    def _write_now(self, job: Callable[[Tx], T]) -> T:
+        return self._write(job).result(timeout=60)
+
+    def _read(self, job: Callable[[Tx], T]) -> T:
+        conn = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = self._connect()
+                self._local.conn = conn
+                with self._readers_lock:
+                    self._readers.append(conn)
+            return job(Tx(conn, self._dialect))
+        except Exception as exc:
+            if self._is_store_error(exc):
+                self._drop_reader(conn)
+                raise StoreUnavailable(f"the store cannot be read: {exc}") from exc
+            raise
+
+    def _drop_reader(self, conn: Any) -> None:
+        self._local.conn = None
+        if conn is None:
+            return
+        with self._readers_lock:
+            if conn in self._readers:
+                self._readers.remove(conn)
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001, S110 - the connection is already broken
+            pass
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def upgrade(self) -> int:
+        return self._writer.run(lambda conn: apply_migrations(Tx(conn, self._dialect)))
+
+    def schema_version(self) -> int:
+        return self._read(current_version)
+
+    def ping(self) -> None:
+        self._read(lambda tx: tx.one("SELECT 1"))
+
+    def close(self) -> None:
+        self._writer.close()
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001, S110 - closing on shutdown, best effort
+                pass
+
+    # -- detections -----------------------------------------------------------------------------
+
+    def submit_detections(
+        self, records: Sequence[DetectionRecord], destinations: Sequence[str]
+    ) -> Future[list[Acceptance]]:
+        records = list(records)
+        targets = tuple(destinations)
+        return self._write(lambda tx: [_accept(tx, r, targets) for r in records])
+
+    def accept_detections(
+        self, records: Sequence[DetectionRecord], destinations: Sequence[str]
+    ) -> list[Acceptance]:
+        return self.submit_detections(records, destinations).result(timeout=60)
+
+    def record_rejection(self, entry: AuditEntry) -> None:
+        self.append_audit([entry])
+
+    def get_detection(self, detection_id: str) -> StoredDetection | None:
+        row = self._read(
+            lambda tx: tx.one(
+                f"SELECT {_DETECTION_COLUMNS} FROM detections WHERE id = ?", (detection_id,)
+            )
+        )
+        return None if row is None else _detection(row)
+
+    def list_detections(self, query: DetectionQuery) -> list[StoredDetection]:
+        where, params = ["1=1"], []
+        for clause, value in (
+            ("time_us >= ?", query.since_us),
+            ("time_us < ?", query.until_us),
+            ("sensor_id = ?", query.sensor_id),
+            ("label = ?", query.label),
+            ("seq > ?", query.after_seq),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = (
+            f"SELECT {_DETECTION_COLUMNS} FROM detections WHERE {' AND '.join(where)} "
+            "ORDER BY seq LIMIT ?"
+        )
+        rows = self._read(lambda tx: tx.all(sql, [*params, query.limit]))
+        return [_detection(r) for r in rows]
+
+    def put_image(self, sha256: str, media_type: str, data: bytes) -> None:
+        self._write_now(
+            lambda tx: tx.execute(
+                "INSERT INTO images (sha256, media_type, size, data, created_us) "
+                "VALUES (?,?,?,?,?) ON CONFLICT (sha256) DO NOTHING",
+                (sha256, media_type, len(data), data, _now_us()),
+            )
+        )
+
+    def get_image(self, sha256: str) -> tuple[str, bytes] | None:
+        row = self._read(
+            lambda tx: tx.one("SELECT media_type, data FROM images WHERE sha256 = ?", (sha256,))
+        )
+        if row is None or row[1] is None:
+            return None
+        return str(row[0]), bytes(row[1])
+
+    def claim_platform_slot(self, sensor_id: str, now_us: int, interval_us: int) -> bool:
+        def job(tx: Tx) -> bool:
+            row = tx.one(
+                "INSERT INTO platform_marks (sensor_id, emitted_us) VALUES (?, ?) "
+                "ON CONFLICT (sensor_id) DO UPDATE SET emitted_us = excluded.emitted_us "
+                "WHERE platform_marks.emitted_us <= ? RETURNING sensor_id",
+                (sensor_id, now_us, now_us - interval_us),
+            )
+            return row is not None
+
+        return self._write_now(job)
+
+    # -- outbox ---------------------------------------------------------------------------------
+
+    def claim(
+        self, destination: str, owner: str, limit: int, lease_us: int, now_us: int
+    ) -> list[OutboxItem]:
+        return self._write_now(
+            lambda tx: _claim(tx, destination, owner, limit, lease_us, now_us)
+        )
+
+    def mark_sent(self, items: Sequence[OutboxItem], now_us: int) -> int:
+        if not items:
+            return 0
+        batch = list(items)
+
+        def job(tx: Tx) -> int:
+            done = 0
+            for token, ids in _by_token(batch).items():
+                rows = tx.all(
+                    f"UPDATE outbox SET state = 'sent', done_us = ?, claim_token = NULL, "
+                    f"lease_until_us = NULL WHERE claim_token = ? AND state = 'pending' "
+                    f"AND id IN ({placeholders(len(ids))}) RETURNING id",
+                    (now_us, token, *ids),
+                )
+                done += len(rows)
+            if done:
+                audit_log.append(
+                    tx,
+                    [
+                        AuditEntry(
+                            kind="delivery.sent",
+                            subject=batch[0].destination,
+                            data={
+                                "count": done,
+                                "outbox_ids": [i.id for i in batch],
+                                "uids": sorted({i.uid for i in batch}),
+                            },
+                        )
+                    ],
+                    now_us,
+                )
+            return done
+
+        return self._write_now(job)
+
+    def release(
+        self, items: Sequence[OutboxItem], error: str, next_attempt_us: int, now_us: int
+    ) -> int:
+        if not items:
+            return 0
+        batch = list(items)
+
+        def job(tx: Tx) -> int:
+            done = 0
+            for token, ids in _by_token(batch).items():
+                rows = tx.all(
+                    f"UPDATE outbox SET claim_token = NULL, lease_until_us = NULL, "
+                    f"last_error = ?, next_attempt_us = ? WHERE claim_token = ? "
+                    f"AND state = 'pending' AND id IN ({placeholders(len(ids))}) RETURNING id",
+                    (error[:500], next_attempt_us, token, *ids),
+                )
+                done += len(rows)
+            if done:
+                audit_log.append(
+                    tx,
+                    [
+                        AuditEntry(
+                            kind="delivery.failed",
+                            subject=batch[0].destination,
+                            data={"count": done, "error": error[:500]},
+                        )
+                    ],
+                    now_us,
+                )
+            return done
+
+        return self._write_now(job)
+
+    def outbox_stats(self, destinations: Sequence[str]) -> list[OutboxStats]:
+        def job(tx: Tx) -> list[OutboxStats]:
+            out = []
+            for name in destinations:
+                counts = dict(
+                    tx.all(
+                        "SELECT state, COUNT(*) FROM outbox WHERE destination = ? GROUP BY state",
+                        (name,),
+                    )
+                )
+                oldest = tx.one(
+                    "SELECT MIN(created_us) FROM outbox WHERE destination = ? AND state = 'pending'",
+                    (name,),
+                )
+                out.append(
+                    OutboxStats(
+                        destination=name,
+                        pending=int(counts.get("pending", 0)),
+                        sent=int(counts.get("sent", 0)),
+                        expired=int(counts.get("expired", 0)),
+                        superseded=int(counts.get("superseded", 0)),
+                        oldest_pending_us=None if oldest is None or oldest[0] is None
+                        else int(oldest[0]),
+                    )
+                )
+            return out
+
+        return self._read(job)
+
+    def purge(self, done_before_us: int, now_us: int) -> int:
+        def job(tx: Tx) -> int:
+            gone = tx.all(
+                "DELETE FROM outbox WHERE state <> 'pending' AND done_us < ? RETURNING id",
+                (done_before_us,),
+            )
+            events = tx.all(
+                "DELETE FROM events WHERE stale_us < ? AND created_us < ? AND NOT EXISTS "
+                "(SELECT 1 FROM outbox o WHERE o.event_seq = events.seq) RETURNING seq",
+                (now_us, done_before_us),
+            )
+            return len(gone) + len(events)
+
+        return self._write_now(job)
+
+    def feed_since(self, after_seq: int, now_us: int, limit: int = 1000) -> list[FeedEvent]:
+        rows = self._read(
+            lambda tx: tx.all(
+                "SELECT seq, uid, time_us, stale_us, payload FROM events "
+                "WHERE seq > ? AND stale_us > ? ORDER BY seq LIMIT ?",
+                (after_seq, now_us, limit),
+            )
+        )
+        return [_feed(r) for r in rows]
+
+    def feed_snapshot(self, now_us: int) -> list[FeedEvent]:
+        rows = self._read(
+            lambda tx: tx.all(
+                "SELECT e.seq, e.uid, e.time_us, e.stale_us, e.payload FROM events e "
+                "WHERE e.stale_us > ? AND NOT EXISTS (SELECT 1 FROM events n WHERE n.uid = e.uid "
+                "AND (n.time_us > e.time_us OR (n.time_us = e.time_us AND n.seq > e.seq))) "
+                "ORDER BY e.seq",
+                (now_us,),
+            )
+        )
+        return [_feed(r) for r in rows]
+
+    def last_event_seq(self) -> int:
+        row = self._read(lambda tx: tx.one("SELECT MAX(seq) FROM events"))
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        batch = list(entries)
+        self._write_now(lambda tx: audit_log.append(tx, batch))
+
+    def audit_records(
+        self, after_seq: int = 0, limit: int = 100, kind: str | None = None
+    ) -> list[AuditRecord]:
+        return self._read(lambda tx: audit_log.page(tx, after_seq, limit, kind))
+
+    def verify_audit(self) -> ChainReport:
+        return self._read(lambda tx: verify_chain(audit_log.walk(tx)))
+
+    # -- keys and tokens ------------------------------------------------------------------------
+
+    def create_key(self, record: ApiKeyRecord, actor: str | None) -> None:
+        def job(tx: Tx) -> None:
+            tx.execute(
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    record.key_id,
+                    record.name,
+                    record.secret_hash,
+                    " ".join(record.scopes),
+                    record.created_us,
+                    record.expires_us,
+                    record.last_used_us,
+                    record.revoked_us,
+                ),
+            )
+            audit_log.append(
+                tx,
+                [
+                    AuditEntry(
+                        kind="key.created",
+                        subject=record.key_id,
+                        actor=actor,
+                        data={"name": record.name, "scopes": list(record.scopes)},
+                    )
+                ],
+            )
+
+        self._write_now(job)
+
+    def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._read(
+            lambda tx: tx.one(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,))
+        )
+        return None if row is None else _key(row)
+
+    def list_keys(self) -> list[ApiKeyRecord]:
+        rows = self._read(
+            lambda tx: tx.all(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_us")
+        )
+        return [_key(r) for r in rows]
+
+    def revoke_key(self, key_id: str, now_us: int, actor: str | None) -> bool:
+        def job(tx: Tx) -> bool:
+            row = tx.one(
+                "UPDATE api_keys SET revoked_us = ? WHERE key_id = ? AND revoked_us IS NULL "
+                "RETURNING key_id",
+                (now_us, key_id),
+            )
+            if row is not None:
+                audit_log.append(
+                    tx, [AuditEntry(kind="key.revoked", subject=key_id, actor=actor)], now_us
+                )
+            return row is not None
+
+        return self._write_now(job)
+
+    def touch_key(self, key_id: str, now_us: int) -> None:
+        self._write(
+            lambda tx: tx.execute(
+                "UPDATE api_keys SET last_used_us = ? WHERE key_id = ?", (now_us, key_id)
+            )
+        )
+
+    def count_keys(self) -> int:
+        row = self._read(lambda tx: tx.one("SELECT COUNT(*) FROM api_keys"))
+        return 0 if row is None else int(row[0])
+
+    def add_refresh_token(self, record: RefreshTokenRecord) -> None:
+        self._write_now(
+            lambda tx: tx.execute(
+                f"INSERT INTO refresh_tokens ({_REFRESH_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                (
+                    record.jti,
+                    record.family,
+                    record.key_id,
+                    record.issued_us,
+                    record.expires_us,
+                    record.used_us,
+                    record.revoked_us,
+                ),
+            )
+        )
+
+    def use_refresh_token(self, jti: str, now_us: int) -> tuple[str, RefreshTokenRecord | None]:
+        def job(tx: Tx) -> tuple[str, RefreshTokenRecord | None]:
+            row = tx.one(f"SELECT {_REFRESH_COLUMNS} FROM refresh_tokens WHERE jti = ?", (jti,))
+            if row is None:
+                return "unknown", None
+            record = _refresh(row)
+            if record.revoked_us is not None:
+                return "revoked", record
+            if record.used_us is not None:
+                # A rotated token came back: someone holds a stolen copy. Burn the family.
+                tx.execute(
+                    "UPDATE refresh_tokens SET revoked_us = ? WHERE family = ? "
+                    "AND revoked_us IS NULL",
+                    (now_us, record.family),
+                )
+                audit_log.append(
+                    tx,
+                    [
+                        AuditEntry(
+                            kind="token.family_revoked",
+                            subject=record.family,
+                            data={"reason": "refresh token reused", "key_id": record.key_id},
+                        )
+                    ],
+                    now_us,
+                )
+                return "reused", record
+            if record.expires_us <= now_us:
+                return "expired", record
+            tx.execute("UPDATE refresh_tokens SET used_us = ? WHERE jti = ?", (now_us, jti))
+            return "ok", record
+
+        return self._write_now(job)
+
+    def revoke_token(self, jti: str, expires_us: int, actor: str | None) -> None:
+        def job(tx: Tx) -> None:
+            tx.execute(
+                "INSERT INTO revoked_tokens (jti, expires_us) VALUES (?, ?) "
+                "ON CONFLICT (jti) DO NOTHING",
+                (jti, expires_us),
+            )
+            tx.execute(
+                "UPDATE refresh_tokens SET revoked_us = ? WHERE revoked_us IS NULL AND family IN "
+                "(SELECT family FROM refresh_tokens WHERE jti = ?)",
+                (_now_us(), jti),
+            )
+            audit_log.append(tx, [AuditEntry(kind="token.revoked", subject=jti, actor=actor)])
+
+        self._write_now(job)
+
+    def is_token_revoked(self, jti: str) -> bool:
+        row = self._read(lambda tx: tx.one("SELECT 1 FROM revoked_tokens WHERE jti = ?", (jti,)))
+        return row is not None
+
+
+# -- transaction bodies ---------------------------------------------------------------------------
+
+
+def _accept(tx: Tx, record: DetectionRecord, destinations: tuple[str, ...]) -> Acceptance:
+    inserted = tx.one(
+        "INSERT INTO detections (id, body_hash, time_us, received_us, sensor_id, label, "
+        "detection, answer, cot_xml, image_sha256) VALUES (?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (id) DO NOTHING RETURNING seq",
+        (
+            record.id,
+            record.body_hash,
+            record.time_us,
+            record.received_us,
+            record.sensor_id,
+            record.label,
+            _dumps(record.detection),
+            _dumps(record.answer),
+            record.cot_xml,
+            record.image_sha256,
+        ),
+    )
+    if inserted is None:
+        row = tx.one("SELECT body_hash, answer FROM detections WHERE id = ?", (record.id,))
+        if row is None:  # pragma: no cover - the conflicting row was removed under us
+            raise StoreUnavailable(f"detection {record.id} vanished during insert")
+        outcome = "duplicate" if row[0] == record.body_hash else "conflict"
+        return Acceptance(record.id, outcome, json.loads(str(row[1])))
+
+    audits = [
+        AuditEntry(
+            kind="detection.accepted",
+            subject=record.id,
+            actor=record.actor,
+            data={"body_hash": record.body_hash, "sensor_id": record.sensor_id},
+        )
+    ]
+    for event in record.events:
+        seq_row = tx.one(
+            "INSERT INTO events (uid, cot_type, kind, detection_id, time_us, stale_us, "
+            "created_us, payload) VALUES (?,?,?,?,?,?,?,?) RETURNING seq",
+            (
+                event.uid,
+                event.cot_type,
+                event.kind,
+                record.id,
+                event.time_us,
+                event.stale_us,
+                record.received_us,
+                event.payload,
+            ),
+        )
+        assert seq_row is not None
+        tx.many(
+            "INSERT INTO outbox (event_seq, destination, uid, time_us, stale_us, created_us) "
+            "VALUES (?,?,?,?,?,?)",
+            [
+                (seq_row[0], d, event.uid, event.time_us, event.stale_us, record.received_us)
+                for d in destinations
+            ],
+        )
+        audits.append(
+            AuditEntry(
+                kind="event.queued",
+                subject=event.uid,
+                data={
+                    "event_seq": int(seq_row[0]),
+                    "kind": event.kind,
+                    "destinations": list(destinations),
+                },
+            )
+        )
+    audit_log.append(tx, audits, record.received_us)
+    return Acceptance(record.id, "accepted", record.answer)
+
+
+def _claim(
+    tx: Tx, destination: str, owner: str, limit: int, lease_us: int, now_us: int
+) -> list[OutboxItem]:
+    expired = tx.all(
+        "UPDATE outbox SET state = 'expired', done_us = ?, claim_token = NULL "
+        "WHERE destination = ? AND state = 'pending' AND stale_us <= ? RETURNING id, uid",
+        (now_us, destination, now_us),
+    )
+    if expired:
+        audit_log.append(
+            tx,
+            [
+                AuditEntry(
+                    kind="delivery.expired",
+                    subject=destination,
+                    data={"count": len(expired), "uids": sorted({str(r[1]) for r in expired})},
+                )
+            ],
+            now_us,
+        )
+    # CoT semantics: a newer event for a uid replaces older ones, so a backlog sends the newest.
+    tx.execute(
+        "UPDATE outbox SET state = 'superseded', done_us = ? WHERE destination = ? "
+        "AND state = 'pending' AND (lease_until_us IS NULL OR lease_until_us < ?) "
+        "AND EXISTS (SELECT 1 FROM outbox n WHERE n.destination = outbox.destination "
+        "AND n.uid = outbox.uid AND n.state IN ('pending', 'sent') AND (n.time_us > outbox.time_us "
+        "OR (n.time_us = outbox.time_us AND n.id > outbox.id)))",
+        (now_us, destination, now_us),
+    )
+    token = f"{owner}:{uuid.uuid4().hex}"
+    candidates = tx.all(
+        "SELECT id FROM outbox WHERE destination = ? AND state = 'pending' "
+        "AND next_attempt_us <= ? AND (lease_until_us IS NULL OR lease_until_us < ?) "
+        f"ORDER BY id LIMIT ?{tx.dialect.skip_locked}",
+        (destination, now_us, now_us, limit),
+    )
+    if not candidates:
+        return []
+    ids = [int(r[0]) for r in candidates]
+    tx.execute(
+        f"UPDATE outbox SET claim_token = ?, lease_until_us = ?, attempts = attempts + 1 "
+        f"WHERE id IN ({placeholders(len(ids))})",
+        (token, now_us + lease_us, *ids),
+    )
+    rows = tx.all(
+        "SELECT o.id, o.event_seq, o.uid, e.cot_type, o.time_us, o.stale_us, e.payload, "
+        f"o.attempts FROM outbox o JOIN events e ON e.seq = o.event_seq "
+        f"WHERE o.id IN ({placeholders(len(ids))}) ORDER BY o.id",
+        ids,
+    )
+    return [
+        OutboxItem(
+            id=int(r[0]),
+            event_seq=int(r[1]),
+            destination=destination,
+            uid=str(r[2]),
+            cot_type=str(r[3]),
+            time_us=int(r[4]),
+            stale_us=int(r[5]),
+            payload=bytes(r[6]),
+            attempts=int(r[7]),
+            claim_token=token,
+        )
+        for r in rows
+    ]
+
+
+def _by_token(items: Sequence[OutboxItem]) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = {}
+    for item in items:
+        grouped.setdefault(item.claim_token, []).append(item.id)
+    return grouped
+
+
+def _detection(row: tuple[Any, ...]) -> StoredDetection:
+    return StoredDetection(
+        id=str(row[0]),
+        seq=int(row[1]),
+        time_us=int(row[2]),
+        received_us=int(row[3]),
+        sensor_id=str(row[4]),
+        label=str(row[5]),
+        detection=json.loads(str(row[6])),
+        answer=json.loads(str(row[7])),
+        cot_xml=bytes(row[8]),
+        image_sha256=None if row[9] is None else str(row[9]),
+    )
+
+
+def _feed(row: tuple[Any, ...]) -> FeedEvent:
+    return FeedEvent(int(row[0]), str(row[1]), int(row[2]), int(row[3]), bytes(row[4]))
+
+
+def _key(row: tuple[Any, ...]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=str(row[0]),
+        name=str(row[1]),
+        secret_hash=str(row[2]),
+        scopes=tuple(str(row[3]).split()),
+        created_us=int(row[4]),
+        expires_us=None if row[5] is None else int(row[5]),
+        last_used_us=None if row[6] is None else int(row[6]),
+        revoked_us=None if row[7] is None else int(row[7]),
+    )
+
+
+def _refresh(row: tuple[Any, ...]) -> RefreshTokenRecord:
+    return RefreshTokenRecord(
+        jti=str(row[0]),
+        family=str(row[1]),
+        key_id=str(row[2]),
+        issued_us=int(row[3]),
+        expires_us=int(row[4]),
+        used_us=None if row[5] is None else int(row[5]),
+        revoked_us=None if row[6] is None else int(row[6]),
+    )

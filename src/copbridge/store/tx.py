@@ -1,0 +1,52 @@
+"""A thin, dialect-aware view of a database connection: one SQL text for both adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Connection(Protocol):
+    def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str
+    begin_write: str
+    skip_locked: str
+    audit_lock: str | None
+
+    def sql(self, text: str) -> str:
+        # Our SQL uses "?" placeholders and never a literal question mark.
+        return text if self.name == "sqlite" else text.replace("?", "%s")
+
+
+class Tx:
+    """Statements on one connection; rows come back as plain tuples."""
+
+    __slots__ = ("conn", "dialect")
+
+    def __init__(self, conn: Connection, dialect: Dialect) -> None:
+        self.conn = conn
+        self.dialect = dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self.dialect.sql(sql), tuple(params))
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row = self.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.execute(sql, params).fetchall()]
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            cursor = self.conn.cursor() if hasattr(self.conn, "cursor") else self.conn
+            cursor.executemany(self.dialect.sql(sql), [tuple(r) for r in rows])
+
+
+def placeholders(count: int) -> str:
+    return ",".join("?" * count)

@@ -1,0 +1,249 @@
+"""One suite, every adapter: the SQLite file and the real PostgreSQL server behave the same."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from copbridge.store import (
+    ApiKeyRecord,
+    AuditEntry,
+    DetectionQuery,
+    RefreshTokenRecord,
+    SqlStore,
+    open_store,
+)
+from copbridge.store.migrations import latest_version
+from tests.store.factories import SECOND_US, detection, now_us
+
+DESTS = ("tcp://127.0.0.1:8087", "file:///tmp/x.cot")
+
+
+def test_upgrade_is_idempotent_and_reports_latest_version(store: SqlStore) -> None:
+    assert store.upgrade() == latest_version(store.dialect)
+    assert store.upgrade() == latest_version(store.dialect)
+    assert store.schema_version() == latest_version(store.dialect)
+    store.ping()
+
+
+def test_accepted_detection_reads_back_with_one_outbox_row_per_destination(
+    store: SqlStore,
+) -> None:
+    [result] = store.accept_detections([detection("d1")], DESTS)
+    assert result.outcome == "accepted"
+    stored = store.get_detection("d1")
+    assert stored is not None
+    assert stored.detection == {"id": "d1", "body": "body"}
+    stats = {s.destination: s for s in store.outbox_stats(DESTS)}
+    assert [stats[d].pending for d in DESTS] == [1, 1]
+
+
+def test_same_id_same_body_is_duplicate_other_body_is_conflict(store: SqlStore) -> None:
+    store.accept_detections([detection("d1")], DESTS)
+    [again] = store.accept_detections([detection("d1")], DESTS)
+    [clash] = store.accept_detections([detection("d1", body="other")], DESTS)
+    assert again.outcome == "duplicate"
+    assert again.answer["id"] == "d1"
+    assert clash.outcome == "conflict"
+    assert sum(s.pending for s in store.outbox_stats(DESTS)) == 2
+
+
+def test_fifty_concurrent_posts_of_one_id_store_it_once(store: SqlStore) -> None:
+    barrier = threading.Barrier(50)
+
+    def post(_: int) -> str:
+        barrier.wait(timeout=10)
+        [res] = store.accept_detections([detection("same")], DESTS)
+        return res.outcome
+
+    with ThreadPoolExecutor(50) as pool:
+        outcomes = list(pool.map(post, range(50)))
+    assert outcomes.count("accepted") == 1
+    assert outcomes.count("duplicate") == 49
+    assert [s.pending for s in store.outbox_stats(DESTS)] == [1, 1]
+
+
+def test_concurrent_duplicates_across_two_store_instances(store_url: str) -> None:
+    first, second = open_store(store_url), open_store(store_url)
+    first.upgrade()
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            futures = [
+                pool.submit((first if i % 2 else second).accept_detections, [detection("x")], DESTS)
+                for i in range(20)
+            ]
+            outcomes = [f.result()[0].outcome for f in futures]
+        assert outcomes.count("accepted") == 1
+        assert first.verify_audit().ok
+    finally:
+        first.close()
+        second.close()
+
+
+def test_listing_filters_and_paginates_by_cursor(store: SqlStore) -> None:
+    t0 = now_us()
+    records = [
+        detection(f"d{i}", sensor="a" if i % 2 else "b", label="car" if i < 3 else "person",
+                  time_us=t0 + i * SECOND_US)
+        for i in range(6)
+    ]
+    store.accept_detections(records, DESTS)
+    page1 = store.list_detections(DetectionQuery(limit=4))
+    page2 = store.list_detections(DetectionQuery(limit=4, after_seq=page1[-1].seq))
+    assert [d.id for d in page1 + page2] == [f"d{i}" for i in range(6)]
+    assert [d.id for d in store.list_detections(DetectionQuery(sensor_id="a"))] == ["d1", "d3", "d5"]
+    assert [d.id for d in store.list_detections(DetectionQuery(label="car"))] == ["d0", "d1", "d2"]
+    window = DetectionQuery(since_us=t0 + 2 * SECOND_US, until_us=t0 + 4 * SECOND_US)
+    assert [d.id for d in store.list_detections(window)] == ["d2", "d3"]
+
+
+def test_claim_leases_rows_and_only_the_lease_holder_marks_them_sent(store: SqlStore) -> None:
+    store.accept_detections([detection(f"d{i}") for i in range(3)], DESTS)
+    now = now_us()
+    claimed = store.claim(DESTS[0], "w1", 10, lease_us=5 * SECOND_US, now_us=now)
+    assert [c.uid for c in claimed] == [f"copbridge.uav-7.d{i}" for i in range(3)]
+    # While the lease holds, nobody else gets the rows.
+    assert store.claim(DESTS[0], "w2", 10, lease_us=5 * SECOND_US, now_us=now + 1) == []
+    # After it lapses, the claim query itself takes them back: no sweeper needed.
+    later = now + 6 * SECOND_US
+    reclaimed = store.claim(DESTS[0], "w2", 10, lease_us=5 * SECOND_US, now_us=later)
+    assert len(reclaimed) == 3
+    assert all(r.attempts == 2 for r in reclaimed)
+    # The first worker lost its lease: fencing refuses its late "sent".
+    assert store.mark_sent(claimed, later) == 0
+    assert store.mark_sent(reclaimed, later) == 3
+    stats = store.outbox_stats(DESTS)[0]
+    assert (stats.pending, stats.sent) == (0, 3)
+
+
+def test_stale_rows_expire_instead_of_being_sent(store: SqlStore) -> None:
+    store.accept_detections([detection("old", stale_in_s=1)], DESTS)
+    later = now_us() + 5 * SECOND_US
+    assert store.claim(DESTS[0], "w", 10, SECOND_US, later) == []
+    stats = store.outbox_stats(DESTS)[0]
+    assert (stats.pending, stats.expired) == (0, 1)
+    kinds = [r.kind for r in store.audit_records(limit=1000)]
+    assert "delivery.expired" in kinds
+
+
+def test_backlog_for_one_uid_sends_only_the_newest(store: SqlStore) -> None:
+    t0 = now_us()
+    store.accept_detections(
+        [detection(f"d{i}", uid="copbridge.uav-7.17", time_us=t0 + i) for i in range(5)], DESTS
+    )
+    claimed = store.claim(DESTS[0], "w", 10, SECOND_US, now_us())
+    assert [c.time_us for c in claimed] == [t0 + 4]
+    assert store.outbox_stats(DESTS)[0].superseded == 4
+
+
+def test_release_hides_rows_until_their_next_attempt(store: SqlStore) -> None:
+    store.accept_detections([detection("d1")], DESTS)
+    now = now_us()
+    claimed = store.claim(DESTS[0], "w", 10, SECOND_US, now)
+    assert store.release(claimed, "connection refused", now + 2 * SECOND_US, now) == 1
+    assert store.claim(DESTS[0], "w", 10, SECOND_US, now + SECOND_US) == []
+    again = store.claim(DESTS[0], "w", 10, SECOND_US, now + 3 * SECOND_US)
+    assert len(again) == 1
+
+
+def test_two_workers_draining_one_backlog_never_share_a_row(store_url: str) -> None:
+    a, b = open_store(store_url), open_store(store_url)
+    a.upgrade()
+    try:
+        a.accept_detections([detection(f"d{i}") for i in range(300)], DESTS[:1])
+        sent: dict[str, list[int]] = {"a": [], "b": []}
+
+        def drain(name: str, st: SqlStore) -> None:
+            while True:
+                items = st.claim(DESTS[0], name, 7, 30 * SECOND_US, now_us())
+                if not items:
+                    return
+                assert st.mark_sent(items, now_us()) == len(items)
+                sent[name].extend(i.id for i in items)
+
+        threads = [threading.Thread(target=drain, args=(n, s)) for n, s in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not set(sent["a"]) & set(sent["b"])
+        assert len(sent["a"]) + len(sent["b"]) == 300
+    finally:
+        a.close()
+        b.close()
+
+
+def test_feed_snapshot_holds_newest_non_stale_event_per_uid(store: SqlStore) -> None:
+    t0 = now_us()
+    store.accept_detections(
+        [
+            detection("a1", uid="u.a", time_us=t0),
+            detection("a2", uid="u.a", time_us=t0 + 10),
+            detection("b1", uid="u.b", time_us=t0, stale_in_s=0.001),
+        ],
+        DESTS,
+    )
+    snapshot = store.feed_snapshot(t0 + SECOND_US)
+    assert [(e.uid, e.time_us) for e in snapshot] == [("u.a", t0 + 10)]
+    assert [e.uid for e in store.feed_since(0, t0)] == ["u.a", "u.a", "u.b"]
+
+
+def test_purge_removes_done_rows_after_retention(store: SqlStore) -> None:
+    store.accept_detections([detection("d1", stale_in_s=1)], DESTS[:1])
+    items = store.claim(DESTS[0], "w", 10, SECOND_US, now_us())
+    store.mark_sent(items, now_us())
+    assert store.purge(done_before_us=now_us() + 10 * SECOND_US, now_us=now_us() + 10 * SECOND_US) == 2
+    assert store.outbox_stats(DESTS[:1])[0].sent == 0
+
+
+def test_audit_chain_verifies_after_mixed_work(store: SqlStore) -> None:
+    store.accept_detections([detection(f"d{i}") for i in range(5)], DESTS)
+    store.append_audit([AuditEntry(kind="detection.rejected", data={"reason": "bad bbox"})])
+    items = store.claim(DESTS[0], "w", 10, SECOND_US, now_us())
+    store.mark_sent(items, now_us())
+    report = store.verify_audit()
+    assert report.ok, report
+    assert report.records == len(store.audit_records(limit=10_000))
+    kinds = {r.kind for r in store.audit_records(limit=1000)}
+    assert {"detection.accepted", "event.queued", "detection.rejected", "delivery.sent"} <= kinds
+
+
+def test_database_refuses_update_and_delete_of_audit(store: SqlStore) -> None:
+    store.append_audit([AuditEntry(kind="x")])
+    for sql in ("UPDATE audit SET kind = 'y'", "DELETE FROM audit"):
+        with pytest.raises(Exception, match="append-only"):
+            store._write_now(lambda tx, sql=sql: tx.execute(sql))
+    assert store.verify_audit().ok
+
+
+def test_platform_slot_is_granted_once_per_interval(store: SqlStore) -> None:
+    t = now_us()
+    assert store.claim_platform_slot("uav-7", t, 5 * SECOND_US)
+    assert not store.claim_platform_slot("uav-7", t + SECOND_US, 5 * SECOND_US)
+    assert store.claim_platform_slot("uav-7", t + 6 * SECOND_US, 5 * SECOND_US)
+
+
+def test_keys_create_list_revoke(store: SqlStore) -> None:
+    key = ApiKeyRecord("k1", "ops", "hash", ("detections:write",), now_us(), None, None, None)
+    store.create_key(key, actor="test")
+    assert store.get_key("k1") == key
+    assert store.count_keys() == 1
+    assert store.revoke_key("k1", now_us(), actor="test")
+    assert not store.revoke_key("k1", now_us(), actor="test")
+    revoked = store.get_key("k1")
+    assert revoked is not None and revoked.revoked_us is not None
+
+
+def test_reused_refresh_token_revokes_its_family(store: SqlStore) -> None:
+    t = now_us()
+    for jti in ("r1", "r2"):
+        store.add_refresh_token(RefreshTokenRecord(jti, "fam", "k1", t, t + 60 * SECOND_US, None, None))
+    assert store.use_refresh_token("r1", t)[0] == "ok"
+    assert store.use_refresh_token("r1", t)[0] == "reused"
+    assert store.use_refresh_token("r2", t)[0] == "revoked"
+    assert store.use_refresh_token("nope", t)[0] == "unknown"
+    store.revoke_token("access-1", t + SECOND_US, actor="k1")
+    assert store.is_token_revoked("access-1")
+    assert not store.is_token_revoked("access-2")
