@@ -163,7 +163,7 @@ def _one_line(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
         field = ".".join(str(p) for p in error["loc"])
-        env = f"COPBRIDGE_{field.split('.')[0].upper()}"
+        env = f"{field} (COPBRIDGE_{field.split('.')[0].upper()})"
         shown = error.get("input")
         value = "" if isinstance(shown, dict | list) or shown is None else f" (got {shown!r})"
         parts.append(f"{env}: {error['msg']}{value}")

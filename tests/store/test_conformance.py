@@ -16,6 +16,7 @@ from copbridge.store import (
     open_store,
 )
 from copbridge.store.migrations import latest_version
+from copbridge.store.tx import Tx
 from tests.store.factories import SECOND_US, detection, now_us
 
 DESTS = ("tcp://127.0.0.1:8087", "file:///tmp/x.cot")
@@ -85,15 +86,23 @@ def test_concurrent_duplicates_across_two_store_instances(store_url: str) -> Non
 def test_listing_filters_and_paginates_by_cursor(store: SqlStore) -> None:
     t0 = now_us()
     records = [
-        detection(f"d{i}", sensor="a" if i % 2 else "b", label="car" if i < 3 else "person",
-                  time_us=t0 + i * SECOND_US)
+        detection(
+            f"d{i}",
+            sensor="a" if i % 2 else "b",
+            label="car" if i < 3 else "person",
+            time_us=t0 + i * SECOND_US,
+        )
         for i in range(6)
     ]
     store.accept_detections(records, DESTS)
     page1 = store.list_detections(DetectionQuery(limit=4))
     page2 = store.list_detections(DetectionQuery(limit=4, after_seq=page1[-1].seq))
     assert [d.id for d in page1 + page2] == [f"d{i}" for i in range(6)]
-    assert [d.id for d in store.list_detections(DetectionQuery(sensor_id="a"))] == ["d1", "d3", "d5"]
+    assert [d.id for d in store.list_detections(DetectionQuery(sensor_id="a"))] == [
+        "d1",
+        "d3",
+        "d5",
+    ]
     assert [d.id for d in store.list_detections(DetectionQuery(label="car"))] == ["d0", "d1", "d2"]
     window = DetectionQuery(since_us=t0 + 2 * SECOND_US, until_us=t0 + 4 * SECOND_US)
     assert [d.id for d in store.list_detections(window)] == ["d2", "d3"]
@@ -194,7 +203,9 @@ def test_purge_removes_done_rows_after_retention(store: SqlStore) -> None:
     store.accept_detections([detection("d1", stale_in_s=1)], DESTS[:1])
     items = store.claim(DESTS[0], "w", 10, SECOND_US, now_us())
     store.mark_sent(items, now_us())
-    assert store.purge(done_before_us=now_us() + 10 * SECOND_US, now_us=now_us() + 10 * SECOND_US) == 2
+    assert (
+        store.purge(done_before_us=now_us() + 10 * SECOND_US, now_us=now_us() + 10 * SECOND_US) == 2
+    )
     assert store.outbox_stats(DESTS[:1])[0].sent == 0
 
 
@@ -213,8 +224,12 @@ def test_audit_chain_verifies_after_mixed_work(store: SqlStore) -> None:
 def test_database_refuses_update_and_delete_of_audit(store: SqlStore) -> None:
     store.append_audit([AuditEntry(kind="x")])
     for sql in ("UPDATE audit SET kind = 'y'", "DELETE FROM audit"):
+
+        def tamper(tx: Tx, sql: str = sql) -> None:
+            tx.execute(sql)
+
         with pytest.raises(Exception, match="append-only"):
-            store._write_now(lambda tx, sql=sql: tx.execute(sql))
+            store._write_now(tamper)
     assert store.verify_audit().ok
 
 
@@ -233,13 +248,16 @@ def test_keys_create_list_revoke(store: SqlStore) -> None:
     assert store.revoke_key("k1", now_us(), actor="test")
     assert not store.revoke_key("k1", now_us(), actor="test")
     revoked = store.get_key("k1")
-    assert revoked is not None and revoked.revoked_us is not None
+    assert revoked is not None
+    assert revoked.revoked_us is not None
 
 
 def test_reused_refresh_token_revokes_its_family(store: SqlStore) -> None:
     t = now_us()
     for jti in ("r1", "r2"):
-        store.add_refresh_token(RefreshTokenRecord(jti, "fam", "k1", t, t + 60 * SECOND_US, None, None))
+        store.add_refresh_token(
+            RefreshTokenRecord(jti, "fam", "k1", t, t + 60 * SECOND_US, None, None)
+        )
     assert store.use_refresh_token("r1", t)[0] == "ok"
     assert store.use_refresh_token("r1", t)[0] == "reused"
     assert store.use_refresh_token("r2", t)[0] == "revoked"

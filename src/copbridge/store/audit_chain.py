@@ -56,7 +56,10 @@ def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
         count += 1
         if rec.seq != expected_seq:
             return ChainReport(
-                False, count, rec.seq, f"record {rec.seq} follows {expected_seq - 1}: records missing"
+                False,
+                count,
+                rec.seq,
+                f"record {rec.seq} follows {expected_seq - 1}: records missing",
             )
         if rec.prev_hash != expected_prev:
             return ChainReport(

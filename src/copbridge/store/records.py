@@ -40,7 +40,7 @@ class DetectionRecord:
 
 @dataclass(frozen=True, slots=True)
 class Acceptance:
-    """How the store took one detection: newly accepted, a duplicate of the same body, or a clash."""
+    """How the store took one detection: newly accepted, a duplicate of the same body, a clash."""
 
     id: str
     outcome: Literal["accepted", "duplicate", "conflict"]

@@ -5,13 +5,14 @@ Writes go through the group-commit writer; reads use a connection per calling th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from copbridge.store import audit_log
 from copbridge.store.audit_chain import verify_chain
@@ -39,9 +40,7 @@ T = TypeVar("T")
 _DETECTION_COLUMNS = (
     "id, seq, time_us, received_us, sensor_id, label, detection, answer, cot_xml, image_sha256"
 )
-_KEY_COLUMNS = (
-    "key_id, name, secret_hash, scopes, created_us, expires_us, last_used_us, revoked_us"
-)
+_KEY_COLUMNS = "key_id, name, secret_hash, scopes, created_us, expires_us, last_used_us, revoked_us"
 _REFRESH_COLUMNS = "jti, family, key_id, issued_us, expires_us, used_us, revoked_us"
 
 
@@ -124,10 +123,8 @@ class SqlStore:
         with self._readers_lock:
             if conn in self._readers:
                 self._readers.remove(conn)
-        try:
+        with contextlib.suppress(Exception):  # the connection is already broken
             conn.close()
-        except Exception:  # noqa: BLE001, S110 - the connection is already broken
-            pass
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -145,10 +142,8 @@ class SqlStore:
         with self._readers_lock:
             readers, self._readers = self._readers, []
         for conn in readers:
-            try:
+            with contextlib.suppress(Exception):  # closing on shutdown, best effort
                 conn.close()
-            except Exception:  # noqa: BLE001, S110 - closing on shutdown, best effort
-                pass
 
     # -- detections -----------------------------------------------------------------------------
 
@@ -228,9 +223,7 @@ class SqlStore:
     def claim(
         self, destination: str, owner: str, limit: int, lease_us: int, now_us: int
     ) -> list[OutboxItem]:
-        return self._write_now(
-            lambda tx: _claim(tx, destination, owner, limit, lease_us, now_us)
-        )
+        return self._write_now(lambda tx: _claim(tx, destination, owner, limit, lease_us, now_us))
 
     def mark_sent(self, items: Sequence[OutboxItem], now_us: int) -> int:
         if not items:
@@ -311,7 +304,8 @@ class SqlStore:
                     )
                 )
                 oldest = tx.one(
-                    "SELECT MIN(created_us) FROM outbox WHERE destination = ? AND state = 'pending'",
+                    "SELECT MIN(created_us) FROM outbox "
+                    "WHERE destination = ? AND state = 'pending'",
                     (name,),
                 )
                 out.append(
@@ -321,7 +315,8 @@ class SqlStore:
                         sent=int(counts.get("sent", 0)),
                         expired=int(counts.get("expired", 0)),
                         superseded=int(counts.get("superseded", 0)),
-                        oldest_pending_us=None if oldest is None or oldest[0] is None
+                        oldest_pending_us=None
+                        if oldest is None or oldest[0] is None
                         else int(oldest[0]),
                     )
                 )
@@ -549,7 +544,9 @@ def _accept(tx: Tx, record: DetectionRecord, destinations: tuple[str, ...]) -> A
         row = tx.one("SELECT body_hash, answer FROM detections WHERE id = ?", (record.id,))
         if row is None:  # pragma: no cover - the conflicting row was removed under us
             raise StoreUnavailable(f"detection {record.id} vanished during insert")
-        outcome = "duplicate" if row[0] == record.body_hash else "conflict"
+        outcome: Literal["duplicate", "conflict"] = (
+            "duplicate" if row[0] == record.body_hash else "conflict"
+        )
         return Acceptance(record.id, outcome, json.loads(str(row[1])))
 
     audits = [

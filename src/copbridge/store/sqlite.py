@@ -1,4 +1,4 @@
-"""SQLite adapter: the embedded default. WAL, synchronous=FULL, BEGIN IMMEDIATE, periodic checkpoints.
+"""SQLite adapter, the embedded default: WAL, synchronous=FULL, BEGIN IMMEDIATE, checkpoints.
 
 One writer connection per process (the group-commit thread); readers get their own connections.
 """

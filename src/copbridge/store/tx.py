@@ -10,6 +10,8 @@ from typing import Any, Protocol
 class Connection(Protocol):
     def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
 
+    def cursor(self) -> Any: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
@@ -44,8 +46,7 @@ class Tx:
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            cursor = self.conn.cursor() if hasattr(self.conn, "cursor") else self.conn
-            cursor.executemany(self.dialect.sql(sql), [tuple(r) for r in rows])
+            self.conn.cursor().executemany(self.dialect.sql(sql), [tuple(r) for r in rows])
 
 
 def placeholders(count: int) -> str:

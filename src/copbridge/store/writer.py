@@ -157,7 +157,7 @@ class GroupWriter(Generic[C]):
         try:
             conn = self._connection()
             self._begin(conn)
-        except Exception as exc:  # noqa: BLE001 - any failure to start means "not stored"
+        except Exception as exc:
             self._drop_connection()
             self._fail_all(jobs, exc)
             self._observe_batch(len(jobs), started, ok=False)
@@ -168,7 +168,7 @@ class GroupWriter(Generic[C]):
                 self._savepoint(conn, f"SAVEPOINT {name}")
                 try:
                     value = job.run(conn)
-                except Exception as exc:  # noqa: BLE001 - handed to that job's caller
+                except Exception as exc:
                     self._savepoint(conn, f"ROLLBACK TO SAVEPOINT {name}")
                     self._savepoint(conn, f"RELEASE SAVEPOINT {name}")
                     results.append((job, False, self._as_store_error(exc)))
@@ -176,7 +176,7 @@ class GroupWriter(Generic[C]):
                     self._savepoint(conn, f"RELEASE SAVEPOINT {name}")
                     results.append((job, True, value))
             self._commit(conn)
-        except Exception as exc:  # noqa: BLE001 - the transaction as a whole failed
+        except Exception as exc:
             with contextlib.suppress(Exception):
                 self._rollback(conn)
             self._drop_connection()
@@ -213,7 +213,7 @@ class GroupWriter(Generic[C]):
         assert self._idle is not None
         try:
             self._idle(self._connection())
-        except Exception:  # noqa: BLE001 - housekeeping must never stop the writer
+        except Exception:
             self._drop_connection()
 
     def _drain_rejected(self) -> None:

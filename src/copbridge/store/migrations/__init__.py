@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from importlib import resources
 
@@ -26,8 +27,6 @@ def latest_version(dialect: str) -> int:
 
 def split_statements(script: str) -> list[str]:
     """Split a SQLite script into statements, keeping trigger bodies whole."""
-    import sqlite3
-
     statements, buffer = [], ""
     for line in script.splitlines(keepends=True):
         if not buffer and (not line.strip() or line.lstrip().startswith("--")):
@@ -44,7 +43,7 @@ def split_statements(script: str) -> list[str]:
 def current_version(tx: Tx) -> int:
     try:
         row = tx.one("SELECT MAX(version) FROM schema_migrations")
-    except Exception:  # noqa: BLE001 - no table yet means version 0
+    except Exception:
         return 0
     return 0 if row is None or row[0] is None else int(row[0])
 

@@ -1,0 +1,1 @@
+"""The HTTP face of copbridge: FastAPI app factory, routes, dependencies, middleware."""

@@ -1,0 +1,121 @@
+"""The ``copbridge`` command: serve, db, version (and the commands later rooms add).
+
+Every failure a user can cause (bad setting, unreachable store) ends in one line and a non-zero
+exit, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from copbridge import __version__
+from copbridge.config import Settings, SettingsError, load_settings
+from copbridge.store import StoreError
+
+app = typer.Typer(
+    name="copbridge",
+    help="AI detections to geolocated Cursor-on-Target events for TAK.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Store maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML file with settings (environment variables win)."),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"copbridge: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        fail(str(exc), 2)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Run the API (and, unless disabled, the delivery worker and the CoT feed)."""
+    import uvicorn
+
+    from copbridge.api.app import build_store, create_app
+    from copbridge.logs import configure_logging
+
+    settings = settings_or_exit(config, host=host, port=port)
+    configure_logging(settings.log_format, settings.log_level)
+    store = build_store(settings)
+    try:
+        if settings.migrate_on_start:
+            store.upgrade()
+        else:
+            store.ping()
+    except StoreError as exc:
+        store.close()
+        fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, store),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    # uvicorn re-raises the signal that stopped it once shutdown is done; a no-op handler turns
+    # that into a plain return so SIGTERM ends in exit status 0 after a graceful shutdown.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        store.close()
+    if not server.started:
+        fail(f"could not listen on {settings.host}:{settings.port}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply pending schema migrations."""
+    from copbridge.store import open_store
+
+    settings = settings_or_exit(config)
+    store = open_store(settings.database_url)
+    try:
+        version_now = store.upgrade()
+    except StoreError as exc:
+        fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+    finally:
+        store.close()
+    typer.echo(f"schema at version {version_now}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,116 @@
+"""The real ``copbridge serve`` process: start, answer, stop cleanly, survive SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+
+from copbridge.store import open_store
+from tests.system.processes import COPBRIDGE, start_serve
+
+
+def test_serve_answers_livez_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    serve = start_serve(tmp_path)
+    try:
+        assert httpx.get(f"{serve.url}/livez", timeout=5).json() == {"status": "ok"}
+        assert httpx.get(f"{serve.url}/readyz", timeout=5).status_code == 200
+    finally:
+        code = serve.stop(signal.SIGTERM)
+    output = serve.output()
+    assert code == 0, output
+    assert "Traceback" not in output
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COPBRIDGE, *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_bad_port_setting_is_one_clear_line(tmp_path: Path) -> None:
+    result = _run(["serve"], {"COPBRIDGE_PORT": "abc"}, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "COPBRIDGE_PORT" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_unreachable_postgres_is_one_clear_line(tmp_path: Path) -> None:
+    url = "postgresql://copbridge:secret-pw@127.0.0.1:1/copbridge"
+    result = _run(["serve"], {"COPBRIDGE_DATABASE_URL": url}, tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "not usable" in lines[0]
+    assert "secret-pw" not in result.stderr + result.stdout  # secrets are never printed
+
+
+def test_unknown_config_key_in_toml_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "copbridge.toml"
+    config.write_text("prot = 9001\n")
+    result = _run(["serve", "--config", str(config)], {}, tmp_path)
+    assert result.returncode == 2
+    assert "prot" in result.stderr
+
+
+def test_db_upgrade_reports_the_schema_version(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = _run(["db", "upgrade"], {"COPBRIDGE_DATABASE_URL": url}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("schema at version ")
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from copbridge.store import open_store
+    from tests.store.factories import detection
+    store = open_store(sys.argv[1])
+    store.upgrade()
+    i = 0
+    while True:
+        batch = [detection(f"d{i}-{j}") for j in range(5)]
+        store.accept_detections(batch, ["tcp://127.0.0.1:1"])
+        print(" ".join(r.id for r in batch), flush=True)
+        i += 1
+    """
+)
+
+
+def test_sigkill_loses_nothing_that_was_committed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, url],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    acknowledged: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        acknowledged.extend(line.split())
+        if len(acknowledged) >= 2000:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    store = open_store(url)
+    try:
+        store.upgrade()
+        missing = [i for i in acknowledged if store.get_detection(i) is None]
+        assert missing == []
+        assert store.verify_audit().ok
+    finally:
+        store.close()
