@@ -102,10 +102,10 @@ def _precision_location(event: DetectionEvent) -> str:
 def _detection_detail(event: DetectionEvent, typed: bool) -> str:
     parts = [f'<contact callsign="{escape_attr(event.callsign)}"/>'] if typed else []
     parts.append(f"<remarks>{escape_text(event.remarks)}</remarks>")
+    # ATAK also knows parent_callsign/production_time here, but link-schema.xsd allows no
+    # other attributes; the sensor's callsign and the detection time are in the remarks.
     parts.append(
-        f'<link uid="{escape_attr(event.parent_uid)}" type="{event.parent_type}" relation="p-p" '
-        f'parent_callsign="{escape_attr(event.sensor_callsign or event.sensor_id)}" '
-        f'production_time="{format_time(event.start)}"/>'
+        f'<link uid="{escape_attr(event.parent_uid)}" type="{event.parent_type}" relation="p-p"/>'
     )
     if typed:
         parts.append(_precision_location(event))
@@ -289,8 +289,11 @@ def _element(elem: etree._Element) -> DetailElement:
 
 
 def _refuse_dtd(data: bytes) -> None:
-    # Checked before parsing (fast, and nothing in a DTD is ever processed) and after (catches
-    # encodings where these bytes do not appear literally, e.g. UTF-16).
+    # Checked on the bytes, before libxml2 sees a DTD at all (with resolve_entities=False it still
+    # expands internal entities in attribute values, up to its amplification limit). That only
+    # works for ASCII-compatible encodings, so UTF-16/32 (which TAK never sends) are refused.
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data:
+        raise CotParseError("only UTF-8 CoT is accepted")
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise CotParseError("DTDs and entity declarations are not accepted")
 
