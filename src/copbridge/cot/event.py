@@ -244,7 +244,9 @@ class PlatformEvent:
             )
         if self.roll is not None:
             # sensor-schema.xsd: roll in (-180, 180]
-            roll = 180.0 - _degrees_0_360(180.0 - _finite(self.roll, "roll"), "roll")
+            roll = _finite(self.roll, "roll")
+            if not -180.0 < roll <= 180.0:  # in range: kept as given, without float noise
+                roll = 180.0 - _degrees_0_360(180.0 - roll, "roll")
             object.__setattr__(self, "roll", roll)
         for name in ("fov", "vfov"):
             value = getattr(self, name)
@@ -337,8 +339,10 @@ def build_detection_event(
     to the millimetre; unknown when the 90 % figure is None).
     """
     start = _utc_ms(detection_time, "detection time")
-    ce = None if ce90 is None else round(_finite(ce90, "ce90") / CE90_PER_SIGMA, 3)
-    le = None if le90 is None else round(_finite(le90, "le90") / LE90_PER_SIGMA, 3)
+    ce90 = _optional_error(ce90, "ce90")
+    le90 = _optional_error(le90, "le90")
+    ce = None if ce90 is None else round(ce90 / CE90_PER_SIGMA, 3)
+    le = None if le90 is None else round(le90 / LE90_PER_SIGMA, 3)
     short = _short_id(track_id, detection_id)
     name = clean_text(label).strip() or "detection"
     return DetectionEvent(

@@ -7,6 +7,7 @@ location and track go in their typed fields; every other detail element goes in 
 from __future__ import annotations
 
 import importlib
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from copbridge.cot.xml import (
     DetailElement,
     ParsedEvent,
     detail_xml,
+    format_decimal,
     parse_detail_xml,
 )
 
@@ -89,8 +91,13 @@ def _typed_detail(detail: Any) -> list[DetailElement]:
             out.append(DetailElement(tag, values))
     if detail.HasField("track"):
         track = detail.track
+        if not (math.isfinite(track.course) and math.isfinite(track.speed)):
+            raise CotParseError("TakMessage track is not finite")
         out.append(
-            DetailElement("track", {"course": repr(track.course), "speed": repr(track.speed)})
+            DetailElement(
+                "track",
+                {"course": format_decimal(track.course), "speed": format_decimal(track.speed)},
+            )
         )
     return out
 
@@ -107,6 +114,9 @@ def parse_protobuf(payload: bytes) -> ParsedEvent:
     cot = message.cotEvent
     if not cot.uid or not cot.type:
         raise CotParseError("TakMessage event has no uid or type")
+    for name in ("lat", "lon", "hae", "ce", "le"):
+        if not math.isfinite(getattr(cot, name)):
+            raise CotParseError(f"TakMessage event {name} is not finite")
     details: list[DetailElement] = []
     if cot.HasField("detail"):
         details.extend(_typed_detail(cot.detail))
