@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     feed: str = "tcp://127.0.0.1:8088"
     bootstrap_key: SecretStr | None = None
 
+    public_url: str = "http://127.0.0.1:9000"
+    terrain: Path | None = None
     uid_prefix: str = Field(default="copbridge", pattern=r"^[A-Za-z0-9._:-]{1,32}$")
     ground_labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_GROUND_LABELS
     stale_seconds: float = Field(default=300.0, gt=0, le=7 * 86400)
@@ -97,12 +99,33 @@ class Settings(BaseSettings):
     retention_hours: float = Field(default=24.0, gt=0)
     run_worker: bool = True
 
+    # Built-in CoT feed over TLS (COPBRIDGE_FEED=tls://...): server certificate, and a CA that
+    # client certificates must chain to (no CA: any client may connect).
+    feed_cert: Path | None = None
+    feed_key: Path | None = None
+    feed_password: SecretStr | None = None
+    feed_ca_file: Path | None = None
+    # Delivery worker tuning.
+    delivery_lease_s: float = Field(default=30.0, gt=0, le=3600)
+    delivery_poll_s: float = Field(default=1.0, gt=0, le=60)
+    delivery_backoff_min_s: float = Field(default=0.5, gt=0, le=60)
+    delivery_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
+    delivery_resend_s: float | None = Field(default=None, ge=0, le=3600)
+    purge_interval_s: float = Field(default=600.0, gt=0)
+
     @field_validator("database_url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
+
+    @field_validator("cot_types")
+    @classmethod
+    def _cot_templates(cls, value: dict[str, str]) -> dict[str, str]:
+        from copbridge.cot import validate_template
+
+        return {label: validate_template(template) for label, template in value.items()}
 
     @field_validator("ground_labels", mode="before")
     @classmethod
@@ -125,6 +148,13 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    def destination_settings(self) -> list[DestinationSettings]:
+        """Every configured TAK destination; a plain URL list takes default options."""
+        if isinstance(self.destinations, str):
+            urls = [u.strip() for u in self.destinations.split(",") if u.strip()]
+            return [DestinationSettings(url=u) for u in urls]
+        return list(self.destinations)
 
     @property
     def is_postgres(self) -> bool:

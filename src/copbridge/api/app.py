@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from copbridge import __version__
-from copbridge.api import health
+from copbridge.api import detections, errors, health
+from copbridge.api.body_limit import BodyLimit
 from copbridge.api.middleware import RequestContext
 from copbridge.config import Settings
 from copbridge.logs import get_logger
 from copbridge.metrics import observe_commit
+from copbridge.model import Detection
+from copbridge.pipeline import Pipeline
 from copbridge.store import SqlStore, open_store
 
 _log = get_logger("copbridge.api")
@@ -38,6 +43,9 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
         if owned and settings.migrate_on_start:
             active.upgrade()
         app.state.store = active
+        app.state.pipeline = Pipeline(
+            settings, active, [d.url for d in settings.destination_settings()]
+        )
         _log.info("started", store=settings.redacted_database_url(), version=__version__)
         try:
             yield
@@ -53,6 +61,24 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
+    app.include_router(detections.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the contract models the routes parse themselves (for speed)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        detection = Detection.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(detection.pop("$defs", {}))
+        components["Detection"] = detection
+        app.openapi_schema = schema
+    return app.openapi_schema

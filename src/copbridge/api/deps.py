@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from copbridge.config import Settings
+from copbridge.pipeline import Pipeline
 from copbridge.store import SqlStore
 
 
@@ -20,5 +21,11 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _pipeline(request: Request) -> Pipeline:
+    pipeline: Pipeline = request.app.state.pipeline
+    return pipeline
+
+
 StoreDep = Annotated[SqlStore, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+PipelineDep = Annotated[Pipeline, Depends(_pipeline)]

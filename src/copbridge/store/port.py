@@ -97,6 +97,10 @@ class Store(Protocol):
     # -- audit ----------------------------------------------------------------------------------
     def append_audit(self, entries: Sequence[AuditEntry]) -> None: ...
 
+    def submit_audit(self, entries: Sequence[AuditEntry]) -> Future[None]:
+        """Queue audit records for the next group commit without waiting for it."""
+        ...
+
     def audit_records(
         self, after_seq: int = 0, limit: int = 100, kind: str | None = None
     ) -> list[AuditRecord]: ...

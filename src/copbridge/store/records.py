@@ -34,6 +34,8 @@ class DetectionRecord:
     answer: JsonObject
     cot_xml: bytes
     events: tuple[QueuedEvent, ...]
+    platform_event: QueuedEvent | None = None
+    platform_interval_us: int = 0
     image_sha256: str | None = None
     actor: str | None = None
 

@@ -207,16 +207,7 @@ class SqlStore:
         return str(row[0]), bytes(row[1])
 
     def claim_platform_slot(self, sensor_id: str, now_us: int, interval_us: int) -> bool:
-        def job(tx: Tx) -> bool:
-            row = tx.one(
-                "INSERT INTO platform_marks (sensor_id, emitted_us) VALUES (?, ?) "
-                "ON CONFLICT (sensor_id) DO UPDATE SET emitted_us = excluded.emitted_us "
-                "WHERE platform_marks.emitted_us <= ? RETURNING sensor_id",
-                (sensor_id, now_us, now_us - interval_us),
-            )
-            return row is not None
-
-        return self._write_now(job)
+        return self._write_now(lambda tx: _platform_due(tx, sensor_id, now_us, interval_us))
 
     # -- outbox ---------------------------------------------------------------------------------
 
@@ -368,8 +359,11 @@ class SqlStore:
     # -- audit ----------------------------------------------------------------------------------
 
     def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        self.submit_audit(entries).result(timeout=60)
+
+    def submit_audit(self, entries: Sequence[AuditEntry]) -> Future[None]:
         batch = list(entries)
-        self._write_now(lambda tx: audit_log.append(tx, batch))
+        return self._write(lambda tx: audit_log.append(tx, batch))
 
     def audit_records(
         self, after_seq: int = 0, limit: int = 100, kind: str | None = None
@@ -557,7 +551,12 @@ def _accept(tx: Tx, record: DetectionRecord, destinations: tuple[str, ...]) -> A
             data={"body_hash": record.body_hash, "sensor_id": record.sensor_id},
         )
     ]
-    for event in record.events:
+    events = list(record.events)
+    if record.platform_event is not None and _platform_due(
+        tx, record.sensor_id, record.received_us, record.platform_interval_us
+    ):
+        events.append(record.platform_event)
+    for event in events:
         seq_row = tx.one(
             "INSERT INTO events (uid, cot_type, kind, detection_id, time_us, stale_us, "
             "created_us, payload) VALUES (?,?,?,?,?,?,?,?) RETURNING seq",
@@ -594,6 +593,17 @@ def _accept(tx: Tx, record: DetectionRecord, destinations: tuple[str, ...]) -> A
         )
     audit_log.append(tx, audits, record.received_us)
     return Acceptance(record.id, "accepted", record.answer)
+
+
+def _platform_due(tx: Tx, sensor_id: str, now_us: int, interval_us: int) -> bool:
+    """True (and the mark moved to now) when the sensor's platform event is due."""
+    row = tx.one(
+        "INSERT INTO platform_marks (sensor_id, emitted_us) VALUES (?, ?) "
+        "ON CONFLICT (sensor_id) DO UPDATE SET emitted_us = excluded.emitted_us "
+        "WHERE platform_marks.emitted_us <= ? RETURNING sensor_id",
+        (sensor_id, now_us, now_us - interval_us),
+    )
+    return row is not None
 
 
 def _claim(

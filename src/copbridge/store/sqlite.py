@@ -5,9 +5,13 @@ One writer connection per process (the group-commit thread); readers get their o
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
+from copbridge.store.errors import StoreUnavailable
 from copbridge.store.sql import SqlStore
 from copbridge.store.tx import Dialect
 from copbridge.store.writer import BatchObserver
@@ -79,3 +83,56 @@ class SqliteStore(SqlStore):
 
     def checkpoint(self) -> None:
         self._writer.run(_checkpoint)
+
+    # Images live on disk next to the database file (content-addressed), not in the WAL.
+
+    @property
+    def images_dir(self) -> Path:
+        return self.path.parent / "images"
+
+    def _image_path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError("an image is named by its lowercase hex SHA-256")
+        return self.images_dir / sha256[:2] / sha256
+
+    def put_image(self, sha256: str, media_type: str, data: bytes) -> None:
+        target = self._image_path(sha256)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
+            try:
+                with partial.open("wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                partial.replace(target)
+                _fsync_dir(target.parent)
+            except OSError as exc:
+                partial.unlink(missing_ok=True)
+                raise StoreUnavailable(f"cannot store the image: {exc.strerror}") from exc
+        self._write_now(
+            lambda tx: tx.execute(
+                "INSERT INTO images (sha256, media_type, size, data, created_us) "
+                "VALUES (?,?,?,NULL,?) ON CONFLICT (sha256) DO NOTHING",
+                (sha256, media_type, len(data), time.time_ns() // 1000),
+            )
+        )
+
+    def get_image(self, sha256: str) -> tuple[str, bytes] | None:
+        row = self._read(
+            lambda tx: tx.one("SELECT media_type FROM images WHERE sha256 = ?", (sha256,))
+        )
+        if row is None:
+            return None
+        try:
+            return str(row[0]), self._image_path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

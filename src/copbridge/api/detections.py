@@ -1,0 +1,345 @@
+"""``/api/v1/detections``: ingest one or many detections, read them back, their CoT and image."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, ValidationError
+
+from copbridge.api.deps import PipelineDep, SettingsDep, StoreDep
+from copbridge.api.errors import field_errors, problem, unprocessable
+from copbridge.config import Settings
+from copbridge.images import ImageRejected, verify_image
+from copbridge.model import Answer, BatchAnswer, BatchItemResult, Detection
+from copbridge.pipeline import Pipeline, Prepared, Rejection, StoredImage
+from copbridge.store import DetectionQuery, StoredDetection, StoreUnavailable
+
+router = APIRouter(prefix="/api/v1", tags=["detections"])
+
+MAX_BATCH = 1000
+_JSON = "application/json"
+
+_DETECTION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            _JSON: {"schema": {"$ref": "#/components/schemas/Detection"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["detection"],
+                    "properties": {
+                        "detection": {"type": "string", "description": "the detection (JSON)"},
+                        "image": {"type": "string", "format": "binary"},
+                    },
+                }
+            },
+        },
+    }
+}
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            _JSON: {
+                "schema": {
+                    "oneOf": [
+                        {"type": "array", "items": {"$ref": "#/components/schemas/Detection"}},
+                        {
+                            "type": "object",
+                            "required": ["detections"],
+                            "properties": {
+                                "detections": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Detection"},
+                                }
+                            },
+                        },
+                    ]
+                }
+            }
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {"description": "id reused with a different body"},
+    413: {"description": "body or image too large"},
+    422: {"description": "the body breaks the contract, or the geometry gives no ground point"},
+    503: {"description": "the store cannot take writes; retry"},
+}
+
+
+def _actor(request: Request) -> str | None:
+    principal = getattr(request.state, "principal", None)
+    return getattr(principal, "subject", None)
+
+
+@router.post(
+    "/detections",
+    status_code=202,
+    response_model=Answer,
+    responses=_ERRORS,
+    openapi_extra=_DETECTION_BODY,
+)
+async def post_detection(
+    request: Request, pipeline: PipelineDep, settings: SettingsDep
+) -> Response:
+    """Accept one detection (JSON, or multipart with an image); 202 once durably stored."""
+    actor = _actor(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    image: StoredImage | None = None
+    try:
+        if content_type == "multipart/form-data":
+            detection, image_bytes, declared = await _read_multipart(
+                request, settings.max_body_bytes
+            )
+        else:
+            detection = Detection.model_validate_json(await request.body())
+            image_bytes, declared = _inline_image(detection)
+        if image_bytes is not None:
+            image = await _keep_image(pipeline, image_bytes, declared, settings.max_image_bytes)
+        prepared = pipeline.prepare(detection, image=image, actor=actor)
+    except ValidationError as exc:
+        errors = field_errors(exc.errors())
+        pipeline.reject("contract", None, {"errors": errors[:5]}, actor)
+        return unprocessable(errors)
+    except Rejection as exc:
+        pipeline.reject(exc.reason, detection.id, exc.as_error(), actor)
+        return unprocessable([{"field": exc.field, "message": exc.message}])
+    except ImageRejected as exc:
+        pipeline.reject("image", None, {"field": "image", "message": str(exc)}, actor)
+        if exc.too_large:
+            return problem(413, str(exc))
+        return unprocessable([{"field": "image", "message": f"image: {exc}"}])
+    [(result, answer)] = await pipeline.commit([prepared])
+    if result.outcome == "conflict":
+        return problem(409, f"id {prepared.record.id} was already used with a different body")
+    return JSONResponse(answer.model_dump(mode="json"), status_code=202)
+
+
+@router.post(
+    "/detections/batch",
+    status_code=202,
+    response_model=BatchAnswer,
+    responses={**_ERRORS, 207: {"description": "some items were refused", "model": BatchAnswer}},
+    openapi_extra=_BATCH_BODY,
+)
+async def post_batch(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> Response:
+    """Accept up to 1,000 detections; per-item results in input order, partial success allowed."""
+    actor = _actor(request)
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return unprocessable([{"field": "body", "message": f"body is not valid JSON: {exc}"}])
+    items = body.get("detections") if isinstance(body, dict) else body
+    if not isinstance(items, list):
+        return unprocessable(
+            [{"field": "detections", "message": "detections: expected a list of detections"}]
+        )
+    if len(items) > MAX_BATCH:
+        return problem(413, f"a batch holds at most {MAX_BATCH} detections, got {len(items)}")
+
+    results: list[BatchItemResult | None] = [None] * len(items)
+    prepared: list[tuple[int, Prepared]] = []
+    for index, raw in enumerate(items):
+        outcome = await _prepare_item(pipeline, settings, index, raw, actor)
+        if isinstance(outcome, BatchItemResult):
+            results[index] = outcome
+        else:
+            prepared.append((index, outcome))
+    rejected = sum(1 for r in results if r is not None)
+    if rejected:
+        pipeline.reject("contract", None, {"batch_items_rejected": rejected}, actor)
+    if prepared:
+        await _commit_items(pipeline, prepared, results)
+
+    final = [r for r in results if r is not None]
+    accepted = sum(1 for r in final if r.answer is not None and not r.answer.duplicate)
+    duplicates = sum(1 for r in final if r.answer is not None and r.answer.duplicate)
+    failed = len(final) - accepted - duplicates
+    batch = BatchAnswer(accepted=accepted, duplicates=duplicates, rejected=failed, results=final)
+    if failed and not (accepted or duplicates) and all(r.status == 503 for r in final):
+        status = 503
+    else:
+        status = 207 if failed else 202
+    return JSONResponse(batch.model_dump(mode="json"), status_code=status)
+
+
+async def _prepare_item(
+    pipeline: Pipeline, settings: Settings, index: int, raw: object, actor: str | None
+) -> Prepared | BatchItemResult:
+    try:
+        detection = Detection.model_validate(raw)
+        image_bytes, declared = _inline_image(detection)
+        image = None
+        if image_bytes is not None:
+            image = await _keep_image(pipeline, image_bytes, declared, settings.max_image_bytes)
+        return pipeline.prepare(detection, image=image, actor=actor)
+    except ValidationError as exc:
+        errors = field_errors(exc.errors(), prefix=f"detections[{index}]")
+        return BatchItemResult(index=index, status=422, error={"errors": errors})
+    except Rejection as exc:
+        return BatchItemResult(index=index, status=422, error=exc.as_error())
+    except ImageRejected as exc:
+        return BatchItemResult(
+            index=index,
+            status=413 if exc.too_large else 422,
+            error={"field": "image", "message": str(exc)},
+        )
+
+
+async def _commit_items(
+    pipeline: Pipeline,
+    prepared: list[tuple[int, Prepared]],
+    results: list[BatchItemResult | None],
+) -> None:
+    try:
+        committed = await pipeline.commit([p for _, p in prepared])
+    except StoreUnavailable as exc:
+        for index, _ in prepared:
+            results[index] = BatchItemResult(
+                index=index, status=503, error={"message": f"not stored: {exc}"}
+            )
+        return
+    for (index, item), (result, answer) in zip(prepared, committed, strict=True):
+        if result.outcome == "conflict":
+            results[index] = BatchItemResult(
+                index=index,
+                status=409,
+                error={"message": f"id {item.record.id} was used with a different body"},
+            )
+        else:
+            results[index] = BatchItemResult(index=index, status=202, answer=answer)
+
+
+@router.get("/detections", responses={422: {"description": "bad filter"}})
+async def list_detections(
+    store: StoreDep,
+    since: Annotated[AwareDatetime | None, Query(description="detection time ≥ since")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="detection time < until")] = None,
+    sensor: Annotated[str | None, Query(max_length=64)] = None,
+    label: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=32, pattern=r"^[0-9]+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """A filtered page of detections, oldest first; pass ``next_cursor`` back for the next page."""
+    query = DetectionQuery(
+        since_us=None if since is None else int(since.timestamp() * 1e6),
+        until_us=None if until is None else int(until.timestamp() * 1e6),
+        sensor_id=sensor,
+        label=label,
+        after_seq=None if cursor is None else int(cursor),
+        limit=limit,
+    )
+    rows = await run_in_threadpool(store.list_detections, query)
+    return {
+        "items": [_view(r) for r in rows],
+        "next_cursor": str(rows[-1].seq) if len(rows) == limit else None,
+    }
+
+
+@router.get("/detections/{detection_id}", responses={404: {"description": "unknown id"}})
+async def get_detection(detection_id: str, store: StoreDep) -> Response:
+    """One stored detection with its answer."""
+    row = await run_in_threadpool(store.get_detection, detection_id)
+    if row is None:
+        return problem(404, f"no detection {detection_id}")
+    return JSONResponse(_view(row))
+
+
+@router.get(
+    "/detections/{detection_id}/cot",
+    response_class=Response,
+    responses={200: {"content": {"application/xml": {}}}, 404: {"description": "unknown id"}},
+)
+async def get_detection_cot(detection_id: str, store: StoreDep) -> Response:
+    """The detection's CoT event as sent to TAK."""
+    row = await run_in_threadpool(store.get_detection, detection_id)
+    if row is None:
+        return problem(404, f"no detection {detection_id}")
+    return Response(row.cot_xml, media_type="application/xml")
+
+
+@router.get(
+    "/detections/{detection_id}/image",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}}},
+        404: {"description": "unknown id or no image"},
+    },
+)
+async def get_detection_image(detection_id: str, store: StoreDep) -> Response:
+    """The stored image of a detection."""
+    row = await run_in_threadpool(store.get_detection, detection_id)
+    if row is None or row.image_sha256 is None:
+        return problem(404, f"no image for detection {detection_id}")
+    found = await run_in_threadpool(store.get_image, row.image_sha256)
+    if found is None:
+        return problem(404, f"image of detection {detection_id} is missing")
+    media_type, data = found
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"ETag": f'"{row.image_sha256}"', "Cache-Control": "private, max-age=3600"},
+    )
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _view(row: StoredDetection) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "received": row.received_us,
+        "detection": row.detection,
+        "answer": row.answer,
+        "image": row.image_sha256 is not None,
+    }
+
+
+def _inline_image(detection: Detection) -> tuple[bytes | None, str | None]:
+    if detection.image is None:
+        return None, None
+    try:
+        data = base64.b64decode(detection.image.data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageRejected(f"image.data is not valid base64: {exc}") from None
+    return data, detection.image.media_type
+
+
+async def _keep_image(
+    pipeline: Pipeline, data: bytes, declared: str | None, max_bytes: int
+) -> StoredImage:
+    verified = await run_in_threadpool(verify_image, data, declared, max_bytes)
+    await run_in_threadpool(pipeline.store.put_image, verified.sha256, verified.media_type, data)
+    return StoredImage(verified.sha256, verified.media_type)
+
+
+async def _read_multipart(
+    request: Request, max_bytes: int
+) -> tuple[Detection, bytes | None, str | None]:
+    form = await request.form(max_files=1, max_fields=2, max_part_size=max_bytes)
+    try:
+        part = form.get("detection")
+        if part is None:
+            raise ImageRejected("multipart body needs a 'detection' part")
+        text = part if isinstance(part, str) else (await part.read()).decode("utf-8")
+        detection = Detection.model_validate_json(text)
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            return detection, None, None
+        if detection.image is not None:
+            raise ImageRejected("give the image either inline or as a part, not both")
+        declared = (upload.content_type or "").split(";")[0].strip() or None
+        if declared not in (None, "image/jpeg", "image/png", "application/octet-stream"):
+            raise ImageRejected(f"image part type {declared} is not accepted (JPEG or PNG only)")
+        data = await upload.read()
+        return detection, data, None if declared == "application/octet-stream" else declared
+    finally:
+        await form.close()

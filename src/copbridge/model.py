@@ -1,0 +1,219 @@
+"""The contract types of the Detection API v1 (``shared/spec/detection-api.md``).
+
+Strict: unknown fields, non-finite numbers and out-of-range values are refused with a message
+that names the field, so a misspelt field never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=False)
+
+IdText = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+SensorId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+Affiliation = Literal[
+    "unknown", "pending", "assumed-friend", "friend", "neutral", "suspect", "hostile"
+]
+GroundKind = Literal["request", "terrain", "agl", "ellipsoid"]
+BoxPoint = Literal["bbox-bottom-centre", "bbox-centre"]
+ImageType = Literal["image/jpeg", "image/png"]
+
+MAX_PIXELS = 100_000
+
+
+class _Strict(BaseModel):
+    model_config = _STRICT
+
+
+class Sensor(_Strict):
+    id: SensorId
+    callsign: Annotated[str, StringConstraints(max_length=64)] | None = None
+    model: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+
+class BBox(_Strict):
+    """Pixels, origin top-left, x right, y down."""
+
+    x: float = Field(ge=0, le=MAX_PIXELS)
+    y: float = Field(ge=0, le=MAX_PIXELS)
+    width: float = Field(gt=0, le=MAX_PIXELS)
+    height: float = Field(gt=0, le=MAX_PIXELS)
+
+
+class Distortion(_Strict):
+    """OpenCV Brown-Conrady coefficients."""
+
+    k1: float = Field(default=0.0, ge=-100, le=100)
+    k2: float = Field(default=0.0, ge=-100, le=100)
+    p1: float = Field(default=0.0, ge=-1, le=1)
+    p2: float = Field(default=0.0, ge=-1, le=1)
+    k3: float = Field(default=0.0, ge=-100, le=100)
+
+
+class Camera(_Strict):
+    width: int = Field(gt=0, le=MAX_PIXELS)
+    height: int = Field(gt=0, le=MAX_PIXELS)
+    hfov: float | None = Field(default=None, gt=0, lt=180)
+    vfov: float | None = Field(default=None, gt=0, lt=180)
+    fx: float | None = Field(default=None, gt=0, le=1e7)
+    fy: float | None = Field(default=None, gt=0, le=1e7)
+    cx: float | None = Field(default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
+    cy: float | None = Field(default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
+    distortion: Distortion | None = None
+
+    @model_validator(mode="after")
+    def _focal_given(self) -> Camera:
+        if self.hfov is None and self.fx is None:
+            raise ValueError("camera needs hfov or fx")
+        return self
+
+
+class Platform(_Strict):
+    """Sensor position (WGS84) and platform attitude: MISB ST 0601 tags 13/14/15 and 5/6/7."""
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    alt: float = Field(ge=-1000, le=100_000)
+    alt_ref: Literal["hae", "msl", "agl"] = "hae"
+    heading: float = Field(default=0.0, ge=-360, le=360)
+    pitch: float = Field(default=0.0, ge=-90, le=90)
+    roll: float = Field(default=0.0, ge=-180, le=180)
+
+
+class Gimbal(_Strict):
+    """Sensor attitude relative to the platform: MISB ST 0601 tags 18/19/20."""
+
+    azimuth: float = Field(default=0.0, ge=-360, le=360)
+    elevation: float = Field(default=0.0, ge=-180, le=180)
+    roll: float = Field(default=0.0, ge=-180, le=180)
+
+
+class Ground(_Strict):
+    height: float = Field(ge=-1000, le=10_000)
+    height_ref: Literal["hae", "msl"] = "hae"
+
+
+class Uncertainty(_Strict):
+    """1-sigma input errors; anything left out takes the server's documented default."""
+
+    horizontal_m: float | None = Field(default=None, ge=0, le=100_000)
+    vertical_m: float | None = Field(default=None, ge=0, le=100_000)
+    attitude_deg: float | None = Field(default=None, ge=0, le=45)
+    focal_rel: float | None = Field(default=None, ge=0, le=0.5)
+    ground_m: float | None = Field(default=None, ge=0, le=10_000)
+
+
+class InlineImage(_Strict):
+    media_type: ImageType
+    data: str = Field(max_length=20 * 1024 * 1024)
+
+    def decoded(self) -> bytes:
+        try:
+            return base64.b64decode(self.data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"image.data is not valid base64: {exc}") from None
+
+
+class Detection(_Strict):
+    """One detection: a box in an image plus the camera's intrinsics and pose at capture time."""
+
+    id: IdText | None = None
+    time: AwareDatetime
+    sensor: Sensor
+    label: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    confidence: float = Field(ge=0, le=1)
+    bbox: BBox
+    track_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] | None = None
+    affiliation: Affiliation = "unknown"
+    camera: Camera
+    platform: Platform
+    gimbal: Gimbal = Field(default_factory=Gimbal)
+    ground: Ground | None = None
+    uncertainty: Uncertainty | None = None
+    image: InlineImage | None = None
+
+    @field_validator("track_id", mode="before")
+    @classmethod
+    def _track_number(cls, value: Any) -> Any:
+        # Trackers often emit integers; they name the same track as their decimal string.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _box_inside_image(self) -> Detection:
+        box, cam = self.bbox, self.camera
+        if box.x + box.width > cam.width or box.y + box.height > cam.height:
+            raise ValueError(
+                f"bbox must lie inside the {cam.width}x{cam.height} image: it reaches "
+                f"x={box.x + box.width:g}, y={box.y + box.height:g}"
+            )
+        return self
+
+
+class Location(BaseModel):
+    lat: float
+    lon: float
+    hae: float
+    ce90: float
+    le90: float
+    slant_range: float
+    ground: GroundKind
+    point: BoxPoint
+
+
+class Answer(BaseModel):
+    """The 202 answer: stored, will be delivered to every configured destination."""
+
+    id: str
+    uid: str
+    status: Literal["queued"] = "queued"
+    location: Location
+    cot_type: str
+    stale: datetime
+    duplicate: bool = False
+
+    @field_serializer("stale")
+    def _stale_text(self, value: datetime) -> str:
+        return rfc3339(value)
+
+
+class BatchItemResult(BaseModel):
+    index: int
+    status: int
+    answer: Answer | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchAnswer(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: int
+    results: list[BatchItemResult]
+
+
+def rfc3339(value: datetime) -> str:
+    """UTC with milliseconds and a Z, as CoT and the contract's examples write times."""
+    return (
+        value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    )

@@ -1,0 +1,369 @@
+"""The whole story of a detection, top to bottom: validate → locate → build CoT → store → answer.
+
+Pure apart from the store port: geometry comes from ``geo``, events from ``cot``; the only I/O is
+the group-committed write that makes the detection, its outbox rows and audit records durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from uuid6 import uuid7
+
+from copbridge import cot, geo
+from copbridge.config import Settings
+from copbridge.metrics import (
+    DETECTIONS_ACCEPTED,
+    DETECTIONS_DUPLICATE,
+    DETECTIONS_REJECTED,
+    GEOLOCATION_SECONDS,
+)
+from copbridge.model import Answer, Detection, Distortion, Location
+from copbridge.store import Acceptance, AuditEntry, DetectionRecord, QueuedEvent, SqlStore
+
+PLATFORM_STALE_FACTOR = 3.0
+"""A platform marker stays fresh for three emission intervals: one lost update never blinks it."""
+
+
+class Rejection(Exception):
+    """A detection the contract or the geometry refuses; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.reason = reason
+
+    def as_error(self) -> dict[str, Any]:
+        return {"field": self.field, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    sha256: str
+    media_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    fix: geo.Fix
+    point: geo.BoxPoint
+    pose: geo.Pose
+    intrinsics: geo.Intrinsics
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A detection located and turned into events, ready for the group commit."""
+
+    record: DetectionRecord
+    answer: Answer
+
+
+class Pipeline:
+    """Everything one copbridge process needs to turn a detection into stored CoT events."""
+
+    def __init__(self, settings: Settings, store: SqlStore, destinations: Sequence[str]) -> None:
+        self.settings = settings
+        self.store = store
+        self.destinations = tuple(destinations)
+        self.geoid = geo.load_egm96()
+        self.terrain = open_terrain(settings.terrain) if settings.terrain else None
+        self.mapping = cot.TypeMapping.from_config(settings.cot_types)
+        self.stale = cot.StalePolicy(
+            default_seconds=settings.stale_seconds, per_label=dict(settings.stale_seconds_by_label)
+        )
+        self.ground_labels = frozenset(label.lower() for label in settings.ground_labels)
+        self.sigmas = geo.InputSigmas()
+
+    # -- the story ------------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        detection: Detection,
+        *,
+        image: StoredImage | None = None,
+        actor: str | None = None,
+        now: datetime | None = None,
+    ) -> Prepared:
+        """Locate the detection and build its events; raise :class:`Rejection` when it can't be."""
+        now = now or datetime.now(UTC)
+        detection_id = detection.id or str(uuid7())
+        located = self.locate(detection)
+        fix = located.fix
+        event = cot.build_detection_event(
+            now=now,
+            detection_id=detection_id,
+            detection_time=detection.time,
+            sensor_id=detection.sensor.id,
+            label=detection.label,
+            confidence=detection.confidence,
+            lat=fix.lat,
+            lon=fix.lon,
+            hae=fix.hae,
+            ce90=fix.ce90,
+            le90=fix.le90,
+            sensor_callsign=detection.sensor.callsign,
+            model=detection.sensor.model,
+            track_id=detection.track_id,
+            affiliation=detection.affiliation,
+            mapping=self.mapping,
+            stale_policy=self.stale,
+            uid_prefix=self.settings.uid_prefix,
+            parent_type=self._platform_type(detection),
+            image_url=self._image_url(detection_id) if image else None,
+            image_mime=image.media_type if image else None,
+            alt_source=_ALT_SOURCE[fix.ground],
+        )
+        xml = cot.to_xml(event)
+        answer = Answer(
+            id=detection_id,
+            uid=event.uid,
+            location=Location(
+                lat=round(fix.lat, 7),
+                lon=round(fix.lon, 7),
+                hae=round(fix.hae, 2),
+                ce90=round(fix.ce90, 2),
+                le90=round(fix.le90, 2),
+                slant_range=round(fix.slant_range, 2),
+                ground=fix.ground,
+                point=located.point,
+            ),
+            cot_type=event.type,
+            stale=event.stale,
+        )
+        answer_json = answer.model_dump(mode="json")
+        platform = self._platform_event(detection, located, now)
+        record = DetectionRecord(
+            id=detection_id,
+            body_hash=body_hash(detection, image),
+            time_us=_us(detection.time),
+            received_us=_us(now),
+            sensor_id=detection.sensor.id,
+            label=detection.label,
+            detection=detection.model_dump(mode="json", exclude={"image"}),
+            answer=answer_json,
+            cot_xml=xml,
+            events=(
+                QueuedEvent(
+                    uid=event.uid,
+                    cot_type=event.type,
+                    kind="detection",
+                    time_us=_us(event.start),
+                    stale_us=_us(event.stale),
+                    payload=xml,
+                ),
+            ),
+            platform_event=platform,
+            platform_interval_us=int(self.settings.platform_interval_s * 1_000_000),
+            image_sha256=image.sha256 if image else None,
+            actor=actor,
+        )
+        return Prepared(record, answer)
+
+    async def commit(self, prepared: Sequence[Prepared]) -> list[tuple[Acceptance, Answer]]:
+        """Store prepared detections durably (one group commit) and give each its answer."""
+        future = self.store.submit_detections([p.record for p in prepared], self.destinations)
+        results = await asyncio.wrap_future(future)
+        answers = []
+        for item, result in zip(prepared, results, strict=True):
+            if result.outcome == "accepted":
+                DETECTIONS_ACCEPTED.inc()
+                answers.append((result, item.answer))
+            else:
+                if result.outcome == "duplicate":
+                    DETECTIONS_DUPLICATE.inc()
+                else:
+                    DETECTIONS_REJECTED.labels("conflict").inc()
+                answers.append((result, stored_answer(result.answer, duplicate=True)))
+        return answers
+
+    def reject(
+        self, reason: str, subject: str | None, error: dict[str, Any], actor: str | None
+    ) -> None:
+        """Count and audit a refused detection. The audit write is not awaited: a flood of bad
+        input must not hold request slots, and nothing of the detection is stored anyway."""
+        DETECTIONS_REJECTED.labels(reason).inc()
+        self.store.submit_audit(
+            [
+                AuditEntry(
+                    kind="detection.rejected",
+                    subject=subject,
+                    actor=actor,
+                    data={"reason": reason, **_bounded(error)},
+                )
+            ]
+        )
+
+    # -- rooms the story walks through ------------------------------------------------------------
+
+    def locate(self, detection: Detection) -> Located:
+        started = time.perf_counter()
+        cam, box, plat, gimbal = (
+            detection.camera,
+            detection.bbox,
+            detection.platform,
+            detection.gimbal,
+        )
+        dist = cam.distortion or Distortion()
+        try:
+            intrinsics = geo.Intrinsics.from_request(
+                cam.width,
+                cam.height,
+                hfov=cam.hfov,
+                vfov=cam.vfov,
+                fx=cam.fx,
+                fy=cam.fy,
+                cx=cam.cx,
+                cy=cam.cy,
+                k1=dist.k1,
+                k2=dist.k2,
+                p1=dist.p1,
+                p2=dist.p2,
+                k3=dist.k3,
+            )
+            height = geo.resolve_platform_hae(
+                plat.alt, plat.alt_ref, plat.lat, plat.lon, geoid=self.geoid, terrain=self.terrain
+            )
+            pose = geo.Pose(
+                lat=plat.lat,
+                lon=plat.lon,
+                hae=height.hae,
+                heading=plat.heading,
+                pitch=plat.pitch,
+                roll=plat.roll,
+                gimbal_azimuth=gimbal.azimuth,
+                gimbal_elevation=gimbal.elevation,
+                gimbal_roll=gimbal.roll,
+            )
+            u, v, point = geo.box_point(
+                box.x, box.y, box.width, box.height, detection.label.lower() in self.ground_labels
+            )
+            ground = detection.ground
+            fix = geo.locate_pixel(
+                intrinsics,
+                pose,
+                u,
+                v,
+                ground_height=None if ground is None else ground.height,
+                ground_height_ref="hae" if ground is None else ground.height_ref,
+                terrain=self.terrain,
+                geoid=self.geoid,
+                platform_agl=height.agl,
+                sigmas=self._sigmas(detection),
+            )
+        except geo.GeolocationError as exc:
+            raise Rejection(exc.field or "geometry", str(exc), reason="geometry") from None
+        finally:
+            GEOLOCATION_SECONDS.observe(time.perf_counter() - started)
+        return Located(fix, point, pose, intrinsics)
+
+    def _sigmas(self, detection: Detection) -> geo.InputSigmas:
+        given = detection.uncertainty
+        if given is None:
+            return self.sigmas
+        base = self.sigmas
+        return geo.InputSigmas(
+            horizontal_m=_pick(given.horizontal_m, base.horizontal_m),
+            vertical_m=_pick(given.vertical_m, base.vertical_m),
+            attitude_deg=_pick(given.attitude_deg, base.attitude_deg),
+            focal_rel=_pick(given.focal_rel, base.focal_rel),
+            ground_m=given.ground_m if given.ground_m is not None else base.ground_m,
+        )
+
+    def _platform_type(self, detection: Detection) -> str:
+        return cot.PLATFORM_TYPE_AIRBORNE if _airborne(detection) else cot.PLATFORM_TYPE_FIXED
+
+    def _platform_event(self, detection: Detection, located: Located, now: datetime) -> QueuedEvent:
+        """The sensor's own marker with its field of view, so ATAK draws the camera's cone."""
+        intrinsics, pose = located.intrinsics, located.pose
+        north, east, down = geo.ray_ned(intrinsics, pose, intrinsics.cx, intrinsics.cy)
+        event = cot.build_platform_event(
+            now=now,
+            sensor_id=detection.sensor.id,
+            lat=pose.lat,
+            lon=pose.lon,
+            hae=pose.hae,
+            callsign=detection.sensor.callsign,
+            airborne=_airborne(detection),
+            uid_prefix=self.settings.uid_prefix,
+            azimuth=math.degrees(math.atan2(east, north)) % 360.0,
+            elevation=math.degrees(math.atan2(-down, math.hypot(north, east))),
+            roll=detection.gimbal.roll,
+            fov=_fov(intrinsics.width, intrinsics.fx),
+            vfov=_fov(intrinsics.height, intrinsics.fy),
+            range_m=located.fix.slant_range,
+            sensor_model=detection.sensor.model,
+            stale_seconds=max(60.0, self.settings.platform_interval_s * PLATFORM_STALE_FACTOR),
+        )
+        payload = cot.to_xml(event)
+        return QueuedEvent(
+            uid=event.uid,
+            cot_type=event.type,
+            kind="platform",
+            time_us=_us(event.start),
+            stale_us=_us(event.stale),
+            payload=payload,
+        )
+
+    def _image_url(self, detection_id: str) -> str:
+        base = self.settings.public_url.rstrip("/")
+        return f"{base}/api/v1/detections/{detection_id}/image"
+
+
+_ALT_SOURCE = {
+    "request": cot.SOURCE_USER,
+    "terrain": "DTED",
+    "agl": cot.SOURCE_CALCULATED,
+    "ellipsoid": cot.SOURCE_UNKNOWN,
+}
+
+
+def open_terrain(path: Path) -> geo.Terrain:
+    """A directory holds SRTM ``.hgt`` tiles; a file is a GeoTIFF."""
+    return geo.SrtmTiles(path) if path.is_dir() else geo.GeoTiffTerrain(path)
+
+
+def body_hash(detection: Detection, image: StoredImage | None) -> str:
+    """Canonical hash of what the client sent, for idempotency: same id + same body = retry."""
+    body = detection.model_dump(mode="json")
+    if image is not None:
+        body["_image_sha256"] = image.sha256
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def stored_answer(answer: dict[str, Any], *, duplicate: bool) -> Answer:
+    return Answer.model_validate({**answer, "duplicate": duplicate})
+
+
+def _airborne(detection: Detection) -> bool:
+    # A fixed camera gives its absolute angles on the gimbal with the platform angles at 0.
+    plat = detection.platform
+    return bool(plat.heading or plat.pitch or plat.roll) or plat.alt_ref == "agl"
+
+
+def _fov(pixels: int, focal: float) -> float:
+    return math.degrees(2 * math.atan(pixels / 2 / focal))
+
+
+def _pick(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _us(value: datetime) -> int:
+    return int(value.timestamp() * 1_000_000)
+
+
+def _bounded(error: dict[str, Any]) -> dict[str, Any]:
+    # Audit the reason, not an attacker's megabyte: messages are cut to a readable length.
+    return {k: (v[:300] if isinstance(v, str) else v) for k, v in error.items()}
