@@ -104,7 +104,7 @@ class Intrinsics:
                 raise GeolocationError(f"{name} must be positive, got {f}", field=name)
         if hfov is None and fx is None:
             raise GeolocationError(
-                "camera needs hfov (degrees) or fx (pixels): neither was given", field="camera.hfov"
+                "camera.hfov (degrees) or camera.fx (pixels) is required", field="camera.hfov"
             )
         fx_fov = None if hfov is None else (width / 2.0) / math.tan(math.radians(hfov) / 2.0)
         fy_fov = None if vfov is None else (height / 2.0) / math.tan(math.radians(vfov) / 2.0)
@@ -161,7 +161,8 @@ def undistort(
     """Invert Brown-Conrady by Newton's method.
 
     Returns (x, y, ok): ok is False where Newton did not converge within UNDISTORT_MAX_ITER or
-    the solution lies beyond the fold of the distortion (non-positive Jacobian determinant),
+    the solution lies beyond the fold of the distortion (non-positive Jacobian determinant or
+    radial factor),
     i.e. where the pixel has no unique undistorted position.
     """
     k1, k2, p1, p2, k3 = k
@@ -169,6 +170,7 @@ def undistort(
     y = yd.copy()
     done = np.zeros(x.shape, dtype=np.bool_)
     det = np.ones_like(x)
+    rad = np.ones_like(x)
     with np.errstate(all="ignore"):
         for _ in range(UNDISTORT_MAX_ITER):
             r2 = x * x + y * y
@@ -186,7 +188,8 @@ def undistort(
                 break
             x = x - (j22 * fx - j12 * fy) / det
             y = y - (j11 * fy - j12 * fx) / det
-    ok = done & (det > 0.0) & np.isfinite(x) & np.isfinite(y)
+    # a root with rad <= 0 or det <= 0 lies beyond the fold (mirrored through the centre)
+    ok = done & (det > 0.0) & (rad > 0.0) & np.isfinite(x) & np.isfinite(y)
     return x, y, ok
 
 
@@ -208,7 +211,7 @@ def undistort_scalar(
         j22 = rad + 2.0 * y * y * drad + 6.0 * p1 * y + 2.0 * p2 * x
         det = j11 * j22 - j12 * j12
         if abs(fx) + abs(fy) <= UNDISTORT_TOL * (1.0 + abs(x) + abs(y)):
-            if det > 0.0:
+            if det > 0.0 and rad > 0.0:
                 return x, y
             break
         if det == 0.0 or not math.isfinite(det):

@@ -36,7 +36,9 @@ class GeolocationError(ValueError):
         self.status = status
 
 
-def ray_error(status: RayStatus, elevation_deg: float, height_above_ground_m: float) -> GeolocationError:
+def ray_error(
+    status: RayStatus, elevation_deg: float, height_above_ground_m: float
+) -> GeolocationError:
     """The error for a failed ray, naming the line-of-sight elevation angle."""
     prefix = "line of sight does not meet the ground: "
     if status is RayStatus.ABOVE_HORIZON:

@@ -93,9 +93,7 @@ def locate(
     ``ground_sigma_m`` defaults to ``sigmas.ground_m`` or the request-height default;
     ``ground_follows_sensor`` marks rays whose ground is platform HAE - AGL.
     """
-    cam = (
-        CameraArrays.from_intrinsics([camera]) if isinstance(camera, Intrinsics) else camera
-    )
+    cam = CameraArrays.from_intrinsics([camera]) if isinstance(camera, Intrinsics) else camera
     pz = PoseArrays.from_pose(pose) if isinstance(pose, Pose) else pose
     uu = np.asarray(u, dtype=np.float64)
     vv = np.asarray(v, dtype=np.float64)
@@ -109,7 +107,9 @@ def locate(
     und_ok: BoolArray | None = None
     if cam.has_distortion:
         xn, yn, und_ok = undistort(
-            xn.copy(), yn.copy(), (cam.k1, cam.k2, cam.p1, cam.p2, cam.k3)  # type: ignore[arg-type]
+            xn.copy(),
+            yn.copy(),
+            (cam.k1, cam.k2, cam.p1, cam.p2, cam.k3),  # type: ignore[arg-type]
         )
     lat, lon, hae = _b(pz.lat, n), _b(pz.lon, n), _b(pz.hae, n)
     angles = np.empty((6, n))
@@ -134,11 +134,7 @@ def locate(
     ce90, le90 = nan, nan.copy()
     sampled = np.zeros(n, dtype=np.bool_)
     if with_uncertainty:
-        gsig = (
-            ground_sigma_m
-            if ground_sigma_m is not None
-            else sigmas.ground_sigma_m("request")
-        )
+        gsig = ground_sigma_m if ground_sigma_m is not None else sigmas.ground_sigma_m("request")
         sig = SigmaArrays.from_input(sigmas, _b(gsig, n))
         follow = _b(np.asarray(ground_follows_sensor, dtype=np.float64), n)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -193,9 +189,7 @@ def project(
 
     Returns (u, v, in_front): in_front is False for points behind the camera.
     """
-    cam = (
-        CameraArrays.from_intrinsics([camera]) if isinstance(camera, Intrinsics) else camera
-    )
+    cam = CameraArrays.from_intrinsics([camera]) if isinstance(camera, Intrinsics) else camera
     pz = PoseArrays.from_pose(pose) if isinstance(pose, Pose) else pose
     gx, gy, gz = geodetic_to_ecef(lat, lon, hae)
     sx, sy, sz = geodetic_to_ecef(pz.lat, pz.lon, pz.hae)
@@ -234,9 +228,7 @@ def _inverse_chain(
     return x, y, z
 
 
-def ray_ned(
-    camera: Intrinsics, pose: Pose, u: float, v: float
-) -> tuple[float, float, float]:
+def ray_ned(camera: Intrinsics, pose: Pose, u: float, v: float) -> tuple[float, float, float]:
     """Unit line of sight of pixel (u, v) in NED at the sensor (for diagnostics and tests)."""
     r = scalar.ray(camera, pose, u, v)
     norm = math.sqrt(sum(c * c for c in r.d_ned))
@@ -275,7 +267,9 @@ def resolve_platform_hae(
     if alt_ref == "msl":
         return PlatformHeight(float(g.msl_to_hae(lat, lon, alt)), None)
     if alt < 0.0:
-        raise GeolocationError(f"platform.alt above ground must be >= 0, got {alt}", field="platform.alt")
+        raise GeolocationError(
+            f"platform.alt above ground must be >= 0, got {alt}", field="platform.alt"
+        )
     if terrain is not None:
         ground = float(terrain.height_msl(lat, lon)[0])
         if math.isfinite(ground):
@@ -335,15 +329,17 @@ def locate_pixel(
         r = scalar.ray(intrinsics, pose, u, v)
         dnorm = math.sqrt(r.d[0] ** 2 + r.d[1] ** 2 + r.d[2] ** 2)
         dist = intersect_terrain(
-            r.s, (r.d[0] / dnorm, r.d[1] / dnorm, r.d[2] / dnorm), terrain, g, max_range_m=max_range_m
+            r.s,
+            (r.d[0] / dnorm, r.d[1] / dnorm, r.d[2] / dnorm),
+            terrain,
+            g,
+            max_range_m=max_range_m,
         )
         if dist is not None:
             t = dist / dnorm
             p = (r.s[0] + t * r.d[0], r.s[1] + t * r.d[1], r.s[2] + t * r.d[2])
             surface = scalar.ecef_to_geodetic(*p)[3]
-            f = scalar.finish(
-                r, pose, t, surface, sig, sigmas.ground_sigma_m("terrain")
-            )
+            f = scalar.finish(r, pose, t, surface, sig, sigmas.ground_sigma_m("terrain"))
             return _fix(f, "terrain")
 
     if platform_agl is not None:
@@ -363,9 +359,7 @@ def locate_pixel(
         )
         return _fix(f, "agl")
 
-    f = scalar.locate_scalar(
-        intrinsics, pose, u, v, 0.0, sig, sigmas.ground_sigma_m("ellipsoid")
-    )
+    f = scalar.locate_scalar(intrinsics, pose, u, v, 0.0, sig, sigmas.ground_sigma_m("ellipsoid"))
     return _fix(f, "ellipsoid")
 
 

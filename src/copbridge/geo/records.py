@@ -165,7 +165,9 @@ class CameraArrays:
         k3: npt.ArrayLike = 0.0,
     ) -> CameraArrays:
         """Build from array-likes (converted to float64 arrays)."""
-        return cls(_arr(fx), _arr(fy), _arr(cx), _arr(cy), _arr(k1), _arr(k2), _arr(p1), _arr(p2), _arr(k3))
+        return cls(
+            _arr(fx), _arr(fy), _arr(cx), _arr(cy), _arr(k1), _arr(k2), _arr(p1), _arr(p2), _arr(k3)
+        )
 
     @classmethod
     def from_intrinsics(cls, cams: list[Intrinsics] | tuple[Intrinsics, ...]) -> CameraArrays:
@@ -210,7 +212,9 @@ class Fix:
         return UNKNOWN_CE if self.le90 >= UNKNOWN_CE else self.le90 / LE90_PER_SIGMA
 
 
-def box_point(x: float, y: float, w: float, h: float, ground_object: bool) -> tuple[float, float, BoxPoint]:
+def box_point(
+    x: float, y: float, w: float, h: float, ground_object: bool
+) -> tuple[float, float, BoxPoint]:
     """The pixel to locate for a box (origin top-left): bottom-centre for ground objects
     (people, vehicles, animals: where they touch the ground), the centre otherwise."""
     if ground_object:

@@ -85,7 +85,9 @@ def ray(intr: Intrinsics, pose: Pose, u: float, v: float) -> ScalarRay:
     nrad = WGS84_A / math.sqrt(1.0 - WGS84_E2 * slat * slat)
     r = (nrad + pose.hae) * clat
     sv = (r * clon, r * slon, (nrad * (1.0 - WGS84_E2) + pose.hae) * slat)
-    return ScalarRay(xn, yn, c, s, d_ned, slat, clat, slon, clon, sv, _ned_to_ecef(slat, clat, slon, clon, d_ned))
+    return ScalarRay(
+        xn, yn, c, s, d_ned, slat, clat, slon, clon, sv, _ned_to_ecef(slat, clat, slon, clon, d_ned)
+    )
 
 
 def _ned_to_ecef(slat: float, clat: float, slon: float, clon: float, v: V3) -> V3:
@@ -308,7 +310,9 @@ def locate_scalar(
 ) -> ScalarFix:
     """Locate one pixel on the ellipsoid raised by ``ground_hae``; raises GeolocationError."""
     if not math.isfinite(ground_hae):
-        raise GeolocationError(f"ground.height must be finite, got {ground_hae}", field="ground.height")
+        raise GeolocationError(
+            f"ground.height must be finite, got {ground_hae}", field="ground.height"
+        )
     r = ray(intr, pose, u, v)
     t = hit_ellipsoid(r, ground_hae, pose.hae)
     return finish(r, pose, t, ground_hae, sigmas, ground_sigma_m, follow, sampling)

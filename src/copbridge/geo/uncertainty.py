@@ -89,7 +89,9 @@ class InputSigmas:
 
     def __post_init__(self) -> None:
         values = [self.horizontal_m, self.vertical_m, self.attitude_deg, self.focal_rel]
-        values += list(self.angles_deg or ()) + ([self.ground_m] if self.ground_m is not None else [])
+        values += list(self.angles_deg or ()) + (
+            [self.ground_m] if self.ground_m is not None else []
+        )
         if any(not (math.isfinite(x) and x >= 0.0) for x in values):
             raise ValueError("uncertainty sigmas must be finite and non-negative")
 
