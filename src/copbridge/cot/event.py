@@ -44,6 +44,8 @@ _HOW = re.compile(r"[A-Za-z0-9](?:-[A-Za-z0-9]+)*")
 
 
 def _finite(value: float, what: str) -> float:
+    if type(value) is float and math.isfinite(value):  # the common case, checked cheaply
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{what} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
@@ -77,6 +79,8 @@ def _utc_ms(value: datetime, what: str) -> datetime:
     """UTC, truncated to the millisecond: the precision TAK keeps (protobuf carries ms)."""
     if not isinstance(value, datetime):
         raise TypeError(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is UTC and not value.microsecond % 1000:  # already normalised
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware (UTC), got naive {value.isoformat()}")
     value = value.astimezone(UTC)
@@ -90,7 +94,7 @@ def _check_type(value: str, what: str = "type") -> str:
 
 
 def _check_uid(value: str, what: str = "uid") -> str:
-    if not isinstance(value, str) or not clean_text(value).strip():
+    if not isinstance(value, str) or not value.strip() or not clean_text(value).strip():
         raise ValueError(f"{what} must be a non-empty string")
     return value
 
@@ -293,12 +297,10 @@ CotEvent = DetectionEvent | PlatformEvent | PingEvent
 
 def format_time(value: datetime) -> str:
     """xs:dateTime in UTC with milliseconds, as TAK writes it: 2026-11-28T03:51:20.123Z."""
-    if value.tzinfo is not None:
+    if value.tzinfo is not UTC and value.tzinfo is not None and value.utcoffset():
         value = value.astimezone(UTC)
-    return (
-        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
-        f"{value.minute:02d}:{value.second:02d}.{value.microsecond // 1000:03d}Z"
-    )
+    # isoformat is C code; its first 23 characters are the date and time to the millisecond.
+    return value.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def _short_id(track_id: str | None, detection_id: str) -> str:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from types import MappingProxyType
 
 
@@ -76,6 +77,7 @@ _TEMPLATE = re.compile(r"[A-Za-z0-9]+(?:-(?:\?|[A-Za-z0-9]+))*")
 _SPACES = re.compile(r"[\s_]+")
 
 
+@lru_cache(maxsize=1024)  # a deployment sees a few dozen labels, looked up per detection
 def normalise_label(label: str) -> str:
     """Lower-case, trim, runs of spaces/underscores as one space ("Jet_Ski" -> "jet ski")."""
     return _SPACES.sub(" ", label).strip().casefold()

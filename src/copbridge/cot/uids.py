@@ -8,6 +8,7 @@ three forms can never produce the same uid for different inputs under one prefix
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import quote
 
 DEFAULT_UID_PREFIX = "copbridge"
@@ -15,6 +16,7 @@ DEFAULT_UID_PREFIX = "copbridge"
 _PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
+@lru_cache(maxsize=4096)  # sensor and track ids repeat: the encoding is worth keeping
 def _segment(value: str, what: str, safe: str = "-_") -> str:
     if not value:
         raise ValueError(f"{what} must not be empty")

@@ -279,13 +279,11 @@ def _parse_number(point: etree._Element, name: str) -> float:
 
 
 def _element(elem: etree._Element) -> DetailElement:
+    attrs = MappingProxyType(dict(elem.attrib))
+    if not len(elem):  # most CoT detail elements are leaves
+        return DetailElement(str(elem.tag), attrs, elem.text or "")
     text = (elem.text or "") + "".join(child.tail or "" for child in elem)
-    return DetailElement(
-        tag=str(elem.tag),
-        attrs=MappingProxyType({str(k): str(v) for k, v in elem.attrib.items()}),
-        text=text,
-        children=tuple(_element(child) for child in elem),
-    )
+    return DetailElement(str(elem.tag), attrs, text, tuple(_element(child) for child in elem))
 
 
 def _refuse_dtd(data: bytes) -> None:
