@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     group_commit_max_delay_ms: float = Field(default=2.0, ge=0, le=100)
     group_commit_max_items: int = Field(default=512, ge=1, le=10_000)
     sqlite_checkpoint_s: float = Field(default=30.0, gt=0)
+    sqlite_max_pages: int | None = Field(
+        default=None, ge=64
+    )  # cap the file: a full disk on purpose
     max_body_bytes: int = Field(default=12 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     retention_hours: float = Field(default=24.0, gt=0)

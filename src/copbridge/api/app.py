@@ -30,6 +30,7 @@ def build_store(settings: Settings) -> SqlStore:
         max_delay_s=settings.group_commit_max_delay_ms / 1000,
         max_items=settings.group_commit_max_items,
         observe=observe_commit,
+        sqlite_max_pages=settings.sqlite_max_pages,
     )
 
 

@@ -54,6 +54,7 @@ def open_store(
     max_delay_s: float = 0.002,
     max_items: int = 512,
     observe: BatchObserver | None = None,
+    sqlite_max_pages: int | None = None,
 ) -> SqlStore:
     """Open the store a ``COPBRIDGE_DATABASE_URL`` names (no connection is made yet)."""
     if url.startswith("sqlite:///"):
@@ -65,6 +66,7 @@ def open_store(
             max_delay_s=max_delay_s,
             max_items=max_items,
             observe=observe,
+            max_page_count=sqlite_max_pages,
         )
     if url.startswith(("postgresql://", "postgres://")):
         from copbridge.store.postgres import PostgresStore

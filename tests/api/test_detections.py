@@ -1,0 +1,320 @@
+"""The contract's examples as tests: answers, field-named errors, limits, idempotency, images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from lxml import etree
+from PIL import Image
+
+from copbridge.api.app import create_app
+from copbridge.cot import parse_xml
+from tests.api.conftest import DESTINATIONS, EXAMPLE, app_settings, example
+
+URL = "/api/v1/detections"
+
+
+def _jpeg(width: int = 64, height: int = 48) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_contract_example_is_accepted_with_a_location(client: TestClient) -> None:
+    answer = client.post(URL, json=EXAMPLE)
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert body["id"] == "uav7-f000123-d3"
+    assert body["uid"] == "copbridge.uav-7.17"
+    assert body["status"] == "queued"
+    assert body["cot_type"] == "a-u-G"
+    assert body["duplicate"] is False
+    assert body["stale"] == "2026-11-28T03:56:20.123Z"
+    location = body["location"]
+    assert location["ground"] == "request"
+    assert location["point"] == "bbox-bottom-centre"
+    # A person low in the left of a frame looking west-south-west from 2.9 km MSL.
+    assert 41.13 < location["lat"] < 41.15
+    assert -104.80 < location["lon"] < -104.77
+    assert location["ce90"] > 0
+    assert location["le90"] > 0
+    assert 1000 < location["slant_range"] < 5000
+
+
+def test_stored_detection_reads_back_with_its_cot(client: TestClient) -> None:
+    client.post(URL, json=EXAMPLE)
+    stored = client.get(f"{URL}/uav7-f000123-d3").json()
+    assert stored["detection"]["sensor"]["callsign"] == "RAVEN 7"
+    assert stored["answer"]["uid"] == "copbridge.uav-7.17"
+    cot = client.get(f"{URL}/uav7-f000123-d3/cot")
+    assert cot.headers["content-type"].startswith("application/xml")
+    event = parse_xml(cot.content)
+    assert event.uid == "copbridge.uav-7.17"
+    assert event.how == "m-i"
+    assert client.get(f"{URL}/nope").status_code == 404
+
+
+def test_same_id_same_body_returns_first_answer_as_duplicate(client: TestClient) -> None:
+    first = client.post(URL, json=EXAMPLE).json()
+    again = client.post(URL, json=EXAMPLE)
+    assert again.status_code == 202
+    assert again.json() == {**first, "duplicate": True}
+
+
+def test_reused_id_with_other_body_is_409(client: TestClient) -> None:
+    client.post(URL, json=EXAMPLE)
+    answer = client.post(URL, json=example(confidence=0.5))
+    assert answer.status_code == 409
+    assert "uav7-f000123-d3" in answer.json()["detail"]
+
+
+def test_server_makes_an_id_when_none_is_given(client: TestClient) -> None:
+    body = example()
+    del body["id"]
+    first = client.post(URL, json=body).json()
+    second = client.post(URL, json=body).json()
+    assert first["id"] != second["id"]
+    assert len(first["id"]) == 36  # UUIDv7 text
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    body = example()
+    target = body
+    *parents, leaf = path.split(".")
+    for key in parents:
+        target = target[key]
+    if value is _DELETE:
+        del target[leaf]
+    else:
+        target[leaf] = value
+    return body
+
+
+_DELETE = object()
+
+FIELD_CASES = [
+    ("id", "bad id!"),
+    ("id", "x" * 129),
+    ("time", "2026-11-28T03:51:20"),  # no offset
+    ("time", "yesterday"),
+    ("time", _DELETE),
+    ("sensor.id", "uav 7"),
+    ("sensor.callsign", "c" * 65),
+    ("sensor.model", "m" * 129),
+    ("label", ""),
+    ("label", "l" * 65),
+    ("confidence", 1.5),
+    ("confidence", -0.1),
+    ("confidence", "high"),
+    ("bbox.width", 0),
+    ("bbox.x", -1),
+    ("track_id", "track 17"),
+    ("affiliation", "enemy"),
+    ("camera.width", 0),
+    ("camera.hfov", 180),
+    ("camera.fx", -5),
+    ("camera.distortion.k1", 1000),
+    ("platform.lat", 91),
+    ("platform.lon", -181),
+    ("platform.alt_ref", "agl2"),
+    ("platform.pitch", 95),
+    ("gimbal.azimuth", 400),
+    ("ground.height_ref", "wgs84"),
+    ("uncertainty.attitude_deg", -1),
+    ("platform.speed", 3),  # unknown field
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), FIELD_CASES, ids=[f"{f}={v!r}"[:40] for f, v in FIELD_CASES]
+)
+def test_each_invalid_field_is_422_naming_it(client: TestClient, field: str, value: Any) -> None:
+    answer = client.post(URL, json=_with(field, value))
+    assert answer.status_code == 422, answer.text
+    fields = [e["field"] for e in answer.json()["errors"]]
+    assert field in fields, fields
+    assert field in answer.json()["detail"]
+
+
+def test_camera_without_hfov_or_fx_is_422(client: TestClient) -> None:
+    body = example()
+    body["camera"] = {"width": 1920, "height": 1080}
+    answer = client.post(URL, json=body)
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["field"] == "camera"
+    assert "hfov or fx" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_422(client: TestClient, token: str) -> None:
+    raw = json.dumps(EXAMPLE).replace('"confidence": 0.91', f'"confidence": {token}')
+    answer = client.post(URL, content=raw, headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["field"] == "confidence"
+
+
+def test_malformed_json_is_422_naming_the_body(client: TestClient) -> None:
+    answer = client.post(URL, content=b'{"id": ', headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["field"] == "body"
+
+
+def test_box_outside_the_image_is_422(client: TestClient) -> None:
+    answer = client.post(URL, json=example(bbox={"x": 1900, "y": 10, "width": 40, "height": 40}))
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["field"] == "bbox"
+    assert "inside the 1920x1080 image" in answer.json()["detail"]
+
+
+def test_camera_pointing_above_the_horizon_is_422_naming_the_angle(client: TestClient) -> None:
+    body = example(gimbal={"azimuth": 266.4, "elevation": 12.0, "roll": 0.0})
+    answer = client.post(URL, json=body)
+    assert answer.status_code == 422
+    assert "above the horizon" in answer.json()["detail"]
+    assert "°" in answer.json()["detail"]
+    assert client.get(f"{URL}/{EXAMPLE['id']}").status_code == 404
+
+
+def test_oversized_body_is_413_before_parsing(tmp_path: Path) -> None:
+    settings = app_settings(tmp_path, max_body_bytes=4096)
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(URL, json=example(label="x", sensor={"id": "a", "model": "m" * 8000}))
+    assert answer.status_code == 413
+
+
+def test_oversized_image_is_413(tmp_path: Path) -> None:
+    settings = app_settings(tmp_path, max_image_bytes=2048)
+    image = _jpeg(400, 400)
+    assert len(image) > 2048
+    body = example(image={"media_type": "image/jpeg", "data": base64.b64encode(image).decode()})
+    with TestClient(create_app(settings)) as client:
+        assert client.post(URL, json=body).status_code == 413
+
+
+def test_non_image_labelled_jpeg_is_422(client: TestClient) -> None:
+    fake = base64.b64encode(b"<html>not a jpeg</html>").decode()
+    answer = client.post(URL, json=example(image={"media_type": "image/jpeg", "data": fake}))
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["field"] == "image"
+
+
+def test_png_declared_as_jpeg_is_422(client: TestClient) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "PNG")
+    body = example(
+        image={"media_type": "image/jpeg", "data": base64.b64encode(out.getvalue()).decode()}
+    )
+    answer = client.post(URL, json=body)
+    assert answer.status_code == 422
+    assert "image/png" in answer.json()["detail"]
+
+
+def test_multipart_image_is_stored_and_linked_from_the_cot(client: TestClient) -> None:
+    image = _jpeg()
+    answer = client.post(
+        URL,
+        files={
+            "detection": (None, json.dumps(EXAMPLE), "application/json"),
+            "image": ("frame.jpg", image, "image/jpeg"),
+        },
+    )
+    assert answer.status_code == 202, answer.text
+    served = client.get(f"{URL}/{EXAMPLE['id']}/image")
+    assert served.status_code == 200
+    assert served.content == image
+    assert served.headers["content-type"] == "image/jpeg"
+    cot = etree.fromstring(client.get(f"{URL}/{EXAMPLE['id']}/cot").content)
+    links = [str(el.get("url")) for el in cot.iter() if el.get("url")]
+    assert any(link.endswith(f"/api/v1/detections/{EXAMPLE['id']}/image") for link in links)
+
+
+def test_inline_image_round_trips(client: TestClient) -> None:
+    image = _jpeg()
+    body = example(image={"media_type": "image/jpeg", "data": base64.b64encode(image).decode()})
+    assert client.post(URL, json=body).status_code == 202
+    assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == image
+
+
+def test_batch_gives_per_item_results_in_input_order(client: TestClient) -> None:
+    bad = example(id="bad", bbox={"x": 1900, "y": 0, "width": 50, "height": 10})
+    items = [example(id="a1"), bad, example(id="a2"), example(id="a1")]
+    answer = client.post(f"{URL}/batch", json={"detections": items})
+    assert answer.status_code == 207
+    body = answer.json()
+    assert [r["index"] for r in body["results"]] == [0, 1, 2, 3]
+    assert [r["status"] for r in body["results"]] == [202, 422, 202, 202]
+    assert body["results"][3]["answer"]["duplicate"] is True
+    assert body["results"][1]["error"]["errors"][0]["field"] == "detections[1].bbox"
+    assert (body["accepted"], body["duplicates"], body["rejected"]) == (2, 1, 1)
+
+
+def test_batch_of_only_valid_items_is_202_and_accepts_a_bare_list(client: TestClient) -> None:
+    answer = client.post(f"{URL}/batch", json=[example(id=f"b{i}") for i in range(20)])
+    assert answer.status_code == 202
+    assert answer.json()["accepted"] == 20
+
+
+def test_batch_over_1000_items_is_413(client: TestClient) -> None:
+    answer = client.post(f"{URL}/batch", json=[{}] * 1001)
+    assert answer.status_code == 413
+
+
+def test_list_filters_and_paginates(client: TestClient) -> None:
+    for i in range(5):
+        sensor = {"id": "cam-a" if i % 2 else "cam-b"}
+        body = example(id=f"l{i}", sensor=sensor, label="car" if i < 2 else "person")
+        body["time"] = f"2026-11-28T03:5{i}:00Z"
+        assert client.post(URL, json=body).status_code == 202
+    page = client.get(URL, params={"limit": 2}).json()
+    assert [d["id"] for d in page["items"]] == ["l0", "l1"]
+    rest = client.get(URL, params={"limit": 10, "cursor": page["next_cursor"]}).json()
+    assert [d["id"] for d in rest["items"]] == ["l2", "l3", "l4"]
+    assert rest["next_cursor"] is None
+    assert [d["id"] for d in client.get(URL, params={"sensor": "cam-a"}).json()["items"]] == [
+        "l1",
+        "l3",
+    ]
+    assert [d["id"] for d in client.get(URL, params={"label": "car"}).json()["items"]] == [
+        "l0",
+        "l1",
+    ]
+    window = {"since": "2026-11-28T03:51:00Z", "until": "2026-11-28T03:53:00Z"}
+    assert [d["id"] for d in client.get(URL, params=window).json()["items"]] == ["l1", "l2"]
+    assert client.get(URL, params={"since": "yesterday"}).status_code == 422
+
+
+def test_detection_row_outbox_rows_and_audit_are_one_transaction(client: TestClient) -> None:
+    assert client.post(URL, json=EXAMPLE).status_code == 202
+    store = client.app.state.store  # type: ignore[attr-defined]
+    stats = store.outbox_stats(DESTINATIONS.split(","))
+    # The detection's event and the sensor's platform event, for each destination.
+    assert [s.pending for s in stats] == [2, 2]
+    kinds = [r.kind for r in store.audit_records(limit=100)]
+    assert kinds.count("detection.accepted") == 1
+    assert kinds.count("event.queued") == 2
+    assert store.verify_audit().ok
+
+
+def test_platform_event_is_emitted_at_most_once_per_interval(client: TestClient) -> None:
+    for i in range(3):
+        assert client.post(URL, json=example(id=f"p{i}")).status_code == 202
+    store = client.app.state.store  # type: ignore[attr-defined]
+    platform = [e for e in store.feed_since(0, 0) if e.uid == "copbridge.uav-7"]
+    assert len(platform) == 1
+    event = parse_xml(platform[0].payload)
+    assert event.type == "a-f-A-M-F-Q"
+
+
+def test_rejections_are_audited_with_their_reason(client: TestClient) -> None:
+    client.post(URL, json=example(confidence=3))
+    store = client.app.state.store  # type: ignore[attr-defined]
+    store._writer.run(lambda conn: None)  # the audit write is queued, not awaited: flush it
+    rejected = [r for r in store.audit_records(limit=100) if r.kind == "detection.rejected"]
+    assert len(rejected) == 1
+    assert rejected[0].data["reason"] == "contract"

@@ -1,0 +1,116 @@
+"""Someone edits the database behind our back: ``verify`` names the first broken record.
+
+The triggers refuse UPDATE/DELETE through SQL, so each test first removes that guard the way an
+intruder with file or superuser access would, then tampers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from copbridge.store import AuditEntry, SqlStore, open_store
+from copbridge.store.sqlite import path_from_url
+
+Tamper = Callable[[str], None]
+
+
+def _sqlite(url: str, *statements: str) -> None:
+    conn = sqlite3.connect(path_from_url(url), isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS audit_no_update")
+        conn.execute("DROP TRIGGER IF EXISTS audit_no_delete")
+        for sql in statements:
+            conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def _postgres(url: str, *statements: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit DISABLE TRIGGER USER")
+        for sql in statements:
+            conn.execute(sql)
+        conn.execute("ALTER TABLE audit ENABLE TRIGGER USER")
+
+
+def _edit(url: str, *statements: str) -> None:
+    (_sqlite if url.startswith("sqlite") else _postgres)(url, *statements)
+
+
+@pytest.fixture
+def chained(store_url: str) -> tuple[str, SqlStore]:
+    store = open_store(store_url)
+    store.upgrade()
+    store.append_audit([AuditEntry(kind=f"k{i}", subject=f"s{i}", data={"n": i}) for i in range(6)])
+    assert store.verify_audit().ok
+    return store_url, store
+
+
+EDITS = {
+    "kind": "UPDATE audit SET kind = 'forged' WHERE seq = 3",
+    "subject": "UPDATE audit SET subject = 'someone else' WHERE seq = 3",
+    "actor": "UPDATE audit SET actor = 'admin' WHERE seq = 3",
+    "data": "UPDATE audit SET data = '{\"n\":99}' WHERE seq = 3",
+    "at_us": "UPDATE audit SET at_us = at_us + 1 WHERE seq = 3",
+    "hash": "UPDATE audit SET hash = '" + "f" * 64 + "' WHERE seq = 3",
+    "prev_hash": "UPDATE audit SET prev_hash = '" + "e" * 64 + "' WHERE seq = 3",
+}
+
+
+@pytest.mark.parametrize("column", sorted(EDITS))
+def test_editing_any_field_is_detected_at_that_record(
+    chained: tuple[str, SqlStore], column: str
+) -> None:
+    url, store = chained
+    try:
+        _edit(url, EDITS[column])
+        report = store.verify_audit()
+        assert not report.ok
+        # A forged hash is seen at the next record, whose link no longer matches.
+        assert report.first_broken_seq in (3, 4)
+        assert report.reason
+    finally:
+        store.close()
+
+
+def test_deleting_a_record_is_detected(chained: tuple[str, SqlStore]) -> None:
+    url, store = chained
+    try:
+        _edit(url, "DELETE FROM audit WHERE seq = 2")
+        report = store.verify_audit()
+        assert not report.ok
+        assert report.first_broken_seq == 3
+        assert "missing" in (report.reason or "")
+    finally:
+        store.close()
+
+
+def test_reordering_records_is_detected(chained: tuple[str, SqlStore]) -> None:
+    url, store = chained
+    try:
+        _edit(
+            url,
+            "UPDATE audit SET seq = 100 WHERE seq = 2",
+            "UPDATE audit SET seq = 2 WHERE seq = 3",
+            "UPDATE audit SET seq = 3 WHERE seq = 100",
+        )
+        report = store.verify_audit()
+        assert not report.ok
+        assert report.first_broken_seq == 2
+    finally:
+        store.close()
+
+
+def test_untouched_chain_verifies(chained: tuple[str, SqlStore], tmp_path: Path) -> None:
+    _, store = chained
+    try:
+        report = store.verify_audit()
+        assert report.ok
+        assert report.records == 6
+    finally:
+        store.close()
