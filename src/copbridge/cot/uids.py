@@ -1,8 +1,7 @@
-"""CoT uids: one per sensor track (so updates move one marker), one per untracked detection.
+"""CoT uids: `{prefix}.{sensor}.{track}` per track (updates move one marker), else per detection.
 
-Forms: `{prefix}.{sensor}.{track}`, `{prefix}.{sensor}.d.{detection}`, platform `{prefix}.{sensor}`.
-Sensor and track ids are percent-encoded outside `[A-Za-z0-9_-]`, so they hold no "." and the
-three forms can never produce the same uid for different inputs under one prefix.
+Untracked: `{prefix}.{sensor}.d.{detection}`; platform: `{prefix}.{sensor}`. Sensor and track ids
+are percent-encoded outside `[A-Za-z0-9_-]` (no "."), so different inputs never share a uid.
 """
 
 from __future__ import annotations
