@@ -98,6 +98,35 @@ def serve(
         fail(f"could not listen on {settings.host}:{settings.port}")
 
 
+@app.command()
+def geolocate(
+    source: Annotated[
+        str, typer.Argument(help="File of one JSON detection or JSON lines; - for stdin.")
+    ] = "-",
+    fmt: Annotated[
+        str, typer.Option("--format", help="json (the API's answer) or cot (the CoT event).")
+    ] = "json",
+    config: ConfigOption = None,
+) -> None:
+    """Locate detections offline (no server, no database); one line per input, in order."""
+    from copbridge.offline import geolocate as locate_all
+    from copbridge.pipeline import Pipeline
+
+    if fmt not in ("json", "cot"):
+        fail(f"--format must be json or cot, not {fmt!r}", 2)
+    settings = settings_or_exit(config)
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {source}: {exc}", 2)
+    failed = 0
+    for line in locate_all(text, Pipeline(settings), "cot" if fmt == "cot" else "json"):
+        typer.echo(line.text)
+        failed += not line.ok
+    if failed:
+        raise typer.Exit(1)
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply pending schema migrations."""

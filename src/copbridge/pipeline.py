@@ -72,9 +72,14 @@ class Prepared:
 class Pipeline:
     """Everything one copbridge process needs to turn a detection into stored CoT events."""
 
-    def __init__(self, settings: Settings, store: SqlStore, destinations: Sequence[str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SqlStore | None = None,
+        destinations: Sequence[str] = (),
+    ) -> None:
         self.settings = settings
-        self.store = store
+        self._store = store
         self.destinations = tuple(destinations)
         self.geoid = geo.load_egm96()
         self.terrain = open_terrain(settings.terrain) if settings.terrain else None
@@ -84,6 +89,12 @@ class Pipeline:
         )
         self.ground_labels = frozenset(label.lower() for label in settings.ground_labels)
         self.sigmas = geo.InputSigmas()
+
+    @property
+    def store(self) -> SqlStore:
+        if self._store is None:
+            raise RuntimeError("this pipeline is offline (copbridge geolocate): it has no store")
+        return self._store
 
     # -- the story ------------------------------------------------------------------------------
 

@@ -1,0 +1,64 @@
+"""``copbridge geolocate``: the offline form of the pipeline, one line per input in order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from lxml import etree
+
+from copbridge.api.app import create_app
+from tests.api.conftest import EXAMPLE, app_settings, example
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _geolocate(stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "copbridge", "geolocate", *args, "-"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_one_pretty_printed_detection_gives_the_api_answer(tmp_path: Path) -> None:
+    result = _geolocate(json.dumps(EXAMPLE, indent=2))
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    offline = json.loads(line)
+    with TestClient(create_app(app_settings(tmp_path))) as client:
+        online = client.post("/api/v1/detections", json=EXAMPLE).json()
+    assert offline == {k: v for k, v in online.items() if k not in ("status", "duplicate")}
+
+
+def test_json_lines_keep_their_order_and_a_bad_one_is_named() -> None:
+    lines = [
+        json.dumps(example(id="first")),
+        json.dumps(example(id="broken", bbox={"x": 5000, "y": 0, "width": 10, "height": 10})),
+        json.dumps(example(id="third")),
+        "{not json",
+    ]
+    result = _geolocate("\n".join(lines) + "\n")
+    assert result.returncode == 1
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o.get("id") for o in out] == ["first", "broken", "third", None]
+    assert out[1]["line"] == 2
+    assert out[1]["errors"][0]["field"] == "bbox"
+    assert "location" in out[2]
+    assert out[3]["errors"][0]["field"] == "body"
+
+
+def test_cot_format_prints_one_event_per_detection() -> None:
+    lines = [json.dumps(example(id=f"c{i}", track_id=str(i))) for i in range(3)]
+    result = _geolocate("\n".join(lines), "--format", "cot")
+    assert result.returncode == 0, result.stderr
+    events = [etree.fromstring(line.encode()) for line in result.stdout.splitlines()]
+    assert [e.get("uid") for e in events] == [f"copbridge.uav-7.{i}" for i in range(3)]
+    assert all(e.get("how") == "m-i" for e in events)
