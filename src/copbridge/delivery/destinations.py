@@ -1,0 +1,125 @@
+"""TAK destinations as configured: pytak-style URLs (tcp, tls, udp, file, log) plus their options.
+
+The URL exactly as written in the configuration is the destination's name in the outbox, so the
+pipeline (which queues rows) and the worker (which claims them) agree without sharing state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, cast
+from urllib.parse import urlsplit
+
+from copbridge.config import DestinationSettings, Settings
+
+Scheme = Literal["tcp", "tls", "udp", "file", "log"]
+_SCHEMES: tuple[Scheme, ...] = ("tcp", "tls", "udp", "file", "log")
+_STREAM_NAMES = ("stdout", "stderr")
+
+
+class DestinationError(ValueError):
+    """A destination URL or option that cannot work; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One place CoT events go, with how to reach it and how to speak to it."""
+
+    name: str
+    scheme: Scheme
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    protocol: Literal["xml", "protobuf"] = "xml"
+    label: str | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    client_password: str | None = None
+    ca_file: Path | None = None
+    verify_hostname: bool = True
+    expected_hostname: str | None = None
+    batch_size: int = 200
+    keepalive_s: float = 15.0
+
+    @property
+    def is_stream(self) -> bool:
+        """TCP or TLS: a connection that can go half-open and needs keepalive pings."""
+        return self.scheme in ("tcp", "tls")
+
+    @property
+    def is_multicast(self) -> bool:
+        if self.scheme != "udp":
+            return False
+        try:
+            return ipaddress.ip_address(self.host).is_multicast
+        except ValueError:
+            return False
+
+
+def parse_destination(options: DestinationSettings | str) -> Destination:
+    """Check a URL and its options; raise ``DestinationError`` naming what is wrong."""
+    opts = DestinationSettings(url=options) if isinstance(options, str) else options
+    url = opts.url.strip()
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in _SCHEMES:
+        raise DestinationError(f"destination {url!r}: scheme must be one of {', '.join(_SCHEMES)}")
+    scheme = cast(Scheme, parts.scheme.lower())
+    common = Destination(
+        name=url,
+        scheme=scheme,
+        protocol=opts.protocol,
+        label=opts.name,
+        batch_size=opts.batch_size,
+        keepalive_s=opts.keepalive_s,
+    )
+    if scheme in ("file", "log"):
+        if opts.protocol != "xml":
+            raise DestinationError(f"destination {url!r}: {scheme} destinations write XML only")
+        where = (parts.netloc + parts.path) if scheme == "log" else parts.path
+        if scheme == "log" and where not in _STREAM_NAMES:
+            raise DestinationError(f"destination {url!r}: use log://stdout or log://stderr")
+        if scheme == "file" and (parts.netloc or not where):
+            raise DestinationError(f"destination {url!r}: use file:///absolute/path")
+        return replace(common, path=where)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise DestinationError(f"destination {url!r}: {exc}") from None
+    if not parts.hostname or port is None:
+        raise DestinationError(f"destination {url!r}: needs host and port, e.g. tcp://tak:8087")
+    if scheme != "tls" and (opts.client_cert or opts.ca_file):
+        raise DestinationError(f"destination {url!r}: certificates need a tls:// URL")
+    password = opts.client_password.get_secret_value() if opts.client_password else None
+    return replace(
+        common,
+        host=parts.hostname,
+        port=port,
+        client_cert=opts.client_cert,
+        client_key=opts.client_key,
+        client_password=password,
+        ca_file=opts.ca_file,
+        verify_hostname=opts.verify_hostname,
+        expected_hostname=opts.expected_hostname,
+    )
+
+
+def configured_destinations(settings: Settings) -> list[Destination]:
+    """Every destination of the settings (comma-separated URLs or ``[[destinations]]`` tables)."""
+    raw = settings.destinations
+    entries: list[DestinationSettings | str] = (
+        [part.strip() for part in raw.split(",") if part.strip()]
+        if isinstance(raw, str)
+        else list(raw)
+    )
+    found = [parse_destination(entry) for entry in entries]
+    names = [d.name for d in found]
+    if len(set(names)) != len(names):
+        raise DestinationError("the same destination URL is configured twice")
+    return found
+
+
+def destination_names(settings: Settings) -> list[str]:
+    """The outbox keys the pipeline must queue each event under."""
+    return [d.name for d in configured_destinations(settings)]

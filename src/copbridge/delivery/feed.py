@@ -1,0 +1,236 @@
+"""The built-in CoT feed: TAK clients connect straight to copbridge and receive events.
+
+On connect a client gets every current non-stale event (the newest per uid), then live events as
+they are stored. Read-only: whatever a client sends is read and dropped, except that a ping
+(``t-x-c-t``) gets its pong so ATAK keeps the connection open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from copbridge.cot import format_time
+from copbridge.delivery.encoding import event_body
+from copbridge.delivery.tls import server_context
+from copbridge.logs import get_logger
+from copbridge.metrics import FEED_CLIENTS
+from copbridge.store import FeedEvent, Store
+
+_log = get_logger("copbridge.feed")
+_PING = b'type="t-x-c-t"'
+_QUEUE = 10_000  # a client further behind than this is dropped; it reconnects to a fresh replay
+_WRITE_TIMEOUT_S = 30.0
+_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FeedAddress:
+    scheme: str
+    host: str
+    port: int
+
+
+def parse_feed(url: str) -> FeedAddress | None:
+    """``tcp://host:port`` or ``tls://host:port``; ``off`` gives None."""
+    if url.strip().lower() == "off":
+        return None
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"feed {url!r}: {exc}") from None
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
+        raise ValueError(f"feed {url!r}: use tcp://host:port, tls://host:port or off")
+    return FeedAddress(parts.scheme, parts.hostname, port)
+
+
+def _pong() -> bytes:
+    now = datetime.now(UTC)
+    stale = now + timedelta(seconds=20)
+    return (
+        f'<event version="2.0" uid="takPong" type="t-x-c-t-r" how="h-g-i-g-o" '
+        f'time="{format_time(now)}" start="{format_time(now)}" stale="{format_time(stale)}">'
+        f'<point lat="0.0" lon="0.0" hae="0.0" ce="9999999.0" le="9999999.0"/><detail/></event>\n'
+    ).encode()
+
+
+class _Client:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.queue: asyncio.Queue[bytes | FeedEvent | None] = asyncio.Queue(_QUEUE)
+        self.cursor: int | None = None  # events at or below it came with the replay
+
+    def offer(self, item: bytes | FeedEvent | None) -> bool:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+
+class CotFeed:
+    """A TCP (or TLS) server that streams stored CoT events to every connected client."""
+
+    def __init__(
+        self,
+        store: Store,
+        address: FeedAddress,
+        *,
+        poll_s: float = 1.0,
+        cert: str | None = None,
+        key: str | None = None,
+        password: str | None = None,
+        client_ca: str | None = None,
+    ) -> None:
+        self._store = store
+        self._address = address
+        self._poll_s = poll_s
+        self._tls = (cert, key, password, client_ca)
+        self._clients: set[_Client] = set()
+        self._cursor = 0
+        self._wake = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful when configured as 0)."""
+        if self._server is None or not self._server.sockets:
+            return self._address.port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        from pathlib import Path
+
+        context = None
+        if self._address.scheme == "tls":
+            cert, key, password, client_ca = self._tls
+            if cert is None:
+                raise ValueError("a tls:// feed needs COPBRIDGE_FEED_CERT (and usually _KEY)")
+            context = server_context(
+                cert=Path(cert),
+                key=Path(key) if key else None,
+                password=password,
+                client_ca=Path(client_ca) if client_ca else None,
+            )
+        # Start after the newest current event; older ones reach clients through the replay.
+        current = await asyncio.to_thread(self._store.feed_snapshot, time.time_ns() // 1000)
+        self._cursor = max((e.seq for e in current), default=0)
+        self._server = await asyncio.start_server(
+            self._serve, self._address.host, self._address.port, ssl=context
+        )
+        self._pump = asyncio.create_task(self._run_pump(), name="feed pump")
+        _log.info(
+            "feed listening", url=f"{self._address.scheme}://{self._address.host}:{self.port}"
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._pump is not None:
+            self._pump.cancel()
+        for client in list(self._clients):
+            client.writer.close()
+        tasks = [t for t in (self._pump, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    async def _run_pump(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+            self._wake.clear()
+            try:
+                while True:
+                    events = await asyncio.to_thread(
+                        self._store.feed_since, self._cursor, time.time_ns() // 1000, _PAGE
+                    )
+                    self._broadcast(events)
+                    if len(events) < _PAGE:
+                        break
+            except Exception as exc:  # the store may be down a moment; the next poll retries
+                _log.warning("feed cannot read events", error=str(exc))
+
+    def _broadcast(self, events: Sequence[FeedEvent]) -> None:
+        if not events:
+            return
+        self._cursor = max(self._cursor, events[-1].seq)
+        for client in list(self._clients):
+            if not all(client.offer(e) for e in events):
+                _log.warning("feed client too slow; dropped")
+                self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        self._clients.discard(client)
+        client.writer.close()
+        with contextlib.suppress(asyncio.QueueFull):
+            client.queue.put_nowait(None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _Client(writer)
+        peer = writer.get_extra_info("peername")
+        # Registered before the replay is read, so nothing stored meanwhile falls in between.
+        self._clients.add(client)
+        FEED_CLIENTS.inc()
+        listener = self._spawn(self._listen(reader, client), f"feed read {peer}")
+        try:
+            floor = self._cursor
+            snapshot = await asyncio.to_thread(self._store.feed_snapshot, time.time_ns() // 1000)
+            client.cursor = max([floor, *(e.seq for e in snapshot)])
+            await self._write(writer, b"".join(event_body(e.payload) + b"\n" for e in snapshot))
+            _log.info("feed client connected", peer=str(peer), replayed=len(snapshot))
+            while (item := await client.queue.get()) is not None and client in self._clients:
+                if isinstance(item, bytes):
+                    await self._write(writer, item)
+                elif item.seq > client.cursor and item.stale_us > time.time_ns() // 1000:
+                    await self._write(writer, event_body(item.payload) + b"\n")
+        except (OSError, TimeoutError) as exc:
+            _log.info("feed client gone", peer=str(peer), error=str(exc))
+        finally:
+            self._clients.discard(client)
+            FEED_CLIENTS.dec()
+            listener.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if data:
+            writer.write(data)
+            await asyncio.wait_for(writer.drain(), _WRITE_TIMEOUT_S)
+
+    async def _listen(self, reader: asyncio.StreamReader, client: _Client) -> None:
+        """Read and drop what the client sends; answer its pings; end the client on EOF."""
+        tail = b""
+        with contextlib.suppress(OSError):
+            while chunk := await reader.read(1 << 16):
+                window = tail + chunk
+                for _ in range(window.count(_PING)):
+                    client.offer(_pong())
+                tail = window[-(len(_PING) - 1) :]
+        self._drop(client)

@@ -1,0 +1,90 @@
+"""Local destinations: append CoT lines to a file, or write them to the process's stdout/stderr.
+
+Useful for archiving, debugging and piping into other tools; they never go half-open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from copbridge.delivery.destinations import Destination
+from copbridge.delivery.transports import LinkError
+
+
+class FileTransport:
+    """Appends one event per line and flushes each batch to the operating system."""
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+        self._file: BinaryIO | None = None
+
+    async def open(self) -> None:
+        def _open() -> BinaryIO:
+            from pathlib import Path
+
+            path = Path(self.destination.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("ab")
+
+        try:
+            self._file = await asyncio.to_thread(_open)
+        except OSError as exc:
+            raise LinkError(f"cannot open {self.destination.path}: {exc}") from exc
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        file = self._file
+        if file is None:
+            raise LinkError("file is closed")
+
+        def _write() -> None:
+            file.write(b"".join(frames))
+            file.flush()
+
+        try:
+            await asyncio.to_thread(_write)
+        except OSError as exc:
+            raise LinkError(f"cannot write {self.destination.path}: {exc}") from exc
+
+    async def keepalive(self) -> None:
+        return None
+
+    def confirmed_at(self) -> float | None:
+        return None
+
+    async def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class LogTransport:
+    """Writes one event per line to stdout or stderr."""
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+
+    def _stream(self) -> BinaryIO:
+        return sys.stderr.buffer if self.destination.path == "stderr" else sys.stdout.buffer
+
+    async def open(self) -> None:
+        return None
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        stream = self._stream()
+        try:
+            stream.write(b"".join(frames))
+            stream.flush()
+        except OSError as exc:
+            raise LinkError(f"cannot write {self.destination.path}: {exc}") from exc
+
+    async def keepalive(self) -> None:
+        return None
+
+    def confirmed_at(self) -> float | None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,163 @@
+"""TCP and TLS links to a TAK server, with a keepalive that notices a half-open connection.
+
+TCP alone does not: writes to a peer that vanished keep succeeding until the send buffer fills.
+So we ping (``t-x-c-t``) every ``keepalive_s`` and, once the peer has shown that it answers
+pings, treat a ping unanswered for ``keepalive_s`` as a dead link; TCP keepalive and
+``TCP_USER_TIMEOUT`` cover peers that never answer, and every drain is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from copbridge.delivery.destinations import Destination
+from copbridge.delivery.encoding import ping
+from copbridge.delivery.tls import client_context
+from copbridge.delivery.transports import LinkError
+
+_PONG = b"t-x-c-t-r"
+_READ_CHUNK = 1 << 16
+
+
+def _tune_socket(sock: socket.socket, keepalive_s: float) -> None:
+    """Let the kernel give up on an unreachable peer within about twice the keepalive."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", max(1, int(keepalive_s))),
+        ("TCP_KEEPINTVL", max(1, int(keepalive_s / 3))),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", int(2 * keepalive_s * 1000)),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:  # Linux has them all; other systems some
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+class StreamTransport:
+    """One TCP or TLS connection; a reader task drains what the server sends and spots pongs."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        *,
+        ping_uid: str,
+        expect_answer: bool,
+        wake: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.destination = destination
+        self.answers_pings = expect_answer
+        self._ping_uid = ping_uid
+        self._wake = wake
+        self._clock = clock
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._closed_reason: str | None = None
+        self._pings: deque[float] = deque(maxlen=64)
+        self._last_ping = float("-inf")
+        self._confirmed: float | None = None
+        keepalive = destination.keepalive_s
+        self._connect_timeout = max(2.0, min(10.0, 2 * keepalive))
+        self._drain_timeout = max(2.0, 2 * keepalive)
+
+    async def open(self) -> None:
+        d = self.destination
+        context: ssl.SSLContext | None = None
+        server_hostname: str | None = None
+        if d.scheme == "tls":
+            try:
+                context = client_context(
+                    ca_file=d.ca_file,
+                    client_cert=d.client_cert,
+                    client_key=d.client_key,
+                    client_password=d.client_password,
+                    verify_hostname=d.verify_hostname,
+                )
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                raise LinkError(f"TLS setup failed: {exc}") from exc
+            server_hostname = d.expected_hostname or d.host
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    d.host, d.port, ssl=context, server_hostname=server_hostname
+                ),
+                self._connect_timeout,
+            )
+        except TimeoutError as exc:
+            raise LinkError(f"connect timed out after {self._connect_timeout:g} s") from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkError(f"connect failed: {exc}") from exc
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            _tune_socket(sock, d.keepalive_s)
+        self._writer = writer
+        self._reader_task = asyncio.create_task(self._read(reader), name=f"read {d.name}")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        tail = b""
+        try:
+            while chunk := await reader.read(_READ_CHUNK):
+                window = tail + chunk
+                for _ in range(window.count(_PONG)):
+                    self.answers_pings = True
+                    if self._pings:
+                        self._confirmed = self._pings.popleft()
+                tail = window[-(len(_PONG) - 1) :]
+            self._closed_reason = "the server closed the connection"
+        except (OSError, ssl.SSLError) as exc:
+            self._closed_reason = f"read failed: {exc}"
+        finally:
+            self._wake()
+
+    def _check(self) -> None:
+        if self._closed_reason is not None:
+            raise LinkError(self._closed_reason)
+        if self._writer is None:
+            raise LinkError("not connected")
+
+    async def _write(self, data: bytes) -> None:
+        self._check()
+        assert self._writer is not None
+        try:
+            self._writer.write(data)
+            await asyncio.wait_for(self._writer.drain(), self._drain_timeout)
+        except TimeoutError as exc:
+            raise LinkError(f"write stalled for {self._drain_timeout:g} s") from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkError(f"write failed: {exc}") from exc
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        await self._write(b"".join(frames))
+
+    async def keepalive(self) -> None:
+        self._check()
+        now = self._clock()
+        limit = self.destination.keepalive_s
+        if self.answers_pings and self._pings and now - self._pings[0] > limit:
+            raise LinkError(f"no answer to a keepalive ping within {limit:g} s (half-open link)")
+        if now - self._last_ping >= limit:
+            self._last_ping = now
+            self._pings.append(now)
+            await self._write(ping(self.destination, datetime.now(UTC), self._ping_uid))
+
+    def confirmed_at(self) -> float | None:
+        return self._confirmed if self.answers_pings else None
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)

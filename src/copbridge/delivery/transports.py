@@ -1,0 +1,57 @@
+"""What a destination link can do, whatever carries it: open, send frames, keep alive, close.
+
+Streams (TCP/TLS) live in ``stream.py``; UDP, files and the log in ``datagram.py`` and
+``local.py``. ``open_transport`` picks one for a destination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from copbridge.delivery.destinations import Destination
+
+
+class LinkError(Exception):
+    """The link cannot carry events now (refused, closed, silent, stalled); reconnect later."""
+
+
+class Transport(Protocol):
+    """One open link to one destination. Every wait inside is bounded in time."""
+
+    async def open(self) -> None: ...
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        """Write and drain the frames; raise ``LinkError`` when the link fails."""
+        ...
+
+    async def keepalive(self) -> None:
+        """Send a ping when one is due; raise ``LinkError`` when the peer is known to be gone."""
+        ...
+
+    def confirmed_at(self) -> float | None:
+        """Monotonic time before which every write is known to have arrived (None: unknown)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_transport(
+    destination: Destination, *, ping_uid: str, expect_answer: bool, wake: Callable[[], None]
+) -> Transport:
+    """A transport for ``destination`` (not opened yet)."""
+    if destination.is_stream:
+        from copbridge.delivery.stream import StreamTransport
+
+        return StreamTransport(
+            destination, ping_uid=ping_uid, expect_answer=expect_answer, wake=wake
+        )
+    if destination.scheme == "udp":
+        from copbridge.delivery.datagram import DatagramTransport
+
+        return DatagramTransport(destination)
+    from copbridge.delivery.local import FileTransport, LogTransport
+
+    if destination.scheme == "file":
+        return FileTransport(destination)
+    return LogTransport(destination)

@@ -1,0 +1,241 @@
+"""The delivery worker: one courier per destination moves outbox rows onto its link.
+
+Hand-written because no queue library gives what the outbox needs together: rows stored with the
+detection in one transaction, leases fenced per row, coalescing per uid, expiry at stale time, and
+several workers sharing one PostgreSQL. A courier claims a batch under a lease, writes and drains
+it, marks it sent; on failure it releases the batch and reconnects, both after backoff + jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from copbridge.delivery.backoff import Backoff
+from copbridge.delivery.destinations import Destination
+from copbridge.delivery.encoding import EncodingError, encode
+from copbridge.delivery.monitor import LinkMonitor
+from copbridge.delivery.recent import RecentWrites
+from copbridge.delivery.transports import LinkError, Transport, open_transport
+from copbridge.logs import get_logger
+from copbridge.store import OutboxItem, Store, StoreError
+
+_log = get_logger("copbridge.delivery")
+_S = 1_000_000
+#: An event the destination cannot take (e.g. no protobuf form) waits this long before a retry.
+_UNENCODABLE_RETRY_S = 60.0
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTiming:
+    """How long leases last, how often idle couriers look, how they back off and re-send."""
+
+    lease_s: float = 30.0
+    poll_s: float = 1.0
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+    resend_s: float | None = None  # None: enough to cover the keepalive bound (2 x keepalive + 5)
+
+    def lease_for(self, destination: Destination) -> float:
+        # A lease must outlive the longest bounded wait on a write, or two workers could overlap.
+        return max(self.lease_s, 4 * destination.keepalive_s + 10)
+
+    def resend_for(self, destination: Destination) -> float:
+        if self.resend_s is not None:
+            return self.resend_s
+        return 2 * destination.keepalive_s + 5
+
+
+TransportFactory = Callable[[Destination, str, bool, Callable[[], None]], Transport]
+
+
+def _default_transport(
+    destination: Destination, ping_uid: str, expect_answer: bool, wake: Callable[[], None]
+) -> Transport:
+    return open_transport(destination, ping_uid=ping_uid, expect_answer=expect_answer, wake=wake)
+
+
+class Courier:
+    """Carries one destination's outbox rows over one link at a time, until cancelled."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        store: Store,
+        monitor: LinkMonitor,
+        *,
+        owner: str,
+        timing: DeliveryTiming,
+        transport_factory: TransportFactory = _default_transport,
+    ) -> None:
+        self.destination = destination
+        self._store = store
+        self._monitor = monitor
+        self._owner = owner
+        self._timing = timing
+        self._factory = transport_factory
+        self._wake = asyncio.Event()
+        self._backoff = Backoff(timing.backoff_min_s, timing.backoff_max_s)
+        self._recent = RecentWrites(timing.resend_for(destination))
+        self._resend: list[OutboxItem] = []
+        self._held: list[OutboxItem] = []
+        self._answers_pings = False
+        self._lease_us = int(timing.lease_for(destination) * _S)
+        self._ping_uid = f"copbridge-{owner.rsplit(':', 1)[-1][:12]}-ping"
+        self.sent = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        name = self.destination.name
+        while True:
+            transport = self._factory(
+                self.destination, self._ping_uid, self._answers_pings, self.wake
+            )
+            try:
+                await transport.open()
+                await self._monitor.connected(name)
+                await self._carry(transport)
+            except LinkError as exc:
+                await self._dropped(transport, str(exc))
+            except asyncio.CancelledError:
+                self._release_held_now("worker stopped")
+                raise
+            except Exception as exc:  # a bug must not end delivery: log it, treat it as a drop
+                _log.exception("courier failed", destination=name)
+                await self._dropped(transport, f"internal error: {exc!r}")
+            finally:
+                self._answers_pings |= bool(getattr(transport, "answers_pings", False))
+                with contextlib.suppress(Exception):
+                    await transport.close()
+
+    async def _dropped(self, transport: Transport, error: str) -> None:
+        delay = self._backoff.next()
+        now_us = _now_us()
+        confirmed = transport.confirmed_at()
+        if confirmed is not None:
+            self._recent.confirmed(confirmed)
+        self._resend = [i for i in self._resend if i.stale_us > now_us]
+        self._resend += self._recent.take(time.monotonic(), now_us)
+        held, self._held = self._held, []
+        if held:
+            try:
+                await asyncio.to_thread(
+                    self._store.release, held, error, now_us + int(delay * _S), now_us
+                )
+            except StoreError as exc:  # the lease runs out on its own; the rows come back then
+                _log.warning("cannot release", destination=self.destination.name, error=str(exc))
+        _log.warning(
+            "destination link failed",
+            destination=self.destination.name,
+            error=error,
+            retry_in_s=round(delay, 3),
+            resend=len(self._resend),
+        )
+        await self._monitor.failed(self.destination.name, error)
+        await asyncio.sleep(delay)
+
+    def _release_held_now(self, error: str) -> None:
+        # Called while being cancelled: no awaiting; hand the rows back so others need not wait
+        # for the lease to run out.
+        held, self._held = self._held, []
+        if held:
+            now_us = _now_us()
+            with contextlib.suppress(Exception):
+                self._store.release(held, error, now_us, now_us)
+
+    async def _carry(self, transport: Transport) -> None:
+        await transport.keepalive()  # the first ping goes out at once
+        if self._resend:
+            resend = [i for i in self._resend if i.stale_us > _now_us()]
+            frames, good = await self._encode(resend, release=False)
+            await self._write(transport, frames, good)
+            self._resend = []
+            _log.info("re-sent recent events", destination=self.destination.name, count=len(good))
+        while True:
+            await transport.keepalive()
+            confirmed = transport.confirmed_at()
+            if confirmed is not None:
+                self._recent.confirmed(confirmed)
+                self._backoff.reset()
+            try:
+                items = await asyncio.to_thread(
+                    self._store.claim,
+                    self.destination.name,
+                    self._owner,
+                    self.destination.batch_size,
+                    self._lease_us,
+                    _now_us(),
+                )
+            except StoreError as exc:
+                _log.warning("cannot claim", destination=self.destination.name, error=str(exc))
+                await self._idle(self._timing.poll_s)
+                continue
+            if not items:
+                await self._idle(min(self._timing.poll_s, self.destination.keepalive_s / 4))
+                continue
+            self._held = items
+            frames, good = await self._encode(items, release=True)
+            self._held = good
+            await self._write(transport, frames, good)
+            await self._mark_sent(good)
+
+    async def _idle(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _encode(
+        self, items: Sequence[OutboxItem], *, release: bool
+    ) -> tuple[list[bytes], list[OutboxItem]]:
+        frames: list[bytes] = []
+        good: list[OutboxItem] = []
+        bad: list[OutboxItem] = []
+        error = ""
+        for item in items:
+            try:
+                frames.append(encode(item.payload, self.destination))
+                good.append(item)
+            except EncodingError as exc:
+                bad.append(item)
+                error = str(exc)
+        if bad and release:
+            now_us = _now_us()
+            later = now_us + int(_UNENCODABLE_RETRY_S * _S)
+            _log.warning("cannot encode", destination=self.destination.name, error=error)
+            await asyncio.to_thread(self._store.release, bad, error, later, now_us)
+        return frames, good
+
+    async def _write(
+        self, transport: Transport, frames: Sequence[bytes], items: Sequence[OutboxItem]
+    ) -> None:
+        if frames:
+            await transport.send(frames)
+            self._recent.add(items, time.monotonic())
+
+    async def _mark_sent(self, items: Sequence[OutboxItem]) -> None:
+        self._held = []
+        if not items:
+            return
+        try:
+            marked = await asyncio.to_thread(self._store.mark_sent, items, _now_us())
+        except StoreError as exc:  # sent but not recorded: the lease expires, a duplicate follows
+            _log.warning("cannot mark sent", destination=self.destination.name, error=str(exc))
+            return
+        if marked < len(items):
+            _log.warning(
+                "lease lost before marking sent",
+                destination=self.destination.name,
+                lost=len(items) - marked,
+            )
+        self.sent += marked
+        self._backoff.reset()
+        self._monitor.delivered(self.destination.name, marked)

@@ -1,0 +1,75 @@
+"""Real CoT detection events queued in the store the way the pipeline queues them."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from copbridge.cot import StalePolicy, build_detection_event, to_xml
+from copbridge.store import DetectionRecord, QueuedEvent, Store
+
+_ids = itertools.count(1)
+
+
+def _us(value: datetime) -> int:
+    return int(value.timestamp() * 1_000_000)
+
+
+def detection_record(
+    track: str,
+    *,
+    at: datetime | None = None,
+    stale_s: float = 300.0,
+    lat: float = 41.1383,
+    sensor: str = "uav-7",
+) -> DetectionRecord:
+    """One accepted detection of ``track`` whose CoT event is valid XML that taky can parse."""
+    n = next(_ids)
+    now = at or datetime.now(UTC)
+    event = build_detection_event(
+        now=now,
+        detection_id=f"d{n}",
+        detection_time=now - timedelta(milliseconds=100),
+        sensor_id=sensor,
+        label="person",
+        confidence=0.9,
+        lat=lat,
+        lon=-104.7855,
+        hae=1839.6,
+        ce90=23.5,
+        le90=16.4,
+        track_id=track,
+        stale_policy=StalePolicy(default_seconds=stale_s),
+    )
+    payload = to_xml(event)
+    queued = QueuedEvent(
+        uid=event.uid,
+        cot_type=event.type,
+        kind="detection",
+        time_us=_us(event.time),
+        stale_us=_us(event.stale),
+        payload=payload,
+    )
+    return DetectionRecord(
+        id=f"det-{n}-{track}",
+        body_hash=hashlib.sha256(payload).hexdigest(),
+        time_us=queued.time_us,
+        received_us=_us(now),
+        sensor_id=sensor,
+        label="person",
+        detection={"n": n},
+        answer={"uid": event.uid},
+        cot_xml=payload,
+        events=(queued,),
+    )
+
+
+def queue(store: Store, destinations: Sequence[str], records: Sequence[DetectionRecord]) -> None:
+    results = store.accept_detections(records, destinations)
+    assert all(r.outcome == "accepted" for r in results), results
+
+
+def uid_of(record: DetectionRecord) -> str:
+    return record.events[0].uid
