@@ -127,6 +127,55 @@ def geolocate(
         raise typer.Exit(1)
 
 
+@app.command()
+def send(
+    files: Annotated[list[Path], typer.Argument(help="JSON or JSON-lines files of detections.")],
+    url: Annotated[
+        str, typer.Option(envvar="COPBRIDGE_URL", help="The service's base URL.")
+    ] = "http://127.0.0.1:9000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="COPBRIDGE_API_KEY", help="Credential (cpb_… key or access token)."),
+    ] = None,
+) -> None:
+    """Post detections to a running service; print accepted / rejected with reasons."""
+    import httpx
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from copbridge.sender import Summary, read_detections
+    from copbridge.sender import send as send_all
+
+    console = Console(stderr=True)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    summary = Summary()
+    with (
+        httpx.Client(base_url=url, headers=headers, timeout=60) as client,
+        Progress(console=console, transient=True) as bar,
+    ):
+        for path in files:
+            if not path.is_file():
+                fail(f"{path} is not a file", 2)
+            items = list(read_detections(path))
+            task = bar.add_task(str(path), total=len(items))
+
+            def advance(count: int, task: TaskID = task) -> None:
+                bar.advance(task, count)
+
+            try:
+                send_all(client, iter(items), summary, advance)
+            except httpx.HTTPError as exc:
+                fail(f"cannot reach {url}: {exc}")
+    typer.echo(
+        f"accepted {summary.accepted}, duplicates {summary.duplicates}, "
+        f"rejected {summary.rejected} of {summary.total}"
+    )
+    for reason, count in summary.reasons.most_common(20):
+        typer.echo(f"  {count} x {reason}")
+    if summary.rejected:
+        raise typer.Exit(1)
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply pending schema migrations."""

@@ -33,6 +33,10 @@ class Serve:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def client_env(self) -> dict[str, str]:
+        """Environment for a ``copbridge`` client command talking to this service."""
+        return {"COPBRIDGE_URL": self.url}
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
