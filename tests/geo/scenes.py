@@ -26,7 +26,7 @@ def random_scenes(
 ) -> list[Scene]:
     """n scenes: sensor 50 m - 6 km above the ground, boresight 15-90 deg below the horizon
     (platform angles small, the gimbal doing the pointing), pixels anywhere in the image."""
-    scenes = []
+    scenes: list[Scene] = []
     while len(scenes) < n:
         width, height = 1920, 1080
         hfov = rng.uniform(5.0, 70.0)

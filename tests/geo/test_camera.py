@@ -41,9 +41,11 @@ def test_vfov_sets_fy_and_explicit_pixels_win() -> None:
         ({"hfov": 60.0, "k1": math.inf}, "camera.distortion.k1"),
     ],
 )
-def test_inconsistent_camera_is_rejected_naming_the_field(kwargs: dict[str, float], field: str) -> None:
+def test_inconsistent_camera_is_rejected_naming_the_field(
+    kwargs: dict[str, float], field: str
+) -> None:
     with pytest.raises(GeolocationError) as info:
-        Intrinsics.from_request(1920, 1080, **kwargs)  # type: ignore[arg-type]
+        Intrinsics.from_request(1920, 1080, **kwargs)
     assert info.value.field == field
     assert field in str(info.value)
 

@@ -33,17 +33,30 @@ def test_short_range_fixes_agree_with_cameratransform_within_0_3_percent_of_rang
     width, img_h, f = 1920, 1080, 1400.0
     cam = ct.Camera(
         ct.RectilinearProjection(focallength_px=f, image=(width, img_h)),
-        ct.SpatialOrientation(elevation_m=height, tilt_deg=tilt, heading_deg=heading, roll_deg=roll),
+        ct.SpatialOrientation(
+            elevation_m=height, tilt_deg=tilt, heading_deg=heading, roll_deg=roll
+        ),
     )
     cam.setGPSpos(41.0, -104.0, height)
-    pts = np.array([[960, 540], [100, 900], [1800, 700], [960, 1000], [50, 600], [1900, 1070]], float)
+    pts = np.array(
+        [[960, 540], [100, 900], [1800, 700], [960, 1000], [50, 600], [1900, 1070]], float
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = cam.gpsFromImage(pts, Z=0)
     # same camera in MISB terms: a fixed camera (platform angles 0), gimbal absolute;
     # cameratransform's roll turns the other way round
-    pose = Pose(41.0, -104.0, height, gimbal_azimuth=heading, gimbal_elevation=tilt - 90.0, gimbal_roll=-roll)
-    ours = locate(Intrinsics(width, img_h, f, f, width / 2, img_h / 2), pose, pts[:, 0], pts[:, 1], 0.0)
+    pose = Pose(
+        41.0,
+        -104.0,
+        height,
+        gimbal_azimuth=heading,
+        gimbal_elevation=tilt - 90.0,
+        gimbal_roll=-roll,
+    )
+    ours = locate(
+        Intrinsics(width, img_h, f, f, width / 2, img_h / 2), pose, pts[:, 0], pts[:, 1], 0.0
+    )
     assert ours.ok.all()
     a = np.array(geodetic_to_ecef(theirs[:, 0], theirs[:, 1], 0.0))
     b = np.array(geodetic_to_ecef(ours.lat, ours.lon, 0.0))

@@ -56,7 +56,9 @@ def test_ray_hits_the_raised_ellipsoid_at_its_height(
     lat, lon = 37.0, -122.0
     s = np.array(geodetic_to_ecef(lat, lon, h + above), dtype=np.float64)
     d = -s / np.linalg.norm(s) + 0.2 * direction
-    t, qc, _ = intersect_raised_ellipsoid(*(np.array([c]) for c in s), *(np.array([c]) for c in d), np.array([h]))
+    sx, sy, sz = (np.array([c]) for c in s)
+    dx, dy, dz = (np.array([c]) for c in d)
+    t, qc, _ = intersect_raised_ellipsoid(sx, sy, sz, dx, dy, dz, np.array([h]))
     assert qc[0] > 0
     p = s + t[0] * d
     a, b = WGS84_A + h, WGS84_B + h

@@ -39,7 +39,9 @@ def horizontal_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return float(math.hypot(float(e @ d), float(n @ d)))
 
 
-def ned_offset(lat: float, lon: float, hae: float, glat: float, glon: float, gh: float) -> np.ndarray:
+def ned_offset(
+    lat: float, lon: float, hae: float, glat: float, glon: float, gh: float
+) -> np.ndarray:
     """NED vector from the sensor to a ground point (independent of the code under test)."""
     s = np.array(geodetic_to_ecef(lat, lon, hae))
     g = np.array(geodetic_to_ecef(glat, glon, gh))
@@ -107,12 +109,17 @@ def test_projected_ground_point_locates_back_within_a_millimetre(
     intr, pose, glat, glon, gh = case
     u, v, in_front = project(intr, pose, glat, glon, gh)
     assume(bool(in_front[0]))
-    assume(-0.2 * intr.width < u[0] < 1.2 * intr.width and -0.2 * intr.height < v[0] < 1.2 * intr.height)
+    assume(
+        -0.2 * intr.width < u[0] < 1.2 * intr.width
+        and -0.2 * intr.height < v[0] < 1.2 * intr.height
+    )
     fixes = locate(intr, pose, u, v, gh, with_uncertainty=False)
     assume(fixes.status[0] != RayStatus.UNDISTORTION_FAILED)  # beyond the lens fold
     assert fixes.status[0] == RayStatus.OK
     assert horizontal_m(glat, glon, float(fixes.lat[0]), float(fixes.lon[0])) <= 1e-3
-    one = locate_pixel(intr, pose, float(u[0]), float(v[0]), ground_height=gh, with_uncertainty=False)
+    one = locate_pixel(
+        intr, pose, float(u[0]), float(v[0]), ground_height=gh, with_uncertainty=False
+    )
     assert horizontal_m(glat, glon, one.lat, one.lon) <= 1e-3
 
 
@@ -261,7 +268,7 @@ def test_undistortion_beyond_the_lens_fold_is_a_clear_error() -> None:
 
 def test_non_finite_pose_is_rejected_naming_the_field() -> None:
     intr = Intrinsics.from_request(1920, 1080, hfov=30.0)
-    with pytest.raises(GeolocationError, match="gimbal.elevation") as info:
+    with pytest.raises(GeolocationError, match=r"gimbal\.elevation") as info:
         locate_pixel(intr, Pose(41.0, -104.0, 1000.0, gimbal_elevation=math.nan), 1, 1)
     assert info.value.field == "gimbal.elevation"
 
@@ -285,10 +292,10 @@ class FlatTerrain:
         lo = np.atleast_1d(np.asarray(lon, dtype=float))
         s, w, n, e = self.box
         inside = (la >= s) & (la <= n) & (lo >= w) & (lo <= e)
-        return np.where(inside, self.height, np.nan)
+        return np.asarray(np.where(inside, self.height, np.nan), dtype=np.float64)
 
     def covers(self, lat: object, lon: object) -> np.ndarray:
-        return ~np.isnan(self.height_msl(lat, lon))
+        return np.asarray(~np.isnan(self.height_msl(lat, lon)), dtype=np.bool_)
 
 
 def test_ground_choice_follows_the_spec_order() -> None:
@@ -297,13 +304,19 @@ def test_ground_choice_follows_the_spec_order() -> None:
     terrain = FlatTerrain(1000.0, (40.9, -104.1, 41.1, -103.9))
     assert isinstance(terrain, Terrain)
 
-    req = locate_pixel(intr, pose, 960, 540, ground_height=500.0, terrain=terrain, platform_agl=10.0)
+    req = locate_pixel(
+        intr, pose, 960, 540, ground_height=500.0, terrain=terrain, platform_agl=10.0
+    )
     assert req.ground == "request"
     assert req.hae == pytest.approx(500.0, abs=0.02)
 
     ter = locate_pixel(intr, pose, 960, 540, terrain=terrain, platform_agl=10.0)
     assert ter.ground == "terrain"
-    n = float(__import__("copbridge.geo", fromlist=["load_egm96"]).load_egm96().undulation(ter.lat, ter.lon))
+    n = float(
+        __import__("copbridge.geo", fromlist=["load_egm96"])
+        .load_egm96()
+        .undulation(ter.lat, ter.lon)
+    )
     assert ter.hae == pytest.approx(1000.0 + n, abs=0.01)
     assert ter.slant_range == pytest.approx((3000.0 - 1000.0 - n) * math.sqrt(2.0), rel=1e-3)
 
@@ -341,5 +354,7 @@ def test_fix_reports_cot_one_sigma_values() -> None:
     f = Fix(1.0, 2.0, 3.0, ce90=21.46, le90=16.449, slant_range=100.0, ground="request")
     assert f.ce == pytest.approx(10.0)
     assert f.le == pytest.approx(10.0)
-    unknown = Fix(1.0, 2.0, 3.0, ce90=9_999_999.0, le90=9_999_999.0, slant_range=1.0, ground="ellipsoid")
+    unknown = Fix(
+        1.0, 2.0, 3.0, ce90=9_999_999.0, le90=9_999_999.0, slant_range=1.0, ground="ellipsoid"
+    )
     assert unknown.ce == 9_999_999.0

@@ -33,7 +33,9 @@ def _horizontal(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return math.hypot(float(e @ d), float(n @ d))
 
 
-def _residuals(heights: str, order: tuple[int, ...] = (1, 2, 3, 4)) -> tuple[np.ndarray, np.ndarray]:
+def _residuals(
+    heights: str, order: tuple[int, ...] = (1, 2, 3, 4)
+) -> tuple[np.ndarray, np.ndarray]:
     """Frame-centre residuals (m) and corner residuals (m, [packet, corner]): our image corners
     UL, UR, LR, LL against the reported corners numbered ``order``."""
     geoid = load_egm96()
@@ -41,17 +43,31 @@ def _residuals(heights: str, order: tuple[int, ...] = (1, 2, 3, 4)) -> tuple[np.
     for r in _rows():
         # a virtual pinhole image with the reported HFOV/VFOV (pixel size is irrelevant)
         width = 1000
-        height = width * math.tan(math.radians(r["vfov_deg"] / 2)) / math.tan(math.radians(r["hfov_deg"] / 2))
-        cam = Intrinsics.from_request(width, round(height), hfov=r["hfov_deg"], vfov=r["vfov_deg"], cy=height / 2)
+        height = (
+            width
+            * math.tan(math.radians(r["vfov_deg"] / 2))
+            / math.tan(math.radians(r["hfov_deg"] / 2))
+        )
+        cam = Intrinsics.from_request(
+            width, round(height), hfov=r["hfov_deg"], vfov=r["vfov_deg"], cy=height / 2
+        )
         h_sensor = r["sensor_true_alt_msl_m"]
         h_ground = r["frame_center_elev_msl_m"]
         if heights == "hae":  # both MSL heights through EGM96
             h_sensor = float(geoid.msl_to_hae(r["sensor_lat_deg"], r["sensor_lon_deg"], h_sensor))
-            h_ground = float(geoid.msl_to_hae(r["frame_center_lat_deg"], r["frame_center_lon_deg"], h_ground))
+            h_ground = float(
+                geoid.msl_to_hae(r["frame_center_lat_deg"], r["frame_center_lon_deg"], h_ground)
+            )
         pose = Pose(
-            r["sensor_lat_deg"], r["sensor_lon_deg"], h_sensor,
-            r["platform_heading_deg"], r["platform_pitch_deg"], r["platform_roll_deg"],
-            r["sensor_rel_az_deg"], r["sensor_rel_el_deg"], r["sensor_rel_roll_deg"],
+            r["sensor_lat_deg"],
+            r["sensor_lon_deg"],
+            h_sensor,
+            r["platform_heading_deg"],
+            r["platform_pitch_deg"],
+            r["platform_roll_deg"],
+            r["sensor_rel_az_deg"],
+            r["sensor_rel_el_deg"],
+            r["sensor_rel_roll_deg"],
         )
         # centre, then the image corners upper-left, upper-right, lower-right, lower-left
         u = [cam.cx, 0.0, width, width, 0.0]
@@ -60,10 +76,17 @@ def _residuals(heights: str, order: tuple[int, ...] = (1, 2, 3, 4)) -> tuple[np.
         assert f.ok.all()
         lat0, lon0 = r["frame_center_lat_deg"], r["frame_center_lon_deg"]
         centre.append(_horizontal(lat0, lon0, float(f.lat[0]), float(f.lon[0])))
-        corners.append([
-            _horizontal(lat0 + r[f"corner{k}_dlat_deg"], lon0 + r[f"corner{k}_dlon_deg"], float(f.lat[i]), float(f.lon[i]))
-            for i, k in enumerate(order, start=1)
-        ])
+        corners.append(
+            [
+                _horizontal(
+                    lat0 + r[f"corner{k}_dlat_deg"],
+                    lon0 + r[f"corner{k}_dlon_deg"],
+                    float(f.lat[i]),
+                    float(f.lon[i]),
+                )
+                for i, k in enumerate(order, start=1)
+            ]
+        )
     return np.array(centre), np.array(corners)
 
 

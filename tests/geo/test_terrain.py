@@ -38,8 +38,16 @@ def _hill_tif(path: Path) -> Path:
     z = z.astype(np.float32)
     z[:10, :10] = -9999.0  # a nodata corner
     with rasterio.open(
-        path, "w", driver="GTiff", width=n, height=n, count=1, dtype="float32",
-        crs="EPSG:4326", transform=Affine(step, 0.0, west, 0.0, -step, north), nodata=-9999.0,
+        path,
+        "w",
+        driver="GTiff",
+        width=n,
+        height=n,
+        count=1,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=Affine(step, 0.0, west, 0.0, -step, north),
+        nodata=-9999.0,
     ) as ds:
         ds.write(z, 1)
     return path
@@ -57,7 +65,9 @@ def test_geotiff_heights_posting_and_nodata(hill: GeoTiffTerrain) -> None:
     assert np.isnan(hill.height_msl(41.149, -104.099)[0])  # nodata
     assert np.isnan(hill.height_msl(10.0, 10.0)[0])  # outside
     assert hill.covers([41.0, 10.0], [-104.0, 10.0]).tolist() == [True, False]
-    assert hill.posting_m == pytest.approx(0.0002 * 111_320 * math.cos(math.radians(41.15)), rel=1e-3)
+    assert hill.posting_m == pytest.approx(
+        0.0002 * 111_320 * math.cos(math.radians(41.15)), rel=1e-3
+    )
 
 
 def _ray_at(h_msl_at_hill: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -71,7 +81,9 @@ def _ray_at(h_msl_at_hill: float) -> tuple[tuple[float, float, float], tuple[flo
     return (float(s[0]), float(s[1]), float(s[2])), (float(d[0]), float(d[1]), float(d[2]))
 
 
-def test_a_ray_grazing_the_hill_stops_on_the_hill_not_the_valley_behind(hill: GeoTiffTerrain) -> None:
+def test_a_ray_grazing_the_hill_stops_on_the_hill_not_the_valley_behind(
+    hill: GeoTiffTerrain,
+) -> None:
     g = load_egm96()
     s, d = _ray_at(PEAK - 3.0)  # passes 3 m below the summit
     t = intersect_terrain(s, d, hill, g)
@@ -102,7 +114,13 @@ def test_locate_pixel_uses_the_terrain_and_reports_it(hill: GeoTiffTerrain) -> N
     assert f.slant_range < 2300.0
     assert float(g.hae_to_msl(f.lat, f.lon, f.hae)) > VALLEY + 50.0
     # looking south, far out of the DEM before reaching the ground: falls back to the ellipsoid
-    away = locate_pixel(intr, Pose(SENSOR_LAT, HILL_LON, 1400.0 + n, gimbal_azimuth=180.0, gimbal_elevation=-2.0), 960, 540, terrain=hill)
+    away = locate_pixel(
+        intr,
+        Pose(SENSOR_LAT, HILL_LON, 1400.0 + n, gimbal_azimuth=180.0, gimbal_elevation=-2.0),
+        960,
+        540,
+        terrain=hill,
+    )
     assert away.ground == "ellipsoid"
 
 
@@ -112,7 +130,7 @@ def _write_hgt(directory: Path, lat0: int, lon0: int, n: int) -> np.ndarray:
     z = (1000 + rows + 2 * cols).astype(">i2")
     z[100, 100] = -32768
     (directory / srtm_tile_name(lat0, lon0)).write_bytes(z.tobytes())
-    return z
+    return np.asarray(z)
 
 
 def test_srtm_tiles_read_bilinear_heights_voids_and_missing_tiles(tmp_path: Path) -> None:
@@ -127,13 +145,19 @@ def test_srtm_tiles_read_bilinear_heights_voids_and_missing_tiles(tmp_path: Path
 
     lat = np.array([41.5, 41.9, 41.0001, 41.25])
     lon = np.array([-104.5, -104.99, -104.0001, -104.123])
-    np.testing.assert_allclose(tiles.height_msl(lat, lon), [expected(a, b) for a, b in zip(lat, lon, strict=True)], atol=1e-3)
+    np.testing.assert_allclose(
+        tiles.height_msl(lat, lon),
+        [expected(a, b) for a, b in zip(lat, lon, strict=True)],
+        atol=1e-3,
+    )
     void_lat, void_lon = 42.0 - 100 / 1200, -105.0 + 100 / 1200
     assert np.isnan(tiles.height_msl(void_lat, void_lon)[0])
     assert np.isnan(tiles.height_msl(40.5, -104.5)[0])  # no tile
     assert tiles.covers([41.5, 40.5], [-104.5, -104.5]).tolist() == [True, False]
     # 3" posts: 92.1 m north-south, 69.3 m east-west at 42 N
-    assert tiles.posting_m == pytest.approx(3 / 3600 * 111_320 * math.cos(math.radians(42.0)), rel=1e-3)
+    assert tiles.posting_m == pytest.approx(
+        3 / 3600 * 111_320 * math.cos(math.radians(42.0)), rel=1e-3
+    )
 
 
 def test_srtm_one_arc_second_tile_and_ray_crossing(tmp_path: Path) -> None:
@@ -145,7 +169,9 @@ def test_srtm_one_arc_second_tile_and_ray_crossing(tmp_path: Path) -> None:
     g = load_egm96()
     intr = Intrinsics.from_request(1920, 1080, hfov=30.0)
     und = float(g.undulation(41.5, -104.5))
-    f = locate_pixel(intr, Pose(41.5, -104.5, 2500.0 + und, gimbal_elevation=-45.0), 960, 540, terrain=tiles)
+    f = locate_pixel(
+        intr, Pose(41.5, -104.5, 2500.0 + und, gimbal_elevation=-45.0), 960, 540, terrain=tiles
+    )
     assert f.ground == "terrain"
     assert float(g.hae_to_msl(f.lat, f.lon, f.hae)) == pytest.approx(1500.0, abs=0.01)
     assert f.slant_range == pytest.approx(1000.0 * math.sqrt(2.0), rel=1e-3)

@@ -23,8 +23,12 @@ from .scenes import Scene, random_scenes
 
 
 def test_ce90_factor_is_2_146_for_a_circle_and_1_645_for_a_line() -> None:
-    assert float(ce90_from_covariance(4.0, 0.0, 4.0)) == pytest.approx(2.0 * CE90_PER_SIGMA, rel=1e-4)
-    assert float(ce90_from_covariance(9.0, 0.0, 0.0)) == pytest.approx(3.0 * LE90_PER_SIGMA, rel=1e-4)
+    assert float(ce90_from_covariance(4.0, 0.0, 4.0)) == pytest.approx(
+        2.0 * CE90_PER_SIGMA, rel=1e-4
+    )
+    assert float(ce90_from_covariance(9.0, 0.0, 0.0)) == pytest.approx(
+        3.0 * LE90_PER_SIGMA, rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.3, 0.6, 0.9])
@@ -40,7 +44,9 @@ def test_elliptical_ce90_contains_90_percent_of_normal_draws(ratio: float) -> No
     assert inside == pytest.approx(0.9, abs=0.002)
 
 
-def _perturbed(scene: Scene, sig: InputSigmas, rng: np.random.Generator) -> tuple[Intrinsics, Pose, float]:
+def _perturbed(
+    scene: Scene, sig: InputSigmas, rng: np.random.Generator
+) -> tuple[Intrinsics, Pose, float]:
     """The measured inputs: truth plus normal errors of the stated sigmas."""
     p = scene.pose
     dn, de = rng.normal(0.0, sig.horizontal_m, 2)
@@ -72,8 +78,12 @@ def _coverage(scale: float = 1.0) -> tuple[float, float, float, int]:
             ground_m=rng.uniform(0.5, 30.0),
         )
         truth = locate_pixel(
-            scene.intrinsics, scene.pose, scene.u, scene.v,
-            ground_height=scene.ground_hae, with_uncertainty=False,
+            scene.intrinsics,
+            scene.pose,
+            scene.u,
+            scene.v,
+            ground_height=scene.ground_hae,
+            with_uncertainty=False,
         )
         intr, pose, ground = _perturbed(scene, sig, rng)
         try:
@@ -115,7 +125,9 @@ def test_grazing_views_are_sampled_and_wider_than_linearised() -> None:
     linear = locate(intr, pose, 960, 540, 0.0, sampling=False)
     assert not linear.sampled[0]
     assert sampled.ce90 > float(linear.ce90[0])
-    steep = locate_pixel(intr, Pose(41.0, -104.0, 300.0, gimbal_elevation=-60.0), 960, 540, ground_height=0.0)
+    steep = locate_pixel(
+        intr, Pose(41.0, -104.0, 300.0, gimbal_elevation=-60.0), 960, 540, ground_height=0.0
+    )
     assert not steep.sampled
 
 
@@ -149,7 +161,10 @@ def test_per_angle_sigmas_override_attitude() -> None:
     intr = Intrinsics.from_request(1920, 1080, hfov=30.0)
     pose = Pose(41.0, -104.0, 1500.0, heading=30.0, gimbal_elevation=-40.0)
     only_heading = InputSigmas(
-        horizontal_m=0.0, vertical_m=0.0, focal_rel=0.0, ground_m=0.0,
+        horizontal_m=0.0,
+        vertical_m=0.0,
+        focal_rel=0.0,
+        ground_m=0.0,
         angles_deg=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
     )
     f = locate_pixel(intr, pose, 960, 540, ground_height=0.0, sigmas=only_heading)

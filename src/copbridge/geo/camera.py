@@ -91,9 +91,9 @@ class Intrinsics:
             "camera.distortion.p2": p2,
             "camera.distortion.k3": k3,
         }
-        for name, val in optional.items():
-            if val is not None and not math.isfinite(val):
-                raise GeolocationError(f"{name} must be finite, got {val}", field=name)
+        for name, value in optional.items():
+            if value is not None and not math.isfinite(value):
+                raise GeolocationError(f"{name} must be finite, got {value}", field=name)
         for name, fov in (("camera.hfov", hfov), ("camera.vfov", vfov)):
             if fov is not None and not 0.0 < fov < 180.0:
                 raise GeolocationError(

@@ -45,20 +45,21 @@ def ecef_to_geodetic_sc(
     the Earth's centre region to far beyond orbit heights, and exact at the poles. Returns sine
     and cosine of latitude because the local basis needs them and ``arctan2`` is costly.
     """
-    p = np.hypot(x, y)
+    # plain products and sqrt: numpy's hypot and ** 3 are several times slower
+    p = np.sqrt(x * x + y * y)
     # reduced latitude start: tan(beta) = (a/b) z/p; kept as an unnormalised (cos, sin) pair
     cb = WGS84_B * p
     sb = WGS84_A * z
     for _ in range(2):
-        nb = np.hypot(cb, sb)
-        cb3 = (cb / nb) ** 3
-        sb3 = (sb / nb) ** 3
-        num = z + WGS84_EP2 * WGS84_B * sb3
-        den = p - WGS84_E2 * WGS84_A * cb3
+        inv = 1.0 / np.sqrt(cb * cb + sb * sb)
+        cb *= inv
+        sb *= inv
+        num = z + (WGS84_EP2 * WGS84_B) * (sb * sb * sb)
+        den = p - (WGS84_E2 * WGS84_A) * (cb * cb * cb)
         # tan(beta) = (1 - f) tan(phi)
         cb = den
         sb = (1.0 - WGS84_F) * num
-    norm = np.hypot(den, num)
+    norm = np.sqrt(den * den + num * num)
     slat = num / norm
     clat = den / norm
     h = p * clat + z * slat - WGS84_A * np.sqrt(1.0 - WGS84_E2 * slat * slat)

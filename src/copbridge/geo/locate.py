@@ -58,7 +58,7 @@ class Fixes:
     @property
     def ok(self) -> BoolArray:
         """True where the ray gave a ground point."""
-        return self.status == RayStatus.OK
+        return np.asarray(self.status == RayStatus.OK, dtype=np.bool_)
 
     def error(self, i: int) -> GeolocationError | None:
         """The error of ray i, or None when it was located."""

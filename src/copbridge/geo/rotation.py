@@ -58,7 +58,7 @@ Vec3 = tuple[FloatArray, FloatArray, FloatArray]
 def apply_gimbal(
     cos: FloatArray, sin: FloatArray, x: npt.ArrayLike, y: npt.ArrayLike, z: npt.ArrayLike
 ) -> Vec3:
-    """Rz(gimbal az) Ry(gimbal el) Rx(gimbal roll) applied to (x, y, z); cos/sin as in apply_chain."""
+    """Rz(gimbal az) Ry(gimbal el) Rx(gimbal roll) applied to (x, y, z) (cos/sin: apply_chain)."""
     xa = np.asarray(x, dtype=np.float64)
     ya = np.asarray(y, dtype=np.float64)
     za = np.asarray(z, dtype=np.float64)

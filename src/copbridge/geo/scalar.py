@@ -161,7 +161,7 @@ def _cross(a: V3, b: V3) -> V3:
     return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
 
 
-def finish(
+def finish(  # noqa: PLR0915  # line-by-line twin of uncertainty.propagate; calls cost µs here
     r: ScalarRay,
     pose: Pose,
     t: float,

@@ -96,12 +96,15 @@ class GeoTiffTerrain:
         self._geographic = bool(self._crs is None or self._crs.is_geographic)
         if self._geographic:
             max_lat = min(max(abs(bounds.bottom), abs(bounds.top)), 89.0)
-            self._posting = min(
-                res_y * _M_PER_DEG_LAT, res_x * _M_PER_DEG_LON * math.cos(math.radians(max_lat))
+            self._posting = float(
+                min(
+                    res_y * _M_PER_DEG_LAT,
+                    res_x * _M_PER_DEG_LON * math.cos(math.radians(max_lat)),
+                )
             )
         else:
             unit = float(self._crs.linear_units_factor[1])
-            self._posting = min(res_x, res_y) * unit
+            self._posting = float(min(res_x, res_y) * unit)
         self._heights = heights
         self._geoid = geoid if geoid is not None or heights == "msl" else load_egm96()
 
