@@ -37,11 +37,14 @@ PLATFORM_STALE_FACTOR = 3.0
 class Rejection(Exception):
     """A detection the contract or the geometry refuses; ``field`` names what is wrong."""
 
-    def __init__(self, field: str, message: str, reason: str = "invalid") -> None:
+    def __init__(
+        self, field: str, message: str, reason: str = "invalid", subject: str | None = None
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
         self.reason = reason
+        self.subject = subject
 
     def as_error(self) -> dict[str, Any]:
         return {"field": self.field, "message": self.message}
@@ -89,6 +92,7 @@ class Pipeline:
         )
         self.ground_labels = frozenset(label.lower() for label in settings.ground_labels)
         self.sigmas = geo.InputSigmas()
+        self._platform_schedule = cot.PlatformSchedule(settings.platform_interval_s)
 
     @property
     def store(self) -> SqlStore:
@@ -102,11 +106,16 @@ class Pipeline:
         self,
         detection: Detection,
         *,
+        raw: dict[str, Any] | None = None,
         image: StoredImage | None = None,
         actor: str | None = None,
         now: datetime | None = None,
     ) -> Prepared:
-        """Locate the detection and build its events; raise :class:`Rejection` when it can't be."""
+        """Locate the detection and build its events; raise :class:`Rejection` when it can't be.
+
+        ``raw`` is the JSON object the client sent, when the caller has it: the idempotency hash
+        and the stored copy are taken from it, which is cheaper than dumping the model again.
+        """
         now = now or datetime.now(UTC)
         detection_id = detection.id or str(uuid7())
         located = self.locate(detection)
@@ -153,15 +162,25 @@ class Pipeline:
             stale=event.stale,
         )
         answer_json = answer.model_dump(mode="json")
-        platform = self._platform_event(detection, located, now)
+        # The store decides for every replica whether the platform event is due; this process
+        # only skips building one it emitted itself within the interval.
+        platform = (
+            self._platform_event(detection, located, now)
+            if self._platform_schedule.claim(detection.sensor.id, now)
+            else None
+        )
         record = DetectionRecord(
             id=detection_id,
-            body_hash=body_hash(detection, image),
+            body_hash=body_hash(
+                raw if raw is not None else detection.model_dump(mode="json"), image
+            ),
             time_us=_us(detection.time),
             received_us=_us(now),
             sensor_id=detection.sensor.id,
             label=detection.label,
-            detection=detection.model_dump(mode="json", exclude={"image"}),
+            detection=_without_image(raw)
+            if raw is not None
+            else detection.model_dump(mode="json", exclude={"image"}),
             answer=answer_json,
             cot_xml=xml,
             events=(
@@ -273,7 +292,9 @@ class Pipeline:
                 sigmas=self._sigmas(detection),
             )
         except geo.GeolocationError as exc:
-            raise Rejection(exc.field or "geometry", str(exc), reason="geometry") from None
+            raise Rejection(
+                exc.field or "geometry", str(exc), reason="geometry", subject=detection.id
+            ) from None
         finally:
             GEOLOCATION_SECONDS.observe(time.perf_counter() - started)
         return Located(fix, point, pose, intrinsics)
@@ -344,13 +365,16 @@ def open_terrain(path: Path) -> geo.Terrain:
     return geo.SrtmTiles(path) if path.is_dir() else geo.GeoTiffTerrain(path)
 
 
-def body_hash(detection: Detection, image: StoredImage | None) -> str:
+def body_hash(body: dict[str, Any], image: StoredImage | None) -> str:
     """Canonical hash of what the client sent, for idempotency: same id + same body = retry."""
-    body = detection.model_dump(mode="json")
     if image is not None:
-        body["_image_sha256"] = image.sha256
+        body = {**body, "_image_sha256": image.sha256}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _without_image(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in raw.items() if k != "image"} if "image" in raw else raw
 
 
 def stored_answer(answer: dict[str, Any], *, duplicate: bool) -> Answer:

@@ -99,18 +99,20 @@ async def post_detection(
             detection, image_bytes, declared = await _read_multipart(
                 request, settings.max_body_bytes
             )
+            raw = None
         else:
-            detection = Detection.model_validate_json(await request.body())
+            raw = _json_object(await request.body())
+            detection = Detection.model_validate(raw)
             image_bytes, declared = _inline_image(detection)
         if image_bytes is not None:
             image = await _keep_image(pipeline, image_bytes, declared, settings.max_image_bytes)
-        prepared = pipeline.prepare(detection, image=image, actor=actor)
+        prepared = pipeline.prepare(detection, raw=raw, image=image, actor=actor)
     except ValidationError as exc:
         errors = field_errors(exc.errors())
         pipeline.reject("contract", None, {"errors": errors[:5]}, actor)
         return unprocessable(errors)
     except Rejection as exc:
-        pipeline.reject(exc.reason, detection.id, exc.as_error(), actor)
+        pipeline.reject(exc.reason, exc.subject, exc.as_error(), actor)
         return unprocessable([{"field": exc.field, "message": exc.message}])
     except ImageRejected as exc:
         pipeline.reject("image", None, {"field": "image", "message": str(exc)}, actor)
@@ -136,7 +138,7 @@ async def post_batch(request: Request, pipeline: PipelineDep, settings: Settings
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return unprocessable([{"field": "body", "message": f"body is not valid JSON: {exc}"}])
+        return unprocessable([{"field": "body", "message": f"body: not valid JSON: {exc}"}])
     items = body.get("detections") if isinstance(body, dict) else body
     if not isinstance(items, list):
         return unprocessable(
@@ -180,7 +182,9 @@ async def _prepare_item(
         image = None
         if image_bytes is not None:
             image = await _keep_image(pipeline, image_bytes, declared, settings.max_image_bytes)
-        return pipeline.prepare(detection, image=image, actor=actor)
+        return pipeline.prepare(
+            detection, raw=raw if isinstance(raw, dict) else None, image=image, actor=actor
+        )
     except ValidationError as exc:
         errors = field_errors(exc.errors(), prefix=f"detections[{index}]")
         return BatchItemResult(index=index, status=422, error={"errors": errors})
@@ -301,6 +305,17 @@ def _view(row: StoredDetection) -> dict[str, Any]:
         "answer": row.answer,
         "image": row.image_sha256 is not None,
     }
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a ValidationError-shaped refusal naming the body."""
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Rejection("body", f"body: not valid JSON: {exc}", reason="contract") from None
+    if not isinstance(value, dict):
+        raise Rejection("body", "body: expected a JSON object (one detection)", reason="contract")
+    return value
 
 
 def _inline_image(detection: Detection) -> tuple[bytes | None, str | None]:
