@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from copbridge.geo import load_egm96
 
@@ -48,3 +50,14 @@ def test_msl_and_hae_convert_both_ways() -> None:
     h = g.msl_to_hae(41.14, -104.81, 1855.4)
     assert float(h) == pytest.approx(1855.4 - 15.8, abs=0.5)
     assert float(g.hae_to_msl(41.14, -104.81, h)) == pytest.approx(1855.4, abs=1e-9)
+
+
+@given(
+    lat=st.floats(min_value=-90, max_value=90, allow_nan=False),
+    lon=st.floats(min_value=-540, max_value=540, allow_nan=False),
+)
+def test_scalar_undulation_equals_the_vectorised_one(lat: float, lon: float) -> None:
+    geoid = load_egm96()
+    assert geoid.undulation_at(lat, lon) == pytest.approx(
+        float(geoid.undulation(lat, lon)), abs=1e-9
+    )

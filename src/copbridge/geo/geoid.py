@@ -62,6 +62,22 @@ class Geoid:
         bottom = g[r0, c0] * (1.0 - wc) + g[r0, c1] * wc
         return np.asarray(bottom * (1.0 - wr) + top * wr, dtype=np.float64)
 
+    def undulation_at(self, lat: float, lon: float) -> float:
+        """The same bilinear N for one point in plain floats: the API's scalar path calls this
+        several times per detection, where numpy's per-call overhead would dominate."""
+        rows, cols = self.grid.shape
+        fr = min(max((lat - self.lat0) / self.dlat, 0.0), rows - 1.0)
+        fc = ((lon - self.lon0) % 360.0) / self.dlon
+        r0 = min(int(fr), rows - 2)
+        c0 = min(int(fc), cols - 1)
+        wr = fr - r0
+        wc = fc - c0
+        c1 = (0 if c0 + 1 >= cols else c0 + 1) if self.wraps else min(c0 + 1, cols - 1)
+        item = self.grid.item
+        top = item(r0 + 1, c0) * (1.0 - wc) + item(r0 + 1, c1) * wc
+        bottom = item(r0, c0) * (1.0 - wc) + item(r0, c1) * wc
+        return float(bottom * (1.0 - wr) + top * wr)
+
     def msl_to_hae(
         self, lat: npt.ArrayLike, lon: npt.ArrayLike, height_msl: npt.ArrayLike
     ) -> FloatArray:

@@ -265,7 +265,7 @@ def resolve_platform_hae(
         return PlatformHeight(alt, None)
     g = geoid if geoid is not None else load_egm96()
     if alt_ref == "msl":
-        return PlatformHeight(float(g.msl_to_hae(lat, lon, alt)), None)
+        return PlatformHeight(alt + g.undulation_at(lat, lon), None)
     if alt < 0.0:
         raise GeolocationError(
             f"platform.alt above ground must be >= 0, got {alt}", field="platform.alt"
@@ -273,7 +273,7 @@ def resolve_platform_hae(
     if terrain is not None:
         ground = float(terrain.height_msl(lat, lon)[0])
         if math.isfinite(ground):
-            return PlatformHeight(float(g.msl_to_hae(lat, lon, ground)) + alt, alt)
+            return PlatformHeight(ground + g.undulation_at(lat, lon) + alt, alt)
     return PlatformHeight(alt, alt)
 
 
@@ -318,9 +318,9 @@ def locate_pixel(
             f = scalar.locate_scalar(intrinsics, pose, u, v, ground_height, sig, gsig)
         else:
             g = geoid if geoid is not None else load_egm96()
-            h = ground_height + float(g.undulation(pose.lat, pose.lon))
+            h = ground_height + g.undulation_at(pose.lat, pose.lon)
             f = scalar.locate_scalar(intrinsics, pose, u, v, h, None, gsig)
-            h = ground_height + float(g.undulation(f.lat, f.lon))
+            h = ground_height + g.undulation_at(f.lat, f.lon)
             f = scalar.locate_scalar(intrinsics, pose, u, v, h, sig, gsig)
         return _fix(f, "request")
 
