@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def taky_destination(taky: Taky, **options: Any) -> DestinationSettings:
     return DestinationSettings(
         url=f"tls://{taky.host}:{taky.port}",
         client_cert=taky.tls.copbridge.p12,
-        client_password=P12_PASSWORD,  # type: ignore[arg-type]
+        client_password=P12_PASSWORD,
         ca_file=taky.tls.ca,
         expected_hostname="localhost",
         **options,
@@ -79,3 +80,10 @@ async def running(service: DeliveryService) -> AsyncIterator[DeliveryService]:
         yield service
     finally:
         await service.stop()
+
+
+async def poll_until(condition: Callable[[], bool], seconds: float) -> None:
+    """Wait for a condition on something that has no event to await (a file, a counter)."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - nothing to await but the condition itself
+            await asyncio.sleep(0.02)

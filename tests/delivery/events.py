@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from copbridge.cot import StalePolicy, build_detection_event, to_xml
+from copbridge.cot import StalePolicy, build_detection_event, parse_xml, to_xml
 from copbridge.store import DetectionRecord, QueuedEvent, Store
 
 _ids = itertools.count(1)
@@ -73,3 +73,9 @@ def queue(store: Store, destinations: Sequence[str], records: Sequence[Detection
 
 def uid_of(record: DetectionRecord) -> str:
     return record.events[0].uid
+
+
+def has_uid(uid: str, at: datetime | None = None) -> Callable[[bytes], bool]:
+    """Matches a received event of ``uid`` (and, if given, of that event time)."""
+    needle = f'uid="{uid}"'.encode()
+    return lambda got: needle in got and (at is None or parse_xml(got).time == at)

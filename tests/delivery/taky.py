@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.cot.taky_server import HOST, TAKY_CONF, CotClient, free_port
 
 TAKYCTL = str(Path(sys.executable).parent / "takyctl")
-P12_PASSWORD = "atakatak"  # takyctl's default  # noqa: S105
+P12_PASSWORD = "atakatak"  # takyctl's default
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,17 @@ def _client_cert(site: Path, name: str) -> ClientCert:
 def make_tls_site(site: Path, port: int) -> TlsFiles:
     """``takyctl setup`` a site (CA, server cert for ``localhost``) listening on ``port``."""
     subprocess.run(
-        [TAKYCTL, "setup", "--host", "localhost", "--public-ip", HOST, "--bind-ip", HOST, str(site)],
+        [
+            TAKYCTL,
+            "setup",
+            "--host",
+            "localhost",
+            "--public-ip",
+            HOST,
+            "--bind-ip",
+            HOST,
+            str(site),
+        ],
         check=True,
         capture_output=True,
         timeout=30,
@@ -61,7 +71,9 @@ def make_tls_site(site: Path, port: int) -> TlsFiles:
     conf.set("cot_server", "port", str(port))
     with (site / "taky.conf").open("w") as out:
         conf.write(out)
-    return TlsFiles(site / "ssl" / "ca.crt", _client_cert(site, "copbridge"), _client_cert(site, "rx"))
+    return TlsFiles(
+        site / "ssl" / "ca.crt", _client_cert(site, "copbridge"), _client_cert(site, "rx")
+    )
 
 
 class Taky:

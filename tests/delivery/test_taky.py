@@ -12,7 +12,7 @@ from copbridge.delivery import DeliveryService, LinkState
 from copbridge.store import SqlStore
 
 from .conftest import make_settings, running, taky_destination
-from .events import detection_record, queue, uid_of
+from .events import detection_record, has_uid, queue, uid_of
 from .taky import Taky
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,29 +55,21 @@ async def test_updates_arrive_complete_and_in_order_per_uid(
                     event = parse_xml(record.cot_xml)
                     sent.setdefault(uid_of(record), {})[event.time] = event
                 await asyncio.sleep(0.05)
-            for uid, events in sent.items():
-                newest = max(events)
-                needle = f'uid="{uid}"'.encode()
-                got = await asyncio.to_thread(
-                    receiver.wait_for,
-                    lambda got, n=needle, t=newest: n in got and parse_xml(got).time == t,
-                    10,
-                )
-                newest_seen.append(got)
+            for uid, by_time in sent.items():
+                match = has_uid(uid, max(by_time))
+                newest_seen.append(await asyncio.to_thread(receiver.wait_for, match, 10))
             (state,) = service.snapshot()
             assert state.state is LinkState.CONNECTED
             assert state.last_success is not None
         # earlier updates (still in the client's list, in arrival order), then each newest one
-        received = [
-            parse_xml(e) for e in [*receiver.received, *newest_seen] if b"t-x-c-t" not in e
-        ]
+        received = [parse_xml(e) for e in [*receiver.received, *newest_seen] if b"t-x-c-t" not in e]
     finally:
         receiver.close()
     per_uid: dict[str, list[ParsedEvent]] = {}
-    for event in received:
-        per_uid.setdefault(event.uid, []).append(event)
-    for uid, events in per_uid.items():
-        times = [e.time for e in events]
+    for got in received:
+        per_uid.setdefault(got.uid, []).append(got)
+    for uid, arrived in per_uid.items():
+        times = [e.time for e in arrived]
         assert times == sorted(set(times)), f"{uid} arrived out of order or twice: {times}"
-        for event in events:
-            _same_event(event, sent[uid][event.time])
+        for got in arrived:
+            _same_event(got, sent[uid][got.time])

@@ -106,7 +106,13 @@ class DeliveryService:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Let couriers finish the batch in hand (up to ``grace_s``), then cancel what is left."""
+        for courier in self.couriers:
+            courier.finish()
+        couriers = self._tasks[: len(self.couriers)]
+        if couriers:
+            await asyncio.wait(couriers, timeout=grace_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -89,14 +89,22 @@ class Courier:
         self._answers_pings = False
         self._lease_us = int(timing.lease_for(destination) * _S)
         self._ping_uid = f"copbridge-{owner.rsplit(':', 1)[-1][:12]}-ping"
+        self._stopping = False
+        self._stop = asyncio.Event()
         self.sent = 0
 
     def wake(self) -> None:
         self._wake.set()
 
+    def finish(self) -> None:
+        """Stop after the batch in hand is written and marked (a clean shutdown)."""
+        self._stopping = True
+        self._stop.set()
+        self._wake.set()
+
     async def run(self) -> None:
         name = self.destination.name
-        while True:
+        while not self._stopping:
             transport = self._factory(
                 self.destination, self._ping_uid, self._answers_pings, self.wake
             )
@@ -141,7 +149,9 @@ class Courier:
             resend=len(self._resend),
         )
         await self._monitor.failed(self.destination.name, error)
-        await asyncio.sleep(delay)
+        # Only finish() cuts the wait short: new events must not hammer a server that is down.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
 
     def _release_held_now(self, error: str) -> None:
         # Called while being cancelled: no awaiting; hand the rows back so others need not wait
@@ -160,7 +170,7 @@ class Courier:
             await self._write(transport, frames, good)
             self._resend = []
             _log.info("re-sent recent events", destination=self.destination.name, count=len(good))
-        while True:
+        while not self._stopping:
             await transport.keepalive()
             confirmed = transport.confirmed_at()
             if confirmed is not None:

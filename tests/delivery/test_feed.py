@@ -1,0 +1,104 @@
+"""The built-in feed: a TAK client connecting to copbridge gets the current events replayed, then
+live ones; what it sends is ignored (pings get a pong); over TLS it must show a certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from copbridge.cot import parse_xml
+from copbridge.delivery import DeliveryService
+from copbridge.store import SqlStore
+from tests.cot.taky_server import CotClient
+
+from .conftest import make_settings, running
+from .events import detection_record, has_uid, queue, uid_of
+from .taky import make_tls_site
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_client_gets_newest_current_events_then_live_ones_and_cannot_write(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    base = datetime.now(UTC)
+    old_a = detection_record("a", at=base - timedelta(seconds=2))
+    new_a = detection_record("a", at=base - timedelta(seconds=1))
+    b = detection_record("b")
+    gone = detection_record("gone", stale_s=0.05)
+    queue(sqlite_store, [], [old_a, new_a, b, gone])
+    await asyncio.sleep(0.1)
+    settings = make_settings(sqlite_url, feed="tcp://127.0.0.1:0")
+    async with running(DeliveryService(settings, sqlite_store)) as service:
+        assert service.feed is not None
+        client = CotClient("127.0.0.1", service.feed.port)
+        try:
+            replay = [
+                await asyncio.to_thread(client.wait_for, has_uid(uid_of(r)), 5) for r in (new_a, b)
+            ]
+            assert parse_xml(replay[0]).time == parse_xml(new_a.cot_xml).time
+            live = detection_record("c")
+            queue(sqlite_store, [], [live])
+            service.notify()
+            await asyncio.to_thread(client.wait_for, has_uid(uid_of(live)), 5)
+            # read-only: an event sent by the client is not stored; a ping is answered
+            client.send(detection_record("from-client").cot_xml)
+            await asyncio.to_thread(client.registered, "feed-client", datetime.now(UTC))
+            await asyncio.sleep(0.3)
+            assert all(b"from-client" not in e and b"gone" not in e for e in client.received)
+            assert not any(b"t-x-c-t" not in e for e in client.received), "replayed twice"
+        finally:
+            client.close()
+    stored = {e.uid for e in sqlite_store.feed_snapshot(time.time_ns() // 1000)}
+    assert stored == {uid_of(new_a), uid_of(b), uid_of(live)}
+
+
+async def test_tls_feed_serves_clients_with_a_certificate_and_refuses_others(
+    tmp_path: Path, sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    site = tmp_path / "pki"
+    site.parent.mkdir(parents=True, exist_ok=True)
+    files = make_tls_site(
+        site, 8089
+    )  # never started; takyctl's CA, server cert for "localhost", client certs
+    record = detection_record("tls-feed")
+    queue(sqlite_store, [], [record])
+    settings = make_settings(
+        sqlite_url,
+        feed="tls://127.0.0.1:0",
+        feed_cert=site / "ssl" / "server.crt",
+        feed_key=site / "ssl" / "server.key",
+        feed_ca_file=files.ca,
+    )
+    async with running(DeliveryService(settings, sqlite_store)) as service:
+        assert service.feed is not None
+        port = service.feed.port
+
+        def connect(with_cert: bool) -> CotClient:
+            context = ssl.create_default_context(cafile=str(files.ca))
+            if with_cert:
+                context.load_cert_chain(files.receiver.crt, files.receiver.key)
+            client = CotClient.__new__(CotClient)
+            raw = socket.create_connection(("127.0.0.1", port), 5)
+            client.sock = context.wrap_socket(raw, server_hostname="localhost")
+            client.timeout, client._buffer, client.received = 5.0, b"", []
+            return client
+
+        good = await asyncio.to_thread(connect, True)
+        try:
+            await asyncio.to_thread(good.wait_for, has_uid(uid_of(record)), 5)
+        finally:
+            good.close()
+
+        def refused() -> None:
+            client = connect(False)  # TLS 1.3: the server's refusal shows on the first read
+            client.wait_for(has_uid(uid_of(record)), 3)
+
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            await asyncio.to_thread(refused)

@@ -1,0 +1,97 @@
+"""UDP (unicast and multicast, XML and TAK protobuf) and file destinations receive the events."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from copbridge.config import DestinationSettings
+from copbridge.cot import mesh_payload, parse_protobuf, parse_xml
+from copbridge.delivery import DeliveryService
+from copbridge.store import SqlStore
+
+from .conftest import make_settings, poll_until, running
+from .events import detection_record, queue, uid_of
+
+pytestmark = pytest.mark.timeout(30)
+
+MESH_GROUP = "239.2.3.1"
+
+
+def _udp_listener(group: str | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if group is None:
+        sock.bind(("127.0.0.1", 0))
+    else:
+        sock.bind((group, 0))
+        membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("0.0.0.0"))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    sock.settimeout(5)
+    return sock
+
+
+async def _receive(sock: socket.socket, count: int) -> list[bytes]:
+    return [(await asyncio.to_thread(sock.recvfrom, 65536))[0] for _ in range(count)]
+
+
+async def test_udp_unicast_gets_one_xml_document_per_datagram(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    with _udp_listener() as sock:
+        url = f"udp://127.0.0.1:{sock.getsockname()[1]}"
+        records = [detection_record(f"u{i}") for i in range(3)]
+        async with running(
+            DeliveryService(make_settings(sqlite_url, destinations=url), sqlite_store)
+        ):
+            queue(sqlite_store, [url], records)
+            datagrams = await _receive(sock, 3)
+    assert sorted(parse_xml(d).uid for d in datagrams) == sorted(uid_of(r) for r in records)
+
+
+async def test_udp_multicast_mesh_gets_tak_protobuf(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    try:
+        sock = _udp_listener(MESH_GROUP)
+    except OSError as exc:  # pragma: no cover - a host without any multicast route
+        pytest.skip(f"no multicast on this host: {exc}")
+    with sock:
+        url = f"udp://{MESH_GROUP}:{sock.getsockname()[1]}"
+        destination = DestinationSettings(url=url, protocol="protobuf")
+        record = detection_record("mesh")
+        settings = make_settings(sqlite_url, destinations=[destination])
+        async with running(DeliveryService(settings, sqlite_store)):
+            queue(sqlite_store, [url], [record])
+            (datagram,) = await _receive(sock, 1)
+    event = parse_protobuf(mesh_payload(datagram))
+    sent = parse_xml(record.cot_xml)
+    assert (event.uid, event.type, event.time, event.stale) == (
+        sent.uid,
+        sent.type,
+        sent.time,
+        sent.stale,
+    )
+    assert event.lat == pytest.approx(sent.lat)
+    assert event.callsign == sent.callsign
+
+
+async def test_file_destination_appends_one_event_per_line(
+    tmp_path: Path, sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    path = tmp_path / "out" / "events.cot"
+    url = f"file://{path}"
+    records = [detection_record(f"f{i}") for i in range(4)]
+    async with running(
+        DeliveryService(make_settings(sqlite_url, destinations=url), sqlite_store)
+    ) as service:
+        queue(sqlite_store, [url], records)
+        service.notify()
+        await poll_until(lambda: path.exists() and len(path.read_bytes().splitlines()) >= 4, 10)
+    lines = path.read_bytes().splitlines()
+    assert [parse_xml(line).uid for line in lines] == [uid_of(r) for r in records]
+    assert all(line.startswith(b"<event") for line in lines)
