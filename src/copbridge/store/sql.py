@@ -48,10 +48,6 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-
-
 class SqlStore:
     """Shared implementation of :class:`copbridge.store.port.Store`."""
 
@@ -152,7 +148,7 @@ class SqlStore:
     ) -> Future[list[Acceptance]]:
         records = list(records)
         targets = tuple(destinations)
-        return self._write(lambda tx: [_accept(tx, r, targets) for r in records])
+        return self._write(lambda tx: _accept_all(tx, records, targets))
 
     def accept_detections(
         self, records: Sequence[DetectionRecord], destinations: Sequence[str]
@@ -516,7 +512,22 @@ class SqlStore:
 # -- transaction bodies ---------------------------------------------------------------------------
 
 
-def _accept(tx: Tx, record: DetectionRecord, destinations: tuple[str, ...]) -> Acceptance:
+def _accept_all(
+    tx: Tx, records: Sequence[DetectionRecord], destinations: tuple[str, ...]
+) -> list[Acceptance]:
+    """Every record of one request in its transaction, their audit records chained at once."""
+    audits: list[AuditEntry] = []
+    results = [_accept(tx, record, destinations, audits) for record in records]
+    audit_log.append(tx, audits)
+    return results
+
+
+def _accept(
+    tx: Tx,
+    record: DetectionRecord,
+    destinations: tuple[str, ...],
+    audits: list[AuditEntry],
+) -> Acceptance:
     inserted = tx.one(
         "INSERT INTO detections (id, body_hash, time_us, received_us, sensor_id, label, "
         "detection, answer, cot_xml, image_sha256) VALUES (?,?,?,?,?,?,?,?,?,?) "
@@ -528,8 +539,8 @@ def _accept(tx: Tx, record: DetectionRecord, destinations: tuple[str, ...]) -> A
             record.received_us,
             record.sensor_id,
             record.label,
-            _dumps(record.detection),
-            _dumps(record.answer),
+            json.dumps(record.detection, separators=(",", ":"), ensure_ascii=False),
+            json.dumps(record.answer, separators=(",", ":"), ensure_ascii=False),
             record.cot_xml,
             record.image_sha256,
         ),
@@ -543,14 +554,14 @@ def _accept(tx: Tx, record: DetectionRecord, destinations: tuple[str, ...]) -> A
         )
         return Acceptance(record.id, outcome, json.loads(str(row[1])))
 
-    audits = [
+    audits.append(
         AuditEntry(
             kind="detection.accepted",
             subject=record.id,
             actor=record.actor,
             data={"body_hash": record.body_hash, "sensor_id": record.sensor_id},
         )
-    ]
+    )
     events = list(record.events)
     if record.platform_event is not None and _platform_due(
         tx, record.sensor_id, record.received_us, record.platform_interval_us
@@ -591,7 +602,6 @@ def _accept(tx: Tx, record: DetectionRecord, destinations: tuple[str, ...]) -> A
                 },
             )
         )
-    audit_log.append(tx, audits, record.received_us)
     return Acceptance(record.id, "accepted", record.answer)
 
 
