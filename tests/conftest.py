@@ -11,7 +11,12 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from copbridge.security.keys import format_key
 from copbridge.store import SqlStore, open_store
+
+#: A well-formed admin key for tests: pass it as ``bootstrap_key`` and send it as a Bearer.
+ADMIN_KEY = format_key("a11ce5000001", "TestAdminSecret0123456789abcdefg")
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 PG_ADMIN_URL = os.environ.get(
     "COPBRIDGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -68,3 +73,9 @@ def store(store_url: str) -> Iterator[SqlStore]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def admin_key() -> str:
+    """The test admin key; an app built with ``bootstrap_key=admin_key`` accepts it."""
+    return ADMIN_KEY

@@ -116,6 +116,29 @@ class Settings(BaseSettings):
     delivery_resend_s: float | None = Field(default=None, ge=0, le=3600)
     purge_interval_s: float = Field(default=600.0, gt=0)
 
+    # Security: API keys, JWT, rate limits, HTTP hardening (see copbridge.security).
+    key_pepper: SecretStr | None = None  # else generated once into <data_dir>/key-pepper
+    key_cache_ttl_s: float = Field(default=5.0, gt=0, le=5)  # revocation takes effect within it
+    jwt_issuer: str = Field(default="copbridge", min_length=1)
+    jwt_audience: str = Field(default="copbridge-api", min_length=1)
+    access_token_ttl_s: int = Field(default=900, ge=10, le=86400)
+    refresh_token_ttl_s: int = Field(default=86400, ge=60, le=90 * 86400)
+    jwt_signing_key: Path | None = None  # PEM (RSA private); else generated in <data_dir>/jwt-keys
+    jwt_previous_keys: Annotated[tuple[Path, ...], NoDecode] = ()  # PEMs that still verify
+    jwt_rotate_days: float = Field(default=30.0, gt=0)
+    rate_limit_storage: str = "memory://"  # redis://host:port/db when replicas share limits
+    rate_limit_prefix: str = Field(default="copbridge", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    rate_limit_credential: str = "100/second"
+    rate_limit_ip: str = "200/second"
+    rate_limit_auth: str = "20/minute"  # per IP on /api/v1/auth/* and for failed credentials
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    tls_cert: Path | None = None  # serve over HTTPS (and send HSTS) when both are set
+    tls_key: Path | None = None
+    tls_key_password: SecretStr | None = None
+    livez_scope: str | None = None  # None: public
+    readyz_scope: str | None = None
+    metrics_scope: str | None = None
+
     @field_validator("database_url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
@@ -129,6 +152,55 @@ class Settings(BaseSettings):
         from copbridge.cot import validate_template
 
         return {label: validate_template(template) for label, template in value.items()}
+
+    @field_validator("jwt_previous_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("key_pepper")
+    @classmethod
+    def _real_pepper(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _refuse_placeholder(value.get_secret_value(), 32)
+        return value
+
+    @field_validator("bootstrap_key")
+    @classmethod
+    def _well_formed_key(cls, value: SecretStr | None) -> SecretStr | None:
+        from copbridge.security.keys import parse_key
+
+        if value is not None and parse_key(value.get_secret_value()) is None:
+            raise ValueError(
+                "must be a key made by `copbridge keys create` (cpb_<id>_<secret><checksum>)"
+            )
+        return value
+
+    @field_validator("rate_limit_credential", "rate_limit_ip", "rate_limit_auth")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        parse(value)  # raises ValueError naming the bad text
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("must be memory:// or redis://host:port/db")
+        return value
+
+    @field_validator("livez_scope", "readyz_scope", "metrics_scope")
+    @classmethod
+    def _known_scope(cls, value: str | None) -> str | None:
+        from copbridge.security.keys import SCOPES
+
+        if value is not None and value not in SCOPES:
+            raise ValueError(f"must be one of {', '.join(SCOPES)}")
+        return value
 
     @field_validator("ground_labels", mode="before")
     @classmethod
@@ -173,6 +245,16 @@ class Settings(BaseSettings):
         return f"{scheme}//{user}:***@{tail}"
 
 
+_SECRET_FIELDS = {"key_pepper", "bootstrap_key", "tls_key_password", "feed_password"}
+_PLACEHOLDERS = ("changeme", "change-me", "change_me", "secret", "password", "example", "xxxx")
+
+
+def _refuse_placeholder(value: str, min_length: int) -> None:
+    lowered = value.lower()
+    if len(value) < min_length or any(p in lowered for p in _PLACEHOLDERS) or len(set(value)) < 8:
+        raise ValueError(f"looks like a placeholder: use at least {min_length} random characters")
+
+
 class SettingsError(Exception):
     """A setting is invalid; the message is one line naming it."""
 
@@ -198,6 +280,9 @@ def _one_line(exc: ValidationError) -> str:
         field = ".".join(str(p) for p in error["loc"])
         env = f"{field} (COPBRIDGE_{field.split('.')[0].upper()})"
         shown = error.get("input")
-        value = "" if isinstance(shown, dict | list) or shown is None else f" (got {shown!r})"
+        secret = field.split(".")[0] in _SECRET_FIELDS
+        value = (
+            "" if isinstance(shown, dict | list) or shown is None or secret else f" (got {shown!r})"
+        )
         parts.append(f"{env}: {error['msg']}{value}")
     return "invalid setting " + "; ".join(parts)

@@ -13,8 +13,11 @@ from fastapi.testclient import TestClient
 
 from copbridge.api.app import create_app
 from copbridge.config import Settings, load_settings
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY
 
-EXAMPLE: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "contract_example.json").read_text())
+EXAMPLE: dict[str, Any] = json.loads(
+    (Path(__file__).parent / "data" / "contract_example.json").read_text()
+)
 DESTINATIONS = "tcp://127.0.0.1:9,file:///dev/null"
 
 
@@ -27,8 +30,8 @@ def example(**changes: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def auth_headers() -> dict[str, str]:
-    """Credentials every protected call carries (filled in by the security suite's key)."""
-    return {}
+    """Credentials every protected call carries: the bootstrap admin key of ``app_settings``."""
+    return dict(ADMIN_HEADERS)
 
 
 def app_settings(tmp_path: Path, url: str | None = None, **overrides: Any) -> Settings:
@@ -38,7 +41,7 @@ def app_settings(tmp_path: Path, url: str | None = None, **overrides: Any) -> Se
         feed="off",
         destinations=DESTINATIONS,
         run_worker=False,
-        **overrides,
+        **{"bootstrap_key": ADMIN_KEY, **overrides},
     )
 
 

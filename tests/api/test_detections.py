@@ -16,6 +16,7 @@ from PIL import Image
 from copbridge.api.app import create_app
 from copbridge.cot import parse_xml
 from tests.api.conftest import DESTINATIONS, EXAMPLE, app_settings, example
+from tests.conftest import ADMIN_HEADERS
 
 URL = "/api/v1/detections"
 
@@ -183,7 +184,7 @@ def test_camera_pointing_above_the_horizon_is_422_naming_the_angle(client: TestC
 
 def test_oversized_body_is_413_before_parsing(tmp_path: Path) -> None:
     settings = app_settings(tmp_path, max_body_bytes=4096)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         answer = client.post(URL, json=example(label="x", sensor={"id": "a", "model": "m" * 8000}))
     assert answer.status_code == 413
 
@@ -193,7 +194,7 @@ def test_oversized_image_is_413(tmp_path: Path) -> None:
     image = _jpeg(400, 400)
     assert len(image) > 2048
     body = example(image={"media_type": "image/jpeg", "data": base64.b64encode(image).decode()})
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         assert client.post(URL, json=body).status_code == 413
 
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from copbridge.api.app import create_app
 from tests.api.conftest import DESTINATIONS, app_settings, example
+from tests.conftest import ADMIN_HEADERS
 
 URL = "/api/v1/detections"
 
@@ -34,7 +35,7 @@ def test_full_sqlite_disk_gives_503_and_nothing_half_written(tmp_path: Path) -> 
     settings = app_settings(tmp_path, sqlite_max_pages=80)
     accepted: list[str] = []
     refused: list[str] = []
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         for i in range(400):
             answer = client.post(URL, json=example(id=f"d{i}", label="x" * 60))
             if answer.status_code == 202:
@@ -63,7 +64,7 @@ def test_postgres_refusing_connections_gives_503_then_recovers(tmp_path: Path, p
     assert parse_qs(urlsplit(pg_url).query)["options"]
     settings = app_settings(tmp_path, url=pg_url)
     with (
-        TestClient(create_app(settings)) as client,
+        TestClient(create_app(settings), headers=ADMIN_HEADERS) as client,
         psycopg.connect(admin_url, autocommit=True) as admin,
     ):
         assert client.post(URL, json=example(id="before")).status_code == 202

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY
+
 COPBRIDGE = [sys.executable, "-m", "copbridge"]
 
 
@@ -35,7 +37,12 @@ class Serve:
 
     def client_env(self) -> dict[str, str]:
         """Environment for a ``copbridge`` client command talking to this service."""
-        return {"COPBRIDGE_URL": self.url}
+        return {"COPBRIDGE_URL": self.url, "COPBRIDGE_API_KEY": ADMIN_KEY}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Credentials of the bootstrap admin key that ``start_serve`` configures."""
+        return dict(ADMIN_HEADERS)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -62,6 +69,7 @@ def start_serve(workdir: Path, env: Mapping[str, str] | None = None, timeout: fl
         "COPBRIDGE_DATA_DIR": str(workdir / "data"),
         "COPBRIDGE_FEED": "off",
         "COPBRIDGE_LOG_FORMAT": "json",
+        "COPBRIDGE_BOOTSTRAP_KEY": ADMIN_KEY,
         **(env or {}),
     }
     with log.open("wb") as out:

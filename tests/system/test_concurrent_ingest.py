@@ -20,7 +20,9 @@ def test_fifty_parallel_posts_of_one_id_store_one_detection(tmp_path: Path) -> N
     try:
 
         async def post_all() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=serve.url, timeout=30) as client:
+            async with httpx.AsyncClient(
+                base_url=serve.url, timeout=30, headers=serve.headers
+            ) as client:
                 return await asyncio.gather(
                     *(client.post("/api/v1/detections", json=example()) for _ in range(50))
                 )

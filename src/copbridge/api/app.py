@@ -10,10 +10,20 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from copbridge import __version__
-from copbridge.api import detections, errors, health
+from copbridge.api import (
+    audit_routes,
+    auth_routes,
+    detections,
+    errors,
+    health,
+    keys_routes,
+    security_headers,
+)
+from copbridge.api.auth import AUTHORIZE, open_guard
 from copbridge.api.body_limit import BodyLimit
 from copbridge.api.middleware import RequestContext
 from copbridge.config import Settings
+from copbridge.delivery import DeliveryService
 from copbridge.logs import get_logger
 from copbridge.metrics import observe_commit
 from copbridge.model import Detection
@@ -44,13 +54,20 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
         if owned and settings.migrate_on_start:
             active.upgrade()
         app.state.store = active
+        guard = open_guard(app, settings, active)
         app.state.pipeline = Pipeline(
             settings, active, [d.url for d in settings.destination_settings()]
         )
+        # Delivery: couriers unless run_worker is off, the CoT feed unless feed is "off".
+        delivery = DeliveryService(settings, active)
+        await delivery.start()
+        app.state.delivery = delivery
         _log.info("started", store=settings.redacted_database_url(), version=__version__)
         try:
             yield
         finally:
+            await delivery.stop()
+            await guard.close()
             if owned:
                 active.close()
             _log.info("stopped")
@@ -60,13 +77,19 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
         version=__version__,
         summary="AI detections to geolocated Cursor-on-Target events for TAK.",
         lifespan=lifespan,
+        dependencies=[AUTHORIZE],  # every route: rate limits, credential, scope (api/scopes.py)
     )
     app.state.settings = settings
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)
+    security_headers.install(app, settings)
     app.include_router(health.router)
     app.include_router(detections.router)
+    app.include_router(auth_routes.router)
+    app.include_router(auth_routes.jwks_router)
+    app.include_router(keys_routes.router)
+    app.include_router(audit_routes.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

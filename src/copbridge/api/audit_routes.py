@@ -1,0 +1,52 @@
+"""``/api/v1/audit``: the audit trail page by page, and verification of its hash chain."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+
+from copbridge.api.deps import StoreDep
+
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+
+
+@router.get("")
+async def list_audit(
+    store: StoreDep,
+    kind: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = None,
+    cursor: Annotated[str | None, Query(max_length=20, pattern=r"^[0-9]+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Audit records in sequence order, optionally of one kind; pass ``next_cursor`` back."""
+    after = 0 if cursor is None else int(cursor)
+    records = await run_in_threadpool(store.audit_records, after, limit, kind)
+    return {
+        "items": [
+            {
+                "seq": r.seq,
+                "at_us": r.at_us,
+                "kind": r.kind,
+                "actor": r.actor,
+                "subject": r.subject,
+                "data": r.data,
+                "prev_hash": r.prev_hash,
+                "hash": r.hash,
+            }
+            for r in records
+        ],
+        "next_cursor": str(records[-1].seq) if len(records) == limit else None,
+    }
+
+
+@router.get("/verify")
+async def verify_audit(store: StoreDep) -> dict[str, Any]:
+    """Walk the hash chain: ``ok``, the record count, and the first broken link if any."""
+    report = await run_in_threadpool(store.verify_audit)
+    return {
+        "ok": report.ok,
+        "records": report.records,
+        "first_broken_seq": report.first_broken_seq,
+        "reason": report.reason,
+    }

@@ -1,0 +1,323 @@
+"""Who is calling and may they: API keys or access tokens → ``Principal``, checked against the
+scope table by one app-level dependency, after the per-IP and before the per-credential limits.
+
+Failures answer 401 with ``WWW-Authenticate: Bearer``, missing scopes 403, floods 429. Failed
+attempts count against a tight per-IP limit before anything is written to the audit trail, so a
+flood of garbage credentials cannot grow it without bound.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Annotated, Literal, NoReturn
+
+from cachetools import TTLCache
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
+from prometheus_client import Counter
+
+from copbridge.api.scopes import PUBLIC, route_index, scope_table, served_routes, undeclared_routes
+from copbridge.config import Settings
+from copbridge.logs import get_logger
+from copbridge.security.keys import KeyRing, is_usable, load_pepper, now_us
+from copbridge.security.ratelimit import RateLimits, Verdict
+from copbridge.security.signing import SigningKeys
+from copbridge.security.tokens import TokenAuthority, TokenRejected
+from copbridge.store import ApiKeyRecord, AuditEntry, SqlStore, StoreError
+
+_log = get_logger("copbridge.auth")
+
+AUTH_FAILURES = Counter(
+    "copbridge_auth_failures_total", "Refused credentials by kind of failure.", ["reason"]
+)
+RATE_LIMITED = Counter("copbridge_rate_limited_total", "Requests answered 429.", ["limit"])
+
+#: At most this many auth-failure audit records per minute across all clients.
+_FAILURE_AUDITS_PER_MINUTE = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: an API key, directly or through an access token."""
+
+    subject: str  # the key id
+    scopes: frozenset[str]
+    kind: Literal["key", "token"]
+    token_id: str | None = None
+
+
+class Unauthorized(HTTPException):
+    def __init__(self, detail: str, presented: bool) -> None:
+        challenge = 'Bearer realm="copbridge"'
+        if presented:
+            challenge += ', error="invalid_token"'
+        super().__init__(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+class Guard:
+    """Credentials, tokens and limits of one running app (``app.state.guard``)."""
+
+    def __init__(self, settings: Settings, store: SqlStore) -> None:
+        self.settings = settings
+        self.store = store
+        pepper = settings.key_pepper.get_secret_value() if settings.key_pepper else None
+        self.keyring = KeyRing(
+            store, load_pepper(pepper, settings.data_dir), settings.key_cache_ttl_s
+        )
+        self.signing = SigningKeys(
+            settings.data_dir / "jwt-keys",
+            pem=settings.jwt_signing_key,
+            previous=settings.jwt_previous_keys,
+            rotate_after_s=settings.jwt_rotate_days * 86400,
+            retain_s=max(settings.access_token_ttl_s, settings.refresh_token_ttl_s),
+        )
+        self.tokens = TokenAuthority(
+            self.signing,
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            settings.access_token_ttl_s,
+            settings.refresh_token_ttl_s,
+        )
+        self.limits = RateLimits(
+            settings.rate_limit_storage,
+            {
+                "credential": settings.rate_limit_credential,
+                "ip": settings.rate_limit_ip,
+                "auth": settings.rate_limit_auth,
+                "failure": settings.rate_limit_auth,
+                "failure-audit": f"{_FAILURE_AUDITS_PER_MINUTE}/minute",
+            },
+            prefix=settings.rate_limit_prefix,
+        )
+        self.index: dict[tuple[int, str], tuple[str, str]] = {}
+        self._revoked: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=settings.key_cache_ttl_s)
+
+    # -- the gate ----------------------------------------------------------------------------------
+    async def check(self, request: Request) -> None:
+        found = self.index.get((id(request.scope.get("route")), request.method))
+        if found is None:  # cannot happen after the start-up check; fail closed regardless
+            raise HTTPException(403, "route has no declared scope")
+        path, needed = found
+        request.state.route_template = path
+        ip = client_ip(request)
+        tier = "auth" if path.startswith("/api/v1/auth/") else "ip"
+        await self.limit(request, tier, ip)
+        if needed == PUBLIC:
+            return
+        credential = presented_credential(request)
+        if credential is None:
+            await self.refuse(request, "missing credential", None)
+        principal, reason = await self.authenticate(credential)
+        if principal is None:
+            await self.refuse(request, reason, credential)
+        await self.limit(request, "credential", principal.subject)
+        request.state.principal = principal
+        if needed not in principal.scopes:
+            AUTH_FAILURES.labels("forbidden").inc()
+            self.audit(
+                AuditEntry(
+                    kind="auth.forbidden",
+                    subject=principal.subject,
+                    actor=principal.subject,
+                    data={"route": path, "method": request.method, "scope": needed},
+                )
+            )
+            raise HTTPException(403, f"this credential lacks the {needed} scope")
+
+    async def limit(self, request: Request, name: str, identity: str) -> Verdict:
+        verdict = await self.limits.hit(name, identity)
+        request.state.ratelimit = verdict
+        if not verdict.allowed:
+            RATE_LIMITED.labels(name).inc()
+            raise HTTPException(429, "too many requests", headers=verdict.headers())
+        return verdict
+
+    async def refuse(self, request: Request, reason: str, credential: str | None) -> NoReturn:
+        """Count a failed attempt against the caller's IP, audit it (bounded), answer 401."""
+        AUTH_FAILURES.labels(_reason_label(reason)).inc()
+        ip = client_ip(request)
+        verdict = await self.limits.hit("failure", ip)
+        if not verdict.allowed:
+            request.state.ratelimit = verdict
+            RATE_LIMITED.labels("failure").inc()
+            raise HTTPException(429, "too many failed attempts", headers=verdict.headers())
+        if (await self.limits.hit("failure-audit", "all")).allowed:
+            self.audit(
+                AuditEntry(
+                    kind="auth.failed",
+                    subject=_key_id_of(credential),
+                    data={
+                        "reason": reason,
+                        "route": getattr(request.state, "route_template", None),
+                        "method": request.method,
+                        "ip": ip,
+                        "credential": _credential_kind(credential),
+                    },
+                )
+            )
+        raise Unauthorized(reason, presented=credential is not None)
+
+    # -- credentials -------------------------------------------------------------------------------
+    async def authenticate(self, credential: str) -> tuple[Principal | None, str]:
+        if credential.startswith("cpb_"):
+            record = self.keyring.cached(credential)
+            reason = "ok"
+            if record is None:
+                record, reason = await run_in_threadpool(self.keyring.verify, credential)
+            if reason != "ok" or record is None:
+                return None, reason
+            return Principal(record.key_id, frozenset(record.scopes), "key"), "ok"
+        if credential.count(".") == 2:
+            return await self._from_token(credential)
+        return None, "malformed credential"
+
+    async def _from_token(self, token: str) -> tuple[Principal | None, str]:
+        try:
+            claims = self.tokens.check(token, "access")
+        except TokenRejected as exc:
+            return None, str(exc)
+        if await self.token_revoked(claims.jti):
+            return None, "token revoked"
+        record = await self.key_record(claims.subject)
+        if record is None or not is_usable(record, now_us()):
+            return None, "the token's key is revoked or expired"
+        scopes = frozenset(claims.scopes) & frozenset(record.scopes)
+        return Principal(record.key_id, scopes, "token", claims.jti), "ok"
+
+    async def token_revoked(self, jti: str) -> bool:
+        found = self._revoked.get(jti)
+        if found is None:
+            found = await run_in_threadpool(self.store.is_token_revoked, jti)
+            self._revoked[jti] = found
+        return found
+
+    def remember_revoked(self, jti: str) -> None:
+        self._revoked[jti] = True
+
+    async def key_record(self, key_id: str) -> ApiKeyRecord | None:
+        if self.keyring.has_record(key_id):
+            return self.keyring.record(key_id)
+        return await run_in_threadpool(self.keyring.record, key_id)
+
+    def audit(self, entry: AuditEntry) -> None:
+        """Queue an audit record without waiting for its commit."""
+        try:
+            future = self.store.submit_audit([entry])
+        except StoreError as exc:
+            _log.warning("audit record not queued", kind=entry.kind, error=str(exc))
+            return
+        future.add_done_callback(_report_audit_failure)
+
+    async def close(self) -> None:
+        storage = self.limits.storage
+        closer = getattr(storage, "close", None)
+        if closer is not None:
+            result = closer()
+            if hasattr(result, "__await__"):
+                await result
+
+
+def _report_audit_failure(future: Future[None]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        _log.warning("audit record not written", error=str(exc))
+
+
+def presented_credential(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return header  # a credential in an unknown scheme still counts as presented (invalid)
+    key = request.headers.get("x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _credential_kind(credential: str | None) -> str | None:
+    if credential is None:
+        return None
+    if credential.startswith("cpb_"):
+        return "key"
+    return "token" if credential.count(".") == 2 else "other"
+
+
+def _key_id_of(credential: str | None) -> str | None:
+    """The public key id of a well-formed key (never any part of the secret)."""
+    from copbridge.security.keys import parse_key
+
+    parsed = parse_key(credential) if credential else None
+    return parsed.key_id if parsed else None
+
+
+def _reason_label(reason: str) -> str:
+    if reason == "missing credential":
+        return "missing"
+    if reason.endswith("key"):
+        return "key"
+    return "token" if "token" in reason or "JWT" in reason or "algorithm" in reason else "other"
+
+
+# -- wiring ----------------------------------------------------------------------------------------
+
+
+async def authorize(request: Request) -> None:
+    """The app-level dependency: every route passes here before its own code runs."""
+    guard: Guard = request.app.state.guard
+    await guard.check(request)
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        raise Unauthorized("missing credential", presented=False)
+    return principal
+
+
+def _guard(request: Request) -> Guard:
+    guard: Guard = request.app.state.guard
+    return guard
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+GuardDep = Annotated[Guard, Depends(_guard)]
+AUTHORIZE = Depends(authorize)
+
+
+def check_routes(app: FastAPI, settings: Settings) -> None:
+    """Refuse to start when a route has no declared scope or bypasses the auth dependency."""
+    missing = undeclared_routes(app, scope_table(settings))
+    for served in served_routes(app):
+        if isinstance(served.route, APIRoute) and not any(
+            getattr(d, "dependency", None) is authorize for d in served.dependencies
+        ):
+            missing.append(f"{served.method} {served.path} (without the app-level auth dependency)")
+    if missing:
+        raise RuntimeError(
+            "routes without a declared scope (add them to copbridge/api/scopes.py): "
+            + ", ".join(missing)
+        )
+
+
+def open_guard(app: FastAPI, settings: Settings, store: SqlStore) -> Guard:
+    """Check the route table, then build the guard and honour ``COPBRIDGE_BOOTSTRAP_KEY``."""
+    check_routes(app, settings)
+    guard = Guard(settings, store)
+    guard.index = route_index(app, scope_table(settings))
+    if settings.bootstrap_key is not None:
+        from copbridge.security.bootstrap import ensure_bootstrap_key
+
+        ensure_bootstrap_key(store, guard.keyring.pepper, settings.bootstrap_key.get_secret_value())
+    app.state.guard = guard
+    _log.info(
+        "security ready",
+        kid=guard.signing.current().kid,
+        limits=settings.rate_limit_storage.split(":", 1)[0],
+    )
+    return guard

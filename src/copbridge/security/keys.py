@@ -1,0 +1,235 @@
+"""API keys: the ``cpb_<key id>_<secret><checksum>`` form, the peppered hash kept in the store,
+and a short-lived cache of verified keys.
+
+Only ``HMAC-SHA256(pepper, key id ":" secret)`` is stored; the pepper lives outside the database
+(settings or a 0600 file in the data folder), so a stolen database alone cannot test guesses.
+The checksum (CRC32, base62) lets leak scanners spot real keys without asking the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachetools import TTLCache
+
+from copbridge.store import ApiKeyRecord, Store
+
+PREFIX = "cpb_"
+#: Every scope a key may hold; the bootstrap key holds them all.
+SCOPES = (
+    "detections:write",
+    "detections:read",
+    "destinations:read",
+    "audit:read",
+    "keys:admin",
+    "health:read",
+)
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ID_LEN, _SECRET_LEN, _CHECK_LEN = 12, 32, 6
+_KEY = re.compile(r"^cpb_([0-9a-f]{12})_([0-9A-Za-z]{32})([0-9A-Za-z]{6})$")
+_HASH_SCHEME = "hmac-sha256$"
+#: Revocation reaches every replica within this many seconds (the verified-key cache lifetime).
+MAX_CACHE_TTL_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyText:
+    """A parsed key: its public id and the secret part (never stored, never logged)."""
+
+    key_id: str
+    secret: str
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    while number:
+        number, rest = divmod(number, 62)
+        digits.append(_BASE62[rest])
+    return "".join(reversed(digits)).rjust(width, "0")
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode()), _CHECK_LEN)
+
+
+def format_key(key_id: str, secret: str) -> str:
+    """The full key text for an id and a secret (with its checksum)."""
+    body = f"{PREFIX}{key_id}_{secret}"
+    return body + _checksum(body)
+
+
+def mint_key() -> tuple[KeyText, str]:
+    """A new random key: its parts and the text to show once."""
+    key_id = secrets.token_hex(_ID_LEN // 2)
+    secret = "".join(secrets.choice(_BASE62) for _ in range(_SECRET_LEN))
+    return KeyText(key_id, secret), format_key(key_id, secret)
+
+
+def parse_key(text: str) -> KeyText | None:
+    """The parts of a well-formed key whose checksum matches, else None (no store lookup)."""
+    found = _KEY.match(text)
+    if found is None:
+        return None
+    key_id, secret, check = found.groups()
+    if not hmac.compare_digest(check, _checksum(f"{PREFIX}{key_id}_{secret}")):
+        return None
+    return KeyText(key_id, secret)
+
+
+def hash_secret(pepper: bytes, key: KeyText) -> str:
+    digest = hmac.new(pepper, f"{key.key_id}:{key.secret}".encode(), hashlib.sha256).hexdigest()
+    return _HASH_SCHEME + digest
+
+
+def secret_matches(pepper: bytes, key: KeyText, stored_hash: str) -> bool:
+    """Constant-time comparison of the key's hash with the stored one."""
+    return hmac.compare_digest(hash_secret(pepper, key).encode(), stored_hash.encode())
+
+
+def load_pepper(configured: str | None, data_dir: Path) -> bytes:
+    """The server pepper: from settings, else ``<data_dir>/key-pepper`` (created 0600 once).
+
+    Replicas must share it (same setting, or a shared data folder) to verify each other's keys.
+    """
+    if configured is not None:
+        return configured.encode()
+    path = data_dir / "key-pepper"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process may be writing it right now
+            text = path.read_text().strip()
+            if len(text) == 64:
+                return text.encode()
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is not a 64-character pepper") from None
+    with os.fdopen(fd, "w") as out:
+        text = secrets.token_hex(32)
+        out.write(text + "\n")
+    return text.encode()
+
+
+def new_key_record(
+    key: KeyText,
+    pepper: bytes,
+    name: str,
+    scopes: Iterable[str],
+    now_us: int,
+    expires_us: int | None = None,
+) -> ApiKeyRecord:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+    return ApiKeyRecord(
+        key_id=key.key_id,
+        name=name,
+        secret_hash=hash_secret(pepper, key),
+        scopes=tuple(s for s in SCOPES if s in set(scopes)),
+        created_us=now_us,
+        expires_us=expires_us,
+        last_used_us=None,
+        revoked_us=None,
+    )
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def is_usable(record: ApiKeyRecord, at_us: int) -> bool:
+    return record.revoked_us is None and (record.expires_us is None or record.expires_us > at_us)
+
+
+def _refusal(record: ApiKeyRecord | None, matches: bool, at_us: int) -> str | None:
+    if record is None:
+        return "unknown key"
+    if not matches:
+        return "wrong secret"
+    if record.revoked_us is not None:
+        return "revoked key"
+    if record.expires_us is not None and record.expires_us <= at_us:
+        return "expired key"
+    return None
+
+
+class KeyRing:
+    """Verifies presented keys against the store, remembering answers for at most ``ttl_s``.
+
+    A key revoked on any replica stops working everywhere within ``ttl_s`` (≤ 5 s): the cache
+    is the only thing between a request and the store's ``revoked_us``.
+    """
+
+    def __init__(self, store: Store, pepper: bytes, ttl_s: float = MAX_CACHE_TTL_S) -> None:
+        if not 0 < ttl_s <= MAX_CACHE_TTL_S:
+            raise ValueError(f"key cache TTL must be in (0, {MAX_CACHE_TTL_S}] s")
+        self.store = store
+        self.pepper = pepper
+        self._lock = threading.Lock()
+        # Keyed by a digest of the presented text, so no key text sits in the cache.
+        self._verified: TTLCache[str, ApiKeyRecord] = TTLCache(maxsize=10_000, ttl=ttl_s)
+        self._records: TTLCache[str, ApiKeyRecord | None] = TTLCache(maxsize=10_000, ttl=ttl_s)
+
+    @staticmethod
+    def _cache_key(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def cached(self, text: str) -> ApiKeyRecord | None:
+        """A key verified in the last ``ttl_s`` and still usable, without touching the store."""
+        with self._lock:
+            record = self._verified.get(self._cache_key(text))
+        return record if record is not None and is_usable(record, now_us()) else None
+
+    def verify(self, text: str) -> tuple[ApiKeyRecord | None, str]:
+        """(record, "ok") for a usable key, else (record or None, reason). Blocking: store I/O."""
+        cached = self.cached(text)
+        if cached is not None:
+            return cached, "ok"
+        key = parse_key(text)
+        if key is None:
+            return None, "malformed key"
+        record = self.record(key.key_id, fresh=True)
+        # An unknown id is hashed too, so it costs as much as a wrong secret.
+        stored_hash = record.secret_hash if record is not None else _HASH_SCHEME + "0" * 64
+        matches = secret_matches(self.pepper, key, stored_hash)
+        at = now_us()
+        reason = _refusal(record, matches, at)
+        if reason is not None or record is None:
+            return record if matches else None, reason or "unknown key"
+        with self._lock:
+            self._verified[self._cache_key(text)] = record
+        self.store.touch_key(record.key_id, at)
+        return record, "ok"
+
+    def record(self, key_id: str, fresh: bool = False) -> ApiKeyRecord | None:
+        """The stored key (cached up to ``ttl_s`` unless ``fresh``); blocking on a miss."""
+        if not fresh:
+            with self._lock:
+                if key_id in self._records:
+                    return self._records[key_id]
+        record = self.store.get_key(key_id)
+        with self._lock:
+            self._records[key_id] = record
+        return record
+
+    def has_record(self, key_id: str) -> bool:
+        with self._lock:
+            return key_id in self._records
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from this replica's caches at once (others follow within ``ttl_s``)."""
+        with self._lock:
+            self._records.pop(key_id, None)
+            for digest, record in list(self._verified.items()):
+                if record.key_id == key_id:
+                    self._verified.pop(digest, None)
