@@ -1,4 +1,4 @@
-"""The ``copbridge`` command: serve, db, version (and the commands later rooms add).
+"""The ``copbridge`` command: serve, worker, db, version (and the commands later rooms add).
 
 Every failure a user can cause (bad setting, unreachable store) ends in one line and a non-zero
 exit, never a stack trace.
@@ -15,7 +15,7 @@ import typer
 
 from copbridge import __version__
 from copbridge.config import Settings, SettingsError, load_settings
-from copbridge.store import StoreError
+from copbridge.store import Store, StoreError
 
 app = typer.Typer(
     name="copbridge",
@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Store maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(help="API keys, straight against the store.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 ConfigOption = Annotated[
     Path | None,
@@ -74,6 +78,13 @@ def serve(
     except StoreError as exc:
         store.close()
         fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+    minted = _bootstrap_key(settings, store)
+    if minted is not None:
+        typer.echo(f"bootstrap admin key (shown once, store it now): {minted}")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        store.close()
+        fail("TLS needs both COPBRIDGE_TLS_CERT and COPBRIDGE_TLS_KEY", 2)
+    password = settings.tls_key_password
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, store),
@@ -84,6 +95,9 @@ def serve(
             loop="uvloop",
             http="httptools",
             timeout_graceful_shutdown=10,
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
+            ssl_keyfile_password=password.get_secret_value() if password else None,
         )
     )
     # uvicorn re-raises the signal that stopped it once shutdown is done; a no-op handler turns
@@ -96,6 +110,51 @@ def serve(
         store.close()
     if not server.started:
         fail(f"could not listen on {settings.host}:{settings.port}")
+
+
+@app.command()
+def worker(config: ConfigOption = None) -> None:
+    """Run only the delivery worker against the store (no API, no feed); SIGTERM stops it."""
+    import asyncio
+
+    from copbridge.api.app import build_store
+    from copbridge.delivery import DeliveryService, DestinationError
+    from copbridge.logs import configure_logging
+
+    settings = settings_or_exit(config)
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        names = [d.url for d in settings.destination_settings()]
+        if not names:
+            fail("no destinations configured (COPBRIDGE_DESTINATIONS)", 2)
+        store = build_store(settings)
+        service = DeliveryService(settings, store, run_worker=True, feed="off")
+    except DestinationError as exc:
+        fail(str(exc), 2)
+    try:
+        if settings.migrate_on_start:
+            store.upgrade()
+        else:
+            store.ping()
+    except StoreError as exc:
+        store.close()
+        fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await service.start()
+        try:
+            await stop.wait()
+        finally:
+            await service.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
 
 
 @app.command()
@@ -190,6 +249,135 @@ def db_upgrade(config: ConfigOption = None) -> None:
     finally:
         store.close()
     typer.echo(f"schema at version {version_now}")
+
+
+# -- keys and audit ------------------------------------------------------------------------------
+
+
+def _bootstrap_key(settings: Settings, store: Store) -> str | None:
+    """On a store without keys, create the admin key; the text if it was minted here."""
+    from copbridge.security.bootstrap import ensure_bootstrap_key
+
+    configured = settings.bootstrap_key.get_secret_value() if settings.bootstrap_key else None
+    try:
+        return ensure_bootstrap_key(store, _pepper(settings), configured)
+    except (StoreError, OSError, RuntimeError) as exc:
+        store.close()
+        fail(f"cannot create the bootstrap key: {exc}")
+
+
+def _pepper(settings: Settings) -> bytes:
+    from copbridge.security.keys import load_pepper
+
+    pepper = settings.key_pepper.get_secret_value() if settings.key_pepper else None
+    return load_pepper(pepper, settings.data_dir)
+
+
+def _open_store(settings: Settings) -> Store:
+    from copbridge.store import open_store
+
+    store = open_store(settings.database_url)
+    try:
+        store.upgrade() if settings.migrate_on_start else store.ping()
+    except StoreError as exc:
+        store.close()
+        fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+    return store
+
+
+def _when(us: int | None) -> str:
+    from datetime import UTC, datetime
+
+    if us is None:
+        return "-"
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="What the key is for (shown in lists and audit).")],
+    scope: Annotated[
+        list[str],
+        typer.Option(help="A scope to grant; repeat for several. Default: detections:write."),
+    ] = ["detections:write"],  # noqa: B006 - typer reads the default, never mutates it
+    expires_days: Annotated[
+        float | None, typer.Option(help="Expire after this many days (default: never).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a key and print it once; only its keyed hash is stored."""
+    from copbridge.security.keys import SCOPES, mint_key, new_key_record, now_us
+
+    settings = settings_or_exit(config)
+    unknown = sorted(set(scope) - set(SCOPES))
+    if unknown:
+        fail(f"unknown scope {', '.join(unknown)}; known: {', '.join(SCOPES)}", 2)
+    if expires_days is not None and expires_days <= 0:
+        fail("--expires-days must be positive", 2)
+    store = _open_store(settings)
+    try:
+        key, text = mint_key()
+        at = now_us()
+        expires = None if expires_days is None else at + int(expires_days * 86400e6)
+        store.create_key(new_key_record(key, _pepper(settings), name, scope, at, expires), "cli")
+    except StoreError as exc:
+        fail(f"key not created: {exc}")
+    finally:
+        store.close()
+    typer.echo(text)
+    typer.echo(f"key {key.key_id} ({', '.join(scope)}): shown once, store it now", err=True)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None) -> None:
+    """List keys: id, name, scopes, created, expires, last used, revoked (never secrets)."""
+    settings = settings_or_exit(config)
+    store = _open_store(settings)
+    try:
+        records = store.list_keys()
+    finally:
+        store.close()
+    typer.echo("key_id\tname\tscopes\tcreated\texpires\tlast_used\trevoked")
+    for r in records:
+        fields = [r.key_id, r.name, ",".join(r.scopes), _when(r.created_us), _when(r.expires_us)]
+        fields += [_when(r.last_used_us), _when(r.revoked_us)]
+        typer.echo("\t".join(fields))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (the part after cpb_).")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key; running services stop accepting it within the key cache TTL (≤ 5 s)."""
+    from copbridge.security.keys import now_us, parse_key
+
+    parsed = parse_key(key_id)
+    key_id = parsed.key_id if parsed else key_id  # a whole key pasted by mistake works too
+    settings = settings_or_exit(config)
+    store = _open_store(settings)
+    try:
+        if store.get_key(key_id) is None:
+            fail(f"no key {key_id}")
+        revoked = store.revoke_key(key_id, now_us(), "cli")
+    finally:
+        store.close()
+    typer.echo(f"key {key_id} revoked" if revoked else f"key {key_id} was already revoked")
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None) -> None:
+    """Check the audit hash chain; name the first broken link and exit 1 if there is one."""
+    settings = settings_or_exit(config)
+    store = _open_store(settings)
+    try:
+        report = store.verify_audit()
+    finally:
+        store.close()
+    if report.ok:
+        typer.echo(f"audit chain intact: {report.records} records")
+        return
+    fail(f"audit chain broken at record {report.first_broken_seq}: {report.reason}")
 
 
 def main() -> None:

@@ -61,8 +61,8 @@ class Destination:
 def parse_destination(options: DestinationSettings | str) -> Destination:
     """Check a URL and its options; raise ``DestinationError`` naming what is wrong."""
     opts = DestinationSettings(url=options) if isinstance(options, str) else options
-    url = opts.url.strip()
-    parts = urlsplit(url)
+    url = opts.url  # the outbox key, exactly as the pipeline queues it
+    parts = urlsplit(url.strip())
     if parts.scheme.lower() not in _SCHEMES:
         raise DestinationError(f"destination {url!r}: scheme must be one of {', '.join(_SCHEMES)}")
     scheme = cast(Scheme, parts.scheme.lower())
@@ -107,13 +107,7 @@ def parse_destination(options: DestinationSettings | str) -> Destination:
 
 def configured_destinations(settings: Settings) -> list[Destination]:
     """Every destination of the settings (comma-separated URLs or ``[[destinations]]`` tables)."""
-    raw = settings.destinations
-    entries: list[DestinationSettings | str] = (
-        [part.strip() for part in raw.split(",") if part.strip()]
-        if isinstance(raw, str)
-        else list(raw)
-    )
-    found = [parse_destination(entry) for entry in entries]
+    found = [parse_destination(entry) for entry in settings.destination_settings()]
     names = [d.name for d in found]
     if len(set(names)) != len(names):
         raise DestinationError("the same destination URL is configured twice")
@@ -121,5 +115,5 @@ def configured_destinations(settings: Settings) -> list[Destination]:
 
 
 def destination_names(settings: Settings) -> list[str]:
-    """The outbox keys the pipeline must queue each event under."""
+    """The outbox keys the pipeline queues each event under (``DestinationSettings.url``)."""
     return [d.name for d in configured_destinations(settings)]
