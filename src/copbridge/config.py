@@ -167,6 +167,11 @@ class Settings(BaseSettings):
             _refuse_placeholder(value.get_secret_value(), 32)
         return value
 
+    @field_validator("bootstrap_key", "key_pepper", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
     @field_validator("bootstrap_key")
     @classmethod
     def _well_formed_key(cls, value: SecretStr | None) -> SecretStr | None:

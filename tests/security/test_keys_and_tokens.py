@@ -1,0 +1,298 @@
+"""API keys and tokens through the real app and store: format, life cycle, refresh rotation,
+revocation timing, signing-key files and rotation, the command line and the bootstrap key."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from copbridge.api.app import create_app
+from copbridge.config import SettingsError, load_settings
+from copbridge.security.keys import SCOPES, format_key, mint_key, parse_key
+from copbridge.security.signing import SigningKeys
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY
+from tests.security import helpers as h
+from tests.system.processes import COPBRIDGE, start_serve
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> FastAPI:
+    return create_app(h.secured_settings(tmp_path, key_cache_ttl_s=1.0))
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_key_text_is_recognisable_and_its_checksum_catches_any_typo() -> None:
+    key, text = mint_key()
+    assert text.startswith(f"cpb_{key.key_id}_")
+    assert parse_key(text) == key
+    for i in range(len("cpb_"), len(text)):
+        if text[i] == "_":
+            continue
+        typo = text[:i] + ("b" if text[i] != "b" else "c") + text[i + 1 :]
+        assert parse_key(typo) is None, typo
+
+
+def test_placeholder_pepper_and_malformed_bootstrap_key_are_refused_at_start() -> None:
+    with pytest.raises(SettingsError, match="placeholder"):
+        load_settings(key_pepper="changeme-changeme-changeme-changeme")
+    with pytest.raises(SettingsError, match="COPBRIDGE_BOOTSTRAP_KEY") as refused:
+        load_settings(bootstrap_key="admin-secret-123")
+    assert "admin-secret-123" not in str(refused.value)
+
+
+def test_created_key_is_shown_once_then_listed_without_secret(client: TestClient) -> None:
+    created = client.post(
+        "/api/v1/keys",
+        json={"name": "drone <7>", "scopes": ["detections:write"], "expires_in_s": 3600},
+        headers=ADMIN_HEADERS,
+    )
+    assert created.status_code == 201, created.text
+    text = created.json()["key"]
+    assert parse_key(text) is not None
+    listed = client.get("/api/v1/keys", headers=ADMIN_HEADERS).json()["items"]
+    mine = next(k for k in listed if k["key_id"] == created.json()["key_id"])
+    assert mine["name"] == "drone <7>"
+    assert mine["expires"] is not None
+    assert text.split("_")[2] not in str(listed)
+    assert "secret_hash" not in mine
+    unknown = client.post(
+        "/api/v1/keys", json={"name": "x", "scopes": ["root"]}, headers=ADMIN_HEADERS
+    )
+    assert unknown.status_code == 422
+    assert "root" in unknown.text
+
+
+def test_expired_key_is_refused(app: FastAPI, client: TestClient) -> None:
+    guard = h.guard_of(app)
+    from copbridge.security.keys import new_key_record, now_us
+
+    key, text = mint_key()
+    past = now_us() - 1
+    record = new_key_record(key, guard.keyring.pepper, "old", ["audit:read"], past - 10, past)
+    guard.store.create_key(record, "t")
+    answer = client.get("/api/v1/audit", headers=h.bearer(text))
+    assert answer.status_code == 401
+    assert answer.json()["detail"] == "expired key"
+
+
+def test_x_api_key_header_is_accepted(client: TestClient) -> None:
+    assert client.get("/api/v1/keys", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
+
+
+def test_refresh_rotates_and_reuse_revokes_the_whole_family(client: TestClient) -> None:
+    first = client.post("/api/v1/auth/token", json={"api_key": ADMIN_KEY}).json()
+    assert first["token_type"] == "bearer"
+    assert first["expires_in"] > 0
+    second = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert second.status_code == 200
+    rotated = second.json()
+    assert rotated["refresh_token"] != first["refresh_token"]
+    # The old refresh token comes back (a thief's copy): refused, and the family burns.
+    reused = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert reused.status_code == 401
+    assert "reuse" in reused.json()["detail"]
+    after = client.post("/api/v1/auth/refresh", json={"refresh_token": rotated["refresh_token"]})
+    assert after.status_code == 401
+    kinds = [r["kind"] for r in client.get("/api/v1/audit", headers=ADMIN_HEADERS).json()["items"]]
+    assert "token.family_revoked" in kinds
+    assert "token.issued" in kinds
+    assert "token.refreshed" in kinds
+    # An unrelated family of the same key is untouched.
+    other = client.post("/api/v1/auth/token", json={"api_key": ADMIN_KEY}).json()
+    again = client.post("/api/v1/auth/refresh", json={"refresh_token": other["refresh_token"]})
+    assert again.status_code == 200
+
+
+def test_revoking_a_refresh_token_ends_its_family_and_an_access_token_ends_at_once(
+    client: TestClient,
+) -> None:
+    pair = client.post("/api/v1/auth/token", json={"api_key": ADMIN_KEY}).json()
+    access = h.bearer(pair["access_token"])
+    assert client.get("/api/v1/keys", headers=access).status_code == 200
+    assert client.post("/api/v1/auth/revoke", json={"token": pair["access_token"]}).json() == {
+        "revoked": True
+    }
+    assert client.get("/api/v1/keys", headers=access).status_code == 401
+    assert client.post("/api/v1/auth/revoke", json={"token": pair["refresh_token"]}).json()[
+        "revoked"
+    ]
+    refused = client.post("/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert refused.status_code == 401
+    assert client.post("/api/v1/auth/revoke", json={"token": "nonsense"}).json() == {
+        "revoked": False
+    }
+
+
+def test_token_of_a_key_with_a_bad_api_key_is_401(client: TestClient) -> None:
+    answer = client.post("/api/v1/auth/token", json={"api_key": "cpb_nope"})
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_revoked_key_stops_working_within_the_cache_ttl(app: FastAPI, client: TestClient) -> None:
+    key = h.make_key(app, "detections:read")
+    token = client.post("/api/v1/auth/token", json={"api_key": key}).json()["access_token"]
+    for credential in (key, token):  # both now cached on this replica
+        assert client.get("/api/v1/detections", headers=h.bearer(credential)).status_code == 200
+    # Revoked behind this replica's back, as another replica or the CLI would do it.
+    guard = h.guard_of(app)
+    from copbridge.security.keys import now_us
+
+    guard.store.revoke_key(key.split("_")[1], now_us(), "other-replica")
+    revoked_at = time.monotonic()
+    ttl = app.state.settings.key_cache_ttl_s
+    stopped: dict[str, float] = {}
+    while len(stopped) < 2 and time.monotonic() - revoked_at < ttl + 2:
+        for name, credential in (("key", key), ("token", token)):
+            answer = client.get("/api/v1/detections", headers=h.bearer(credential))
+            if name not in stopped and answer.status_code == 401:
+                stopped[name] = time.monotonic() - revoked_at
+        time.sleep(0.05)
+    assert set(stopped) == {"key", "token"}
+    assert max(stopped.values()) <= ttl + 0.3, stopped
+
+
+def test_signing_keys_are_0600_have_kids_and_old_ones_verify_after_rotation(
+    app: FastAPI, client: TestClient, tmp_path: Path
+) -> None:
+    guard = h.guard_of(app)
+    old_token = client.post("/api/v1/auth/token", json={"api_key": ADMIN_KEY}).json()
+    files = list((tmp_path / "data" / "jwt-keys").glob("*.pem"))
+    assert files
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    assert stat.S_IMODE((tmp_path / "data" / "key-pepper").stat().st_mode) == 0o600
+    old_kid = guard.signing.current().kid
+    new = guard.signing.rotate()
+    assert new.kid != old_kid
+    new_token = client.post("/api/v1/auth/token", json={"api_key": ADMIN_KEY}).json()
+    assert jwt.get_unverified_header(new_token["access_token"])["kid"] == new.kid
+    for pair in (old_token, new_token):
+        answer = client.get("/api/v1/keys", headers=h.bearer(pair["access_token"]))
+        assert answer.status_code == 200
+    kids = {k["kid"] for k in client.get("/.well-known/jwks.json").json()["keys"]}
+    assert kids == {old_kid, new.kid}
+    assert all("d" not in k for k in client.get("/.well-known/jwks.json").json()["keys"])
+
+
+def test_superseded_signing_key_drops_out_after_its_tokens_expire(tmp_path: Path) -> None:
+    directory = tmp_path / "jwt"
+    keys = SigningKeys(directory, retain_s=3600)
+    first = keys.current()
+    keys.rotate()
+    assert keys.public_key(first.kid) is not None
+    # Pretend both keys are older: the rotation happened two hours ago, past ``retain_s``.
+    older, newer = sorted(directory.glob("*.pem"), key=lambda p: float(p.stem))
+    now = time.time()
+    older.rename(directory / f"{now - 3 * 3600:.6f}.pem")
+    newer.rename(directory / f"{now - 2 * 3600:.6f}.pem")
+    reloaded = SigningKeys(directory, retain_s=3600, rotate_after_s=86400)
+    assert reloaded.public_key(first.kid) is None
+
+
+def test_signing_key_from_pem_files(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = tmp_path / "signing.pem"
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    app = create_app(h.secured_settings(tmp_path, jwt_signing_key=pem))
+    with TestClient(app) as client:
+        token = client.post("/api/v1/auth/token", json={"api_key": ADMIN_KEY}).json()
+        decoded = jwt.decode(
+            token["access_token"],
+            private.public_key(),
+            algorithms=["RS256"],
+            audience="copbridge-api",
+        )
+        assert decoded["sub"] == ADMIN_KEY.split("_")[1]
+        assert not (tmp_path / "data" / "jwt-keys").exists()
+
+
+def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "COPBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "COPBRIDGE_DATA_DIR": str(tmp_path / "data"),
+    }
+    return subprocess.run(
+        [*COPBRIDGE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_cli_creates_lists_and_revokes_keys_and_verifies_the_audit_chain(tmp_path: Path) -> None:
+    created = _cli(["keys", "create", "--name", "ops", "--scope", "audit:read"], tmp_path)
+    assert created.returncode == 0, created.stderr
+    text = created.stdout.strip()
+    parsed = parse_key(text)
+    assert parsed is not None
+    listed = _cli(["keys", "list"], tmp_path)
+    assert parsed.key_id in listed.stdout
+    assert parsed.secret not in listed.stdout
+    assert "audit:read" in listed.stdout
+    assert _cli(["keys", "revoke", parsed.key_id], tmp_path).returncode == 0
+    assert _cli(["keys", "list"], tmp_path).stdout.splitlines()[1].split("\t")[-1] != "-"
+    assert _cli(["keys", "revoke", "000000000000"], tmp_path).returncode == 1
+    assert _cli(["keys", "create", "--name", "x", "--scope", "root"], tmp_path).returncode == 2
+    verified = _cli(["audit", "verify"], tmp_path)
+    assert verified.returncode == 0
+    assert "intact" in verified.stdout
+    with sqlite3.connect(tmp_path / "cli.db") as db:  # an intruder with file access
+        db.execute("DROP TRIGGER IF EXISTS audit_no_update")
+        db.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2")
+    broken = _cli(["audit", "verify"], tmp_path)
+    assert broken.returncode == 1
+    assert "record 2" in broken.stderr
+
+
+def test_serve_prints_a_bootstrap_key_once_and_it_works(tmp_path: Path) -> None:
+    env = {"COPBRIDGE_BOOTSTRAP_KEY": "", "COPBRIDGE_RUN_WORKER": "false"}  # none configured
+    first = start_serve(tmp_path, env=env)
+    try:
+        lines = [line for line in first.output().splitlines() if "bootstrap admin key" in line]
+        assert len(lines) == 1
+        key = lines[0].rsplit(" ", 1)[-1]
+        assert parse_key(key) is not None
+        answer = httpx.get(f"{first.url}/api/v1/keys", headers=h.bearer(key), timeout=5)
+        assert answer.status_code == 200
+        assert answer.json()["items"][0]["scopes"] == list(SCOPES)
+    finally:
+        assert first.stop() == 0
+    second = start_serve(tmp_path, env=env)
+    try:
+        assert "bootstrap admin key" not in second.output()
+    finally:
+        second.stop()
+
+
+def test_configured_bootstrap_key_is_used_and_never_printed(tmp_path: Path) -> None:
+    key = format_key("b00757a99001", "ConfiguredBootstrapKey0123456789")
+    serve = start_serve(tmp_path, env={"COPBRIDGE_BOOTSTRAP_KEY": key})
+    try:
+        assert httpx.get(f"{serve.url}/api/v1/keys", headers=h.bearer(key)).status_code == 200
+    finally:
+        serve.stop()
+    assert key not in serve.output()
+    assert "bootstrap admin key" not in serve.output()
