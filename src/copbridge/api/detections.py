@@ -96,10 +96,9 @@ async def post_detection(
     image: StoredImage | None = None
     try:
         if content_type == "multipart/form-data":
-            detection, image_bytes, declared = await _read_multipart(
-                request, settings.max_body_bytes
-            )
-            raw = None
+            raw, part_bytes, part_type = await _read_multipart(request, settings.max_body_bytes)
+            detection = Detection.model_validate(raw)
+            image_bytes, declared = _one_image(detection, part_bytes, part_type)
         else:
             raw = _json_object(await request.body())
             detection = Detection.model_validate(raw)
@@ -318,6 +317,16 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+def _one_image(
+    detection: Detection, part: bytes | None, part_type: str | None
+) -> tuple[bytes | None, str | None]:
+    if part is None:
+        return _inline_image(detection)
+    if detection.image is not None:
+        raise ImageRejected("give the image either inline or as a part, not both")
+    return part, part_type
+
+
 def _inline_image(detection: Detection) -> tuple[bytes | None, str | None]:
     if detection.image is None:
         return None, None
@@ -338,23 +347,22 @@ async def _keep_image(
 
 async def _read_multipart(
     request: Request, max_bytes: int
-) -> tuple[Detection, bytes | None, str | None]:
+) -> tuple[dict[str, Any], bytes | None, str | None]:
+    """The ``detection`` part as a JSON object, and the ``image`` part's bytes and type."""
     form = await request.form(max_files=1, max_fields=2, max_part_size=max_bytes)
     try:
         part = form.get("detection")
         if part is None:
-            raise ImageRejected("multipart body needs a 'detection' part")
-        text = part if isinstance(part, str) else (await part.read()).decode("utf-8")
-        detection = Detection.model_validate_json(text)
+            raise Rejection("detection", "detection: the multipart body needs a 'detection' part")
+        text = part if isinstance(part, str) else await part.read()
+        raw = _json_object(text.encode() if isinstance(text, str) else text)
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
-            return detection, None, None
-        if detection.image is not None:
-            raise ImageRejected("give the image either inline or as a part, not both")
+            return raw, None, None
         declared = (upload.content_type or "").split(";")[0].strip() or None
         if declared not in (None, "image/jpeg", "image/png", "application/octet-stream"):
             raise ImageRejected(f"image part type {declared} is not accepted (JPEG or PNG only)")
         data = await upload.read()
-        return detection, data, None if declared == "application/octet-stream" else declared
+        return raw, data, None if declared == "application/octet-stream" else declared
     finally:
         await form.close()
