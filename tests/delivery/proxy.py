@@ -1,13 +1,16 @@
-"""A TCP proxy for fault drills: refuse new connections, or freeze live ones (half-open).
+"""A TCP proxy for fault drills: refuse, freeze (half-open), black-hole, reset, delay.
 
 Frozen connections stay open at both ends but nothing is forwarded any more, like a link whose
 far side vanished without a FIN or RST: the sender's writes still succeed into kernel buffers.
+A black hole does the same to new connections too, until it is healed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from dataclasses import dataclass, field
 
 HOST = "127.0.0.1"
@@ -26,6 +29,9 @@ class FaultProxy:
         self.upstream = (upstream_host, upstream_port)
         self.accepting = True
         self.connections = 0
+        self.delay_s = 0.0  # added before each forwarded chunk
+        self._black_hole = False
+        self._held: list[asyncio.StreamWriter] = []
         self._pairs: list[_Pair] = []
         self._server: asyncio.Server | None = None
         self._listen_port = 0
@@ -54,6 +60,9 @@ class FaultProxy:
         if not self.accepting:
             writer.close()
             return
+        if self._black_hole:  # accepted, never read, never forwarded
+            self._held.append(writer)
+            return
         try:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(*self.upstream), 5
@@ -74,6 +83,8 @@ class FaultProxy:
     ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(1 << 16):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
                 writer.write(data)
                 await writer.drain()
         for w in pair.writers:  # one side closed: close the other, as a real path would
@@ -85,7 +96,29 @@ class FaultProxy:
             for pump in pair.pumps:
                 pump.cancel()
 
+    def black_hole(self) -> None:
+        """Freeze live connections and swallow new ones: a path that silently eats everything."""
+        self._black_hole = True
+        self.freeze()
+
+    def heal(self) -> None:
+        """End a black hole: swallowed connections are reset, new ones are forwarded again."""
+        self._black_hole = False
+        held, self._held = self._held, []
+        for writer in held:
+            _reset(writer)
+
+    def reset(self) -> None:
+        """Abort every live connection with a TCP RST at both ends."""
+        for pair in self._pairs:
+            for pump in pair.pumps:
+                pump.cancel()
+            for w in pair.writers:
+                _reset(w)
+        self._pairs.clear()
+
     async def stop(self) -> None:
+        self.heal()
         self.freeze()
         for pair in self._pairs:
             for w in pair.writers:
@@ -94,3 +127,11 @@ class FaultProxy:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:  # linger 0: close() sends RST instead of FIN
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +58,16 @@ class Serve:
             raise
 
 
-def start_serve(workdir: Path, env: Mapping[str, str] | None = None, timeout: float = 20) -> Serve:
-    port = free_port()
+def start_serve(
+    workdir: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 20,
+    *,
+    port: int | None = None,
+    args: Sequence[str] = (),
+) -> Serve:
+    """``copbridge serve [args]`` in ``workdir``; ``port`` again to restart on the same address."""
+    port = port or free_port()
     log = workdir / f"serve-{port}.log"
     full_env = {
         **os.environ,
@@ -72,9 +80,13 @@ def start_serve(workdir: Path, env: Mapping[str, str] | None = None, timeout: fl
         "COPBRIDGE_BOOTSTRAP_KEY": ADMIN_KEY,
         **(env or {}),
     }
-    with log.open("wb") as out:
+    with log.open("ab") as out:  # a restart on the same port appends to the same log
         proc = subprocess.Popen(
-            [*COPBRIDGE, "serve"], cwd=workdir, env=full_env, stdout=out, stderr=subprocess.STDOUT
+            [*COPBRIDGE, "serve", *args],
+            cwd=workdir,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     serve = Serve(proc, port, log)
     deadline = time.monotonic() + timeout

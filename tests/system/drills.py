@@ -1,0 +1,336 @@
+"""The drills as functions of their size: crash, TAK outage, half-open black hole, full disk and
+a PostgreSQL lock-out. CI runs them short (tests/system/test_drills.py), ``make drills`` long
+(bench/drills.py); both read the same :class:`DrillReport`.
+
+Every drill runs the real chain: load → ``copbridge serve`` → fault proxy → taky → a receiving
+client, and ends by comparing the set of uids answered 202 with the set the client received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from copbridge.store import open_store
+from tests.conftest import ADMIN_HEADERS
+from tests.delivery.taky import Taky
+from tests.system.harness import (
+    Load,
+    ProxyThread,
+    Receiver,
+    detection_now,
+    fresh_pg_database,
+    pg_lock_out,
+    rss_kib,
+    wait_until,
+)
+from tests.system.processes import Serve, start_serve
+
+#: Settings for every drill: fast retries, no rate limit in the way, nothing goes stale meanwhile
+#: (so "every accepted detection" and "every non-stale one" are the same set).
+DRILL_ENV = {
+    "COPBRIDGE_DELIVERY_POLL_S": "0.2",
+    "COPBRIDGE_DELIVERY_BACKOFF_MIN_S": "0.2",
+    "COPBRIDGE_DELIVERY_BACKOFF_MAX_S": "1.0",
+    "COPBRIDGE_DELIVERY_LEASE_S": "2",
+    "COPBRIDGE_STALE_SECONDS": "3600",
+    "COPBRIDGE_RATE_LIMIT_CREDENTIAL": "1000000/second",
+    "COPBRIDGE_RATE_LIMIT_IP": "1000000/second",
+}
+KEEPALIVE_S = 1.0
+#: How much ``serve`` may grow during an outage: the backlog lives in the store, not in memory.
+RSS_GROWTH_LIMIT_KIB = 64 * 1024
+
+
+@dataclass
+class DrillReport:
+    """What a drill saw; ``problems()`` is empty when every promise held."""
+
+    name: str
+    store: str
+    cycles: int
+    seconds: float = 0.0
+    accepted: int = 0
+    delivered: int = 0
+    lost: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    refused: int = 0  # answered 503
+    unreadable: list[str] = field(default_factory=list)  # answered 202, not in the store
+    audit_ok: bool = False
+    audit_records: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    rss_before_kib: int = 0
+    rss_peak_kib: int = 0
+    drain_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        found = list(self.failures)
+        if self.accepted == 0:
+            found.append("nothing was accepted: the drill proved nothing")
+        if self.lost:
+            found.append(f"{len(self.lost)} accepted detections never arrived: {self.lost[:5]}")
+        if self.unreadable:
+            found.append(f"{len(self.unreadable)} answered 202 but not stored")
+        if not self.audit_ok:
+            found.append("the audit chain does not verify")
+        if any(status >= 500 and status != 503 for status in self.statuses):
+            found.append(f"server errors: {dict(self.statuses)}")
+        if self.rss_peak_kib > self.rss_before_kib + RSS_GROWTH_LIMIT_KIB:
+            found.append(f"RSS grew from {self.rss_before_kib} to {self.rss_peak_kib} KiB")
+        return found
+
+    def row(self) -> str:
+        """One Markdown table row: drill, store, cycles, accepted, delivered, lost, duplicates…"""
+        rss = (
+            f"{self.rss_before_kib / 1024:.1f} → {self.rss_peak_kib / 1024:.1f}"
+            if self.rss_peak_kib
+            else "-"
+        )
+        return (
+            f"| {self.name} | {self.store} | {self.cycles} | {self.seconds:.1f} | {self.accepted}"
+            f" | {self.delivered} | {len(self.lost)} | {self.duplicates} | {self.refused}"
+            f" | {len(self.unreadable)} | {'ok' if self.audit_ok else 'BROKEN'}"
+            f" ({self.audit_records}) | {self.drain_s:.1f} | {rss} |"
+        )
+
+
+HEADER = (
+    "| drill | store | cycles | s | accepted | delivered | lost | duplicates | 503 | 202 not"
+    " stored | audit (records) | drain s | RSS MiB before → peak |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+@dataclass
+class Rig:
+    """taky, the fault proxy in front of it, a receiving client and ``serve``, all running."""
+
+    workdir: Path
+    database_url: str
+    taky: Taky
+    proxy: ProxyThread
+    receiver: Receiver
+    serve: Serve
+    env: dict[str, str]
+    args: list[str]
+
+    def restart(self, sig: int = signal.SIGKILL, **env: str) -> None:
+        self.serve.stop(sig)
+        self.env.update(env)
+        self.serve = start_serve(self.workdir, self.env, port=self.serve.port, args=self.args)
+
+    def rss(self) -> int:
+        return rss_kib(self.serve.proc.pid)
+
+    def settle(self, report: DrillReport, load: Load, drain_s: float, started: float) -> None:
+        """Wait until every accepted uid has arrived (bounded), stop serve, check the store."""
+        wanted = set(load.accepted.values())
+        t0 = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: wanted <= self.receiver.uids(), drain_s, "delivery")
+        report.drain_s = report.drain_s or time.monotonic() - t0
+        self.serve.stop(signal.SIGTERM)
+        received = self.receiver.uids()
+        copies = self.receiver.copies()
+        report.seconds = time.monotonic() - started
+        report.accepted = len(load.accepted)
+        report.delivered = len(wanted & received)
+        report.lost = sorted(wanted - received)
+        report.duplicates = sum(copies[uid] - 1 for uid in wanted if copies[uid] > 1)
+        report.refused = len(load.refused)
+        report.statuses = load.statuses
+        store = open_store(self.database_url)
+        try:
+            report.unreadable = [i for i in load.accepted if store.get_detection(i) is None]
+            chain = store.verify_audit()
+            report.audit_ok, report.audit_records = chain.ok, chain.records
+            stored_anyway = sum(1 for i in load.refused if store.get_detection(i) is not None)
+        finally:
+            store.close()
+        if stored_anyway:
+            report.notes.append(f"{stored_anyway} answered 503 were stored after all")
+        if load.errors:
+            report.notes.append(f"{load.errors} requests failed to connect (serve down)")
+
+
+@contextlib.contextmanager
+def rig(workdir: Path, database_url: str, **env: str) -> Iterator[Rig]:
+    """Start the chain; tear every piece down whatever happens."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        taky = Taky(workdir / "taky")
+        taky.start()
+        stack.callback(taky.stop)
+        proxy = ProxyThread(taky.port)
+        stack.callback(proxy.close)
+        receiver = Receiver(taky.host, taky.port)
+        receiver.connect()
+        stack.callback(receiver.close)
+        config = workdir / "copbridge.toml"
+        config.write_text(
+            f'[[destinations]]\nurl = "tcp://127.0.0.1:{proxy.port}"\nkeepalive_s = {KEEPALIVE_S}\n'
+        )
+        full_env = {**DRILL_ENV, "COPBRIDGE_DATABASE_URL": database_url, **env}
+        args = ["--config", str(config)]
+        serve = start_serve(workdir, full_env, args=args)
+        the_rig = Rig(workdir, database_url, taky, proxy, receiver, serve, full_env, args)
+        stack.callback(lambda: the_rig.serve.stop(signal.SIGKILL))
+        yield the_rig
+
+
+def sqlite_url(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'copbridge.db'}"
+
+
+def crash(
+    workdir: Path, *, cycles: int, rate: float = 60, seed: int = 8, drain_s: float = 60
+) -> DrillReport:
+    """SIGKILL ``serve`` at random moments under load, restart it each time."""
+    report = DrillReport("crash (SIGKILL + restart)", "sqlite", cycles)
+    rng = random.Random(seed)
+    started = time.monotonic()
+    with rig(workdir, sqlite_url(workdir)) as chain:
+        load = Load(chain.serve.url, rate).start()
+        try:
+            for _ in range(cycles):
+                time.sleep(rng.uniform(0.3, 3.0))
+                chain.restart(signal.SIGKILL)
+            time.sleep(1.0)
+        finally:
+            load.stop()
+        chain.settle(report, load, drain_s, started)
+    return report
+
+
+def _watch_rss(chain: Rig, report: DrillReport, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        report.rss_peak_kib = max(report.rss_peak_kib, chain.rss())
+        time.sleep(0.25)
+
+
+def _drain_after_heal(chain: Rig, report: DrillReport, load: Load, seconds: float) -> None:
+    """Time until everything accepted so far has arrived, load still running, RSS watched."""
+    backlog = set(load.accepted.values())
+    healed = time.monotonic()
+    deadline = healed + seconds
+    while not backlog <= chain.receiver.uids() and time.monotonic() < deadline:
+        report.rss_peak_kib = max(report.rss_peak_kib, chain.rss())
+        time.sleep(0.1)
+    report.drain_s = time.monotonic() - healed
+
+
+def taky_outage(
+    workdir: Path, *, outage_s: float, rate: float = 60, drain_s: float = 90
+) -> DrillReport:
+    """taky stops for ``outage_s`` under load (the path refuses meanwhile), then comes back."""
+    report = DrillReport(f"taky down {outage_s:g} s", "sqlite", 1)
+    started = time.monotonic()
+    with rig(workdir, sqlite_url(workdir)) as chain:
+        load = Load(chain.serve.url, rate).start()
+        try:
+            time.sleep(2.0)
+            report.rss_before_kib = report.rss_peak_kib = chain.rss()
+            chain.proxy.call(chain.proxy.proxy.refuse())
+            chain.taky.stop()
+            chain.receiver.close()
+            _watch_rss(chain, report, outage_s)
+            chain.taky.start()
+            chain.receiver.connect()  # registered before copbridge can reconnect
+            chain.proxy.call(chain.proxy.proxy.accept())
+            _drain_after_heal(chain, report, load, drain_s)
+        finally:
+            load.stop()
+        chain.settle(report, load, drain_s, started)
+    return report
+
+
+def black_hole(
+    workdir: Path, *, outage_s: float, rate: float = 60, drain_s: float = 90
+) -> DrillReport:
+    """The path to taky silently eats everything (half-open, new connections too), then heals."""
+    report = DrillReport(f"half-open black hole {outage_s:g} s", "sqlite", 1)
+    started = time.monotonic()
+    with rig(workdir, sqlite_url(workdir)) as chain:
+        load = Load(chain.serve.url, rate).start()
+        try:
+            time.sleep(2.0)
+            report.rss_before_kib = report.rss_peak_kib = chain.rss()
+            chain.proxy.do(chain.proxy.proxy.black_hole)
+            _watch_rss(chain, report, outage_s)
+            chain.proxy.do(chain.proxy.proxy.heal)
+            _drain_after_heal(chain, report, load, drain_s)
+        finally:
+            load.stop()
+        chain.settle(report, load, drain_s, started)
+    return report
+
+
+def _posts_again(url: str) -> bool:
+    body = detection_now(f"probe-{uuid.uuid4().hex[:12]}", "probe")
+    try:
+        answer = httpx.post(f"{url}/api/v1/detections", json=body, headers=ADMIN_HEADERS, timeout=5)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 202
+
+
+def disk_full(workdir: Path, *, max_pages: int = 600, rate: float = 150) -> DrillReport:
+    """A size-capped SQLite file fills under load: 503, never a 202 for something not stored;
+    reads and delivery go on; with room again (a larger cap) it accepts again."""
+    report = DrillReport(f"SQLite full ({max_pages} pages)", "sqlite", 1)
+    started = time.monotonic()
+    with rig(workdir, sqlite_url(workdir), COPBRIDGE_SQLITE_MAX_PAGES=str(max_pages)) as chain:
+        load = Load(chain.serve.url, rate, batch_every=3).start()
+        try:
+            wait_until(lambda: load.statuses[503] >= 20, 90, "503 once the file is full")
+            time.sleep(1.0)
+        finally:
+            load.stop()
+        reads = httpx.get(
+            f"{chain.serve.url}/api/v1/detections?limit=5", headers=ADMIN_HEADERS, timeout=5
+        )
+        if reads.status_code != 200:
+            report.failures.append(f"reads while full answered {reads.status_code}")
+        chain.restart(signal.SIGTERM, COPBRIDGE_SQLITE_MAX_PAGES=str(max_pages * 4))
+        if not _posts_again(chain.serve.url):
+            report.failures.append("no 202 after the cap was raised")
+        chain.settle(report, load, 60, started)
+    return report
+
+
+def pg_outage(workdir: Path, *, outage_s: float, rate: float = 60) -> DrillReport:
+    """Every connection to copbridge's PostgreSQL database is cut and refused for ``outage_s``:
+    503 meanwhile, 202 again by itself afterwards, nothing accepted lost or corrupted."""
+    report = DrillReport(f"PostgreSQL cut {outage_s:g} s", "postgresql", 1)
+    started = time.monotonic()
+    with fresh_pg_database() as (url, name), rig(workdir, url) as chain:
+        load = Load(chain.serve.url, rate).start()
+        try:
+            time.sleep(2.0)
+            pg_lock_out(name, locked=True)
+            before = load.statuses[503]
+            time.sleep(outage_s)
+            during = load.statuses[503] - before
+            pg_lock_out(name, locked=False)
+            back = time.monotonic()
+            wait_until(lambda: _posts_again(chain.serve.url), 30, "202 after PostgreSQL is back")
+            report.notes.append(f"202 again {time.monotonic() - back:.1f} s after the cut ended")
+            time.sleep(2.0)
+        finally:
+            load.stop()
+        if during == 0:
+            report.failures.append("no 503 while PostgreSQL refused connections")
+        chain.settle(report, load, 60, started)
+    return report

@@ -1,0 +1,53 @@
+"""The drills, short: crash, TAK outage, half-open black hole, full disk, PostgreSQL cut.
+
+Each runs the real chain (load → serve → fault proxy → taky → receiving client) and fails on any
+broken promise: an accepted detection that never arrived, a 202 for something not stored, a
+broken audit chain, a 5xx other than 503, memory growing with the backlog. ``make drills`` runs
+the same functions long (bench/drills.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.system import drills
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def _clean(report: drills.DrillReport) -> None:
+    print(f"\n{drills.HEADER}\n{report.row()}\n{report.notes}")  # in the log of a failed run
+    assert report.problems() == []
+
+
+def test_sigkill_at_random_moments_loses_no_accepted_detection(tmp_path: Path) -> None:
+    report = drills.crash(tmp_path, cycles=3)
+    _clean(report)
+    assert report.cycles == 3
+
+
+def test_taky_outage_under_load_loses_nothing_and_memory_stays_bounded(tmp_path: Path) -> None:
+    report = drills.taky_outage(tmp_path, outage_s=5)
+    _clean(report)
+    assert report.rss_peak_kib > 0
+
+
+def test_half_open_black_hole_loses_nothing_and_backlog_drains(tmp_path: Path) -> None:
+    report = drills.black_hole(tmp_path, outage_s=5)
+    _clean(report)
+    assert report.drain_s < 30
+
+
+def test_full_sqlite_file_answers_503_never_a_false_202(tmp_path: Path) -> None:
+    report = drills.disk_full(tmp_path)
+    _clean(report)
+    assert report.refused > 0
+
+
+@pytest.mark.postgres
+def test_postgresql_cut_answers_503_then_recovers_by_itself(tmp_path: Path) -> None:
+    report = drills.pg_outage(tmp_path, outage_s=4)
+    _clean(report)
+    assert report.refused > 0
