@@ -1,0 +1,65 @@
+"""Bursts beyond a limit get 429 with an exact ``Retry-After``; other clients are unaffected;
+failed credentials are limited per IP before they can fill the audit trail."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from copbridge.api.app import create_app
+from tests.conftest import ADMIN_HEADERS
+from tests.security import helpers as h
+
+
+def test_burst_over_the_credential_limit_is_429_with_a_correct_retry_after(tmp_path: Path) -> None:
+    app = create_app(h.secured_settings(tmp_path, rate_limit_credential="5/2second"))
+    with TestClient(app) as client:
+        noisy = h.bearer(h.make_key(app, "detections:read"))
+        quiet = h.bearer(h.make_key(app, "detections:read"))
+        answers = [client.get("/api/v1/detections", headers=noisy) for _ in range(8)]
+        assert [a.status_code for a in answers] == [200] * 5 + [429] * 3
+        refused = answers[-1]
+        retry_after = int(refused.headers["retry-after"])
+        assert 1 <= retry_after <= 2
+        assert refused.headers["ratelimit-limit"] == "5"
+        assert refused.headers["ratelimit-remaining"] == "0"
+        assert answers[0].headers["ratelimit-remaining"] == "4"
+        # Another client with its own key is not affected by the noisy one.
+        assert client.get("/api/v1/detections", headers=quiet).status_code == 200
+        # Retry-After is honest: once it has passed, the noisy client gets in again.
+        time.sleep(retry_after)
+        assert client.get("/api/v1/detections", headers=noisy).status_code == 200
+
+
+def test_per_ip_limit_on_auth_routes_spares_other_addresses(tmp_path: Path) -> None:
+    app = create_app(h.secured_settings(tmp_path, rate_limit_auth="3/minute"))
+    with (
+        TestClient(app, client=("203.0.113.7", 4000)) as attacker,
+        TestClient(app, client=("198.51.100.2", 4000)) as operator,
+    ):
+        codes = [
+            attacker.post("/api/v1/auth/revoke", json={"token": "x"}).status_code for _ in range(5)
+        ]
+        assert codes == [200, 200, 200, 429, 429]
+        assert operator.post("/api/v1/auth/revoke", json={"token": "x"}).status_code == 200
+
+
+def test_guessing_keys_is_locked_out_and_audits_stay_bounded(tmp_path: Path) -> None:
+    app = create_app(h.secured_settings(tmp_path, rate_limit_auth="10/minute"))
+    with TestClient(app, client=("203.0.113.9", 4000)) as attacker:
+        codes = [
+            attacker.get("/api/v1/detections", headers=h.bearer(f"cpb_guess{i}")).status_code
+            for i in range(40)
+        ]
+        assert codes[:10] == [401] * 10
+        assert set(codes[10:]) == {429}
+        with TestClient(app) as admin:
+            failed = admin.get(
+                "/api/v1/audit", params={"kind": "auth.failed"}, headers=ADMIN_HEADERS
+            ).json()["items"]
+            assert admin.get("/api/v1/detections", headers=ADMIN_HEADERS).status_code == 200
+    assert len(failed) == 10
+    assert {f["data"]["ip"] for f in failed} == {"203.0.113.9"}
+    assert all("guess" not in str(f) for f in failed)  # what was presented is not recorded
