@@ -7,6 +7,7 @@ the group-committed write that makes the detection, its outbox rows and audit re
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -303,13 +304,13 @@ class Pipeline:
         given = detection.uncertainty
         if given is None:
             return self.sigmas
-        base = self.sigmas
-        return geo.InputSigmas(
-            horizontal_m=_pick(given.horizontal_m, base.horizontal_m),
-            vertical_m=_pick(given.vertical_m, base.vertical_m),
-            attitude_deg=_pick(given.attitude_deg, base.attitude_deg),
-            focal_rel=_pick(given.focal_rel, base.focal_rel),
-            ground_m=given.ground_m if given.ground_m is not None else base.ground_m,
+        return _sigmas_for(
+            self.sigmas,
+            given.horizontal_m,
+            given.vertical_m,
+            given.attitude_deg,
+            given.focal_rel,
+            given.ground_m,
         )
 
     def _platform_type(self, detection: Detection) -> str:
@@ -379,6 +380,25 @@ def _without_image(raw: dict[str, Any]) -> dict[str, Any]:
 
 def stored_answer(answer: dict[str, Any], *, duplicate: bool) -> Answer:
     return Answer.model_validate({**answer, "duplicate": duplicate})
+
+
+@functools.lru_cache(maxsize=256)
+def _sigmas_for(
+    base: geo.InputSigmas,
+    horizontal_m: float | None,
+    vertical_m: float | None,
+    attitude_deg: float | None,
+    focal_rel: float | None,
+    ground_m: float | None,
+) -> geo.InputSigmas:
+    # Sensors send the same few sigma sets over and over; build (and validate) each once.
+    return geo.InputSigmas(
+        horizontal_m=_pick(horizontal_m, base.horizontal_m),
+        vertical_m=_pick(vertical_m, base.vertical_m),
+        attitude_deg=_pick(attitude_deg, base.attitude_deg),
+        focal_rel=_pick(focal_rel, base.focal_rel),
+        ground_m=ground_m if ground_m is not None else base.ground_m,
+    )
 
 
 def _airborne(detection: Detection) -> bool:

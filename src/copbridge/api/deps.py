@@ -1,4 +1,8 @@
-"""Dependency aliases shared by the routes (``StoreDep``, ``SettingsDep``)."""
+"""Dependency aliases shared by the routes (``StoreDep``, ``SettingsDep``, ``PipelineDep``).
+
+They are ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
+thread hop per dependency per request for what is only an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,17 @@ from copbridge.pipeline import Pipeline
 from copbridge.store import SqlStore
 
 
-def _store(request: Request) -> SqlStore:
+async def _store(request: Request) -> SqlStore:
     store: SqlStore = request.app.state.store
     return store
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _pipeline(request: Request) -> Pipeline:
+async def _pipeline(request: Request) -> Pipeline:
     pipeline: Pipeline = request.app.state.pipeline
     return pipeline
 

@@ -12,9 +12,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from copbridge.store import audit_log
+from copbridge.store import audit_log, intake
 from copbridge.store.audit_chain import verify_chain
 from copbridge.store.errors import StoreUnavailable
 from copbridge.store.migrations import apply_migrations, current_version
@@ -67,6 +67,9 @@ class SqlStore:
         self._connect = connect
         self._is_store_error = is_store_error
         self._local = threading.local()
+        self._intake: list[tuple[intake.Intake, Future[list[Acceptance]]]] = []
+        self._intake_lock = threading.Lock()
+        self._intake_scheduled = False
         self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._writer: GroupWriter[Any] = GroupWriter(
@@ -146,9 +149,43 @@ class SqlStore:
     def submit_detections(
         self, records: Sequence[DetectionRecord], destinations: Sequence[str]
     ) -> Future[list[Acceptance]]:
-        records = list(records)
-        targets = tuple(destinations)
-        return self._write(lambda tx: _accept_all(tx, records, targets))
+        """Queue detections; every request waiting when the writer gets to them is written by
+        one set-based job (see ``intake``), and each future resolves after that commit."""
+        future: Future[list[Acceptance]] = Future()
+        with self._intake_lock:
+            self._intake.append((intake.Intake(tuple(records), tuple(destinations)), future))
+            if self._intake_scheduled:
+                return future
+            self._intake_scheduled = True
+        taken: list[tuple[intake.Intake, Future[list[Acceptance]]]] = []
+
+        def job(tx: Tx) -> list[list[Acceptance]]:
+            with self._intake_lock:
+                taken.extend(self._intake)
+                self._intake = []
+                self._intake_scheduled = False
+            return intake.accept(tx, [item for item, _ in taken])
+
+        self._write(job).add_done_callback(lambda done: self._settle(taken, done))
+        return future
+
+    def _settle(
+        self,
+        taken: list[tuple[intake.Intake, Future[list[Acceptance]]]],
+        done: Future[list[list[Acceptance]]],
+    ) -> None:
+        error = done.exception()
+        if error is not None and not taken:
+            # The writer failed before the job ran: nobody else will take what is waiting.
+            with self._intake_lock:
+                taken, self._intake = list(self._intake), []
+                self._intake_scheduled = False
+        if error is not None:
+            for _, waiting in taken:
+                waiting.set_exception(error)
+            return
+        for (_, waiting), answers in zip(taken, done.result(), strict=True):
+            waiting.set_result(answers)
 
     def accept_detections(
         self, records: Sequence[DetectionRecord], destinations: Sequence[str]
@@ -203,7 +240,7 @@ class SqlStore:
         return str(row[0]), bytes(row[1])
 
     def claim_platform_slot(self, sensor_id: str, now_us: int, interval_us: int) -> bool:
-        return self._write_now(lambda tx: _platform_due(tx, sensor_id, now_us, interval_us))
+        return self._write_now(lambda tx: intake.platform_due(tx, sensor_id, now_us, interval_us))
 
     # -- outbox ---------------------------------------------------------------------------------
 
@@ -510,110 +547,6 @@ class SqlStore:
 
 
 # -- transaction bodies ---------------------------------------------------------------------------
-
-
-def _accept_all(
-    tx: Tx, records: Sequence[DetectionRecord], destinations: tuple[str, ...]
-) -> list[Acceptance]:
-    """Every record of one request in its transaction, their audit records chained at once."""
-    audits: list[AuditEntry] = []
-    results = [_accept(tx, record, destinations, audits) for record in records]
-    audit_log.append(tx, audits)
-    return results
-
-
-def _accept(
-    tx: Tx,
-    record: DetectionRecord,
-    destinations: tuple[str, ...],
-    audits: list[AuditEntry],
-) -> Acceptance:
-    inserted = tx.one(
-        "INSERT INTO detections (id, body_hash, time_us, received_us, sensor_id, label, "
-        "detection, answer, cot_xml, image_sha256) VALUES (?,?,?,?,?,?,?,?,?,?) "
-        "ON CONFLICT (id) DO NOTHING RETURNING seq",
-        (
-            record.id,
-            record.body_hash,
-            record.time_us,
-            record.received_us,
-            record.sensor_id,
-            record.label,
-            json.dumps(record.detection, separators=(",", ":"), ensure_ascii=False),
-            json.dumps(record.answer, separators=(",", ":"), ensure_ascii=False),
-            record.cot_xml,
-            record.image_sha256,
-        ),
-    )
-    if inserted is None:
-        row = tx.one("SELECT body_hash, answer FROM detections WHERE id = ?", (record.id,))
-        if row is None:  # pragma: no cover - the conflicting row was removed under us
-            raise StoreUnavailable(f"detection {record.id} vanished during insert")
-        outcome: Literal["duplicate", "conflict"] = (
-            "duplicate" if row[0] == record.body_hash else "conflict"
-        )
-        return Acceptance(record.id, outcome, json.loads(str(row[1])))
-
-    audits.append(
-        AuditEntry(
-            kind="detection.accepted",
-            subject=record.id,
-            actor=record.actor,
-            data={"body_hash": record.body_hash, "sensor_id": record.sensor_id},
-        )
-    )
-    events = list(record.events)
-    if record.platform_event is not None and _platform_due(
-        tx, record.sensor_id, record.received_us, record.platform_interval_us
-    ):
-        events.append(record.platform_event)
-    for event in events:
-        seq_row = tx.one(
-            "INSERT INTO events (uid, cot_type, kind, detection_id, time_us, stale_us, "
-            "created_us, payload) VALUES (?,?,?,?,?,?,?,?) RETURNING seq",
-            (
-                event.uid,
-                event.cot_type,
-                event.kind,
-                record.id,
-                event.time_us,
-                event.stale_us,
-                record.received_us,
-                event.payload,
-            ),
-        )
-        assert seq_row is not None
-        tx.many(
-            "INSERT INTO outbox (event_seq, destination, uid, time_us, stale_us, created_us) "
-            "VALUES (?,?,?,?,?,?)",
-            [
-                (seq_row[0], d, event.uid, event.time_us, event.stale_us, record.received_us)
-                for d in destinations
-            ],
-        )
-        audits.append(
-            AuditEntry(
-                kind="event.queued",
-                subject=event.uid,
-                data={
-                    "event_seq": int(seq_row[0]),
-                    "kind": event.kind,
-                    "destinations": list(destinations),
-                },
-            )
-        )
-    return Acceptance(record.id, "accepted", record.answer)
-
-
-def _platform_due(tx: Tx, sensor_id: str, now_us: int, interval_us: int) -> bool:
-    """True (and the mark moved to now) when the sensor's platform event is due."""
-    row = tx.one(
-        "INSERT INTO platform_marks (sensor_id, emitted_us) VALUES (?, ?) "
-        "ON CONFLICT (sensor_id) DO UPDATE SET emitted_us = excluded.emitted_us "
-        "WHERE platform_marks.emitted_us <= ? RETURNING sensor_id",
-        (sensor_id, now_us, now_us - interval_us),
-    )
-    return row is not None
 
 
 def _claim(

@@ -1,0 +1,195 @@
+"""Accepting detections in sets: every request queued for one group commit is written with a
+few multi-row statements, not a handful of statements per detection.
+
+Why: the writer thread gives up the GIL around every SQLite call and must win it back from the
+busy event loop each time; measured here, 6 detections written one statement at a time took
+2 ms with an idle loop and 77 ms beside a busy one. Fewer, larger statements keep commits short.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from copbridge.store import audit_log
+from copbridge.store.records import Acceptance, AuditEntry, DetectionRecord, QueuedEvent
+from copbridge.store.tx import Tx, placeholders
+
+_ROWS_PER_STATEMENT = 64  # 10 columns x 64 rows stays far below every bound-parameter limit
+
+_DETECTION_COLUMNS = (
+    "id, body_hash, time_us, received_us, sensor_id, label, detection, answer, cot_xml, "
+    "image_sha256"
+)
+_EVENT_COLUMNS = "uid, cot_type, kind, detection_id, time_us, stale_us, created_us, payload"
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """One caller's detections and the destinations their events go to."""
+
+    records: tuple[DetectionRecord, ...]
+    destinations: tuple[str, ...]
+
+
+def accept(tx: Tx, intakes: Sequence[Intake]) -> list[list[Acceptance]]:
+    """Store every new detection of ``intakes`` with its events, outbox rows and audit records;
+    answer retries of a stored id as duplicates (same body) or conflicts (another body)."""
+    firsts: dict[str, DetectionRecord] = {}
+    for intake in intakes:
+        for record in intake.records:
+            firsts.setdefault(record.id, record)
+    inserted = _insert_detections(tx, list(firsts.values()))
+    stored = _stored_answers(tx, [i for i in firsts if i not in inserted])
+
+    audits: list[AuditEntry] = []
+    queued: list[tuple[DetectionRecord, QueuedEvent, tuple[str, ...]]] = []
+    answers: list[list[Acceptance]] = []
+    for intake in intakes:
+        results = []
+        for record in intake.records:
+            first = firsts[record.id]
+            if record is first and record.id in inserted:
+                results.append(Acceptance(record.id, "accepted", record.answer))
+                audits.append(_accepted(record))
+                queued.extend((record, event, intake.destinations) for event in _events(tx, record))
+                continue
+            body_hash, answer = (
+                (first.body_hash, first.answer) if record.id in inserted else stored[record.id]
+            )
+            outcome: Literal["duplicate", "conflict"] = (
+                "duplicate" if body_hash == record.body_hash else "conflict"
+            )
+            results.append(Acceptance(record.id, outcome, answer))
+        answers.append(results)
+    audits.extend(_queue_events(tx, queued))
+    audit_log.append(tx, audits)
+    return answers
+
+
+def _chunks(items: Sequence[Any], size: int = _ROWS_PER_STATEMENT) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _insert_detections(tx: Tx, records: list[DetectionRecord]) -> set[str]:
+    """Insert the records whose id is new; return those ids (ON CONFLICT keeps the first)."""
+    inserted: set[str] = set()
+    for chunk in _chunks(records):
+        params: list[object] = []
+        for r in chunk:
+            params += [
+                r.id,
+                r.body_hash,
+                r.time_us,
+                r.received_us,
+                r.sensor_id,
+                r.label,
+                _compact(r.detection),
+                _compact(r.answer),
+                r.cot_xml,
+                r.image_sha256,
+            ]
+        rows = tx.all(
+            f"INSERT INTO detections ({_DETECTION_COLUMNS}) VALUES "
+            + ",".join([f"({placeholders(10)})"] * len(chunk))
+            + " ON CONFLICT (id) DO NOTHING RETURNING id",
+            params,
+        )
+        inserted.update(str(row[0]) for row in rows)
+    return inserted
+
+
+def _stored_answers(tx: Tx, ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for chunk in _chunks(ids, 500):
+        marks = placeholders(len(chunk))
+        for row in tx.all(
+            f"SELECT id, body_hash, answer FROM detections WHERE id IN ({marks})", chunk
+        ):
+            found[str(row[0])] = (str(row[1]), json.loads(str(row[2])))
+    return found
+
+
+def _events(tx: Tx, record: DetectionRecord) -> list[QueuedEvent]:
+    events = list(record.events)
+    if record.platform_event is not None and platform_due(
+        tx, record.sensor_id, record.received_us, record.platform_interval_us
+    ):
+        events.append(record.platform_event)
+    return events
+
+
+def platform_due(tx: Tx, sensor_id: str, now_us: int, interval_us: int) -> bool:
+    """True (and the mark moved to now) when the sensor's platform event is due."""
+    row = tx.one(
+        "INSERT INTO platform_marks (sensor_id, emitted_us) VALUES (?, ?) "
+        "ON CONFLICT (sensor_id) DO UPDATE SET emitted_us = excluded.emitted_us "
+        "WHERE platform_marks.emitted_us <= ? RETURNING sensor_id",
+        (sensor_id, now_us, now_us - interval_us),
+    )
+    return row is not None
+
+
+def _queue_events(
+    tx: Tx, queued: list[tuple[DetectionRecord, QueuedEvent, tuple[str, ...]]]
+) -> list[AuditEntry]:
+    """Insert the events, then one outbox row per event and destination."""
+    audits: list[AuditEntry] = []
+    outbox: list[tuple[object, ...]] = []
+    for chunk in _chunks(queued):
+        params: list[object] = []
+        for record, event, _ in chunk:
+            params += [
+                event.uid,
+                event.cot_type,
+                event.kind,
+                record.id,
+                event.time_us,
+                event.stale_us,
+                record.received_us,
+                event.payload,
+            ]
+        rows = tx.all(
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "
+            + ",".join([f"({placeholders(8)})"] * len(chunk))
+            + " RETURNING seq, detection_id, kind",
+            params,
+        )
+        # RETURNING order is unspecified; a detection has at most one event of each kind.
+        seqs = {(str(r[1]), str(r[2])): int(r[0]) for r in rows}
+        for record, event, destinations in chunk:
+            seq = seqs[(record.id, event.kind)]
+            outbox.extend(
+                (seq, d, event.uid, event.time_us, event.stale_us, record.received_us)
+                for d in destinations
+            )
+            audits.append(
+                AuditEntry(
+                    kind="event.queued",
+                    subject=event.uid,
+                    data={"event_seq": seq, "kind": event.kind, "destinations": list(destinations)},
+                )
+            )
+    for chunk in _chunks(outbox, 150):
+        tx.execute(
+            "INSERT INTO outbox (event_seq, destination, uid, time_us, stale_us, created_us) "
+            "VALUES " + ",".join([f"({placeholders(6)})"] * len(chunk)),
+            [value for row in chunk for value in row],
+        )
+    return audits
+
+
+def _accepted(record: DetectionRecord) -> AuditEntry:
+    return AuditEntry(
+        kind="detection.accepted",
+        subject=record.id,
+        actor=record.actor,
+        data={"body_hash": record.body_hash, "sensor_id": record.sensor_id},
+    )
