@@ -44,8 +44,9 @@ class DeliveryTiming:
     resend_s: float | None = None  # None: enough to cover the keepalive bound (2 x keepalive + 5)
 
     def lease_for(self, destination: Destination) -> float:
-        # A lease must outlive the longest bounded wait on a write, or two workers could overlap.
-        return max(self.lease_s, 4 * destination.keepalive_s + 10)
+        # A lease must outlive the longest bounded wait on a write (the drain timeout, twice the
+        # keepalive) plus marking the batch sent, or two workers could hold one row at once.
+        return max(self.lease_s, 2 * destination.keepalive_s + 10)
 
     def resend_for(self, destination: Destination) -> float:
         if self.resend_s is not None:
