@@ -41,8 +41,9 @@ def test_readyz_is_503_with_the_reason_when_the_store_is_gone(tmp_path: Path) ->
             os.remove(db.parent / name)
         os.rmdir(db.parent)
         db.parent.write_text("not a directory")  # the database path cannot be opened any more
-        store = app.state.store
-        store._drop_reader(getattr(store._local, "conn", None))
+        for reader in app.state.store._readers:  # every thread's open connection, not just ours
+            with reader.lock:
+                reader.drop()
         answer = client.get("/readyz")
     assert answer.status_code == 503
     assert answer.json()["status"] == "unavailable"

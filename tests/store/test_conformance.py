@@ -13,6 +13,7 @@ from copbridge.store import (
     DetectionQuery,
     RefreshTokenRecord,
     SqlStore,
+    StoreUnavailable,
     open_store,
 )
 from copbridge.store.migrations import latest_version
@@ -265,3 +266,32 @@ def test_reused_refresh_token_revokes_its_family(store: SqlStore) -> None:
     store.revoke_token("access-1", t + SECOND_US, actor="k1")
     assert store.is_token_revoked("access-1")
     assert not store.is_token_revoked("access-2")
+
+
+def test_closing_while_other_threads_read_neither_crashes_nor_hangs(store_url: str) -> None:
+    # Regression: close() used to close reader connections under running queries and SQLite
+    # crashed the process (seen when the delivery monitor read outbox figures at shutdown).
+    closing = open_store(store_url)
+    closing.upgrade()
+    closing.accept_detections([detection(f"d{i}") for i in range(50)], DESTS)
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                closing.outbox_stats(DESTS)
+            except StoreUnavailable:
+                outcomes.append("closed")
+                return
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    closing.close()
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(StoreUnavailable, match="closed"):
+        closing.outbox_stats(DESTS)

@@ -70,7 +70,8 @@ class SqlStore:
         self._intake: list[tuple[intake.Intake, Future[list[Acceptance]]]] = []
         self._intake_lock = threading.Lock()
         self._intake_scheduled = False
-        self._readers: list[Any] = []
+        self._readers: list[_Reader] = []
+        self._closed = False
         self._readers_lock = threading.Lock()
         self._writer: GroupWriter[Any] = GroupWriter(
             connect=connect,
@@ -101,29 +102,33 @@ class SqlStore:
         return self._write(job).result(timeout=60)
 
     def _read(self, job: Callable[[Tx], T]) -> T:
-        conn = getattr(self._local, "conn", None)
-        try:
-            if conn is None:
-                conn = self._connect()
-                self._local.conn = conn
-                with self._readers_lock:
-                    self._readers.append(conn)
-            return job(Tx(conn, self._dialect))
-        except Exception as exc:
-            if self._is_store_error(exc):
-                self._drop_reader(conn)
-                raise StoreUnavailable(f"the store cannot be read: {exc}") from exc
-            raise
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = _Reader()
+            self._local.reader = reader
+            with self._readers_lock:
+                self._readers.append(reader)
+        # The reader's lock is held while it is used, so close() never pulls a connection out
+        # from under a query running in another thread (SQLite would crash, not raise).
+        with reader.lock:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            try:
+                if reader.conn is None:
+                    reader.conn = self._connect()
+                return job(Tx(reader.conn, self._dialect))
+            except Exception as exc:
+                if self._is_store_error(exc):
+                    reader.drop()
+                    raise StoreUnavailable(f"the store cannot be read: {exc}") from exc
+                raise
 
-    def _drop_reader(self, conn: Any) -> None:
-        self._local.conn = None
-        if conn is None:
-            return
-        with self._readers_lock:
-            if conn in self._readers:
-                self._readers.remove(conn)
-        with contextlib.suppress(Exception):  # the connection is already broken
-            conn.close()
+    def _drop_reader(self) -> None:
+        """Forget this thread's read connection (the next read opens a new one)."""
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is not None:
+            with reader.lock:
+                reader.drop()
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -137,12 +142,13 @@ class SqlStore:
         self._read(lambda tx: tx.one("SELECT 1"))
 
     def close(self) -> None:
+        self._closed = True
         self._writer.close()
         with self._readers_lock:
             readers, self._readers = self._readers, []
-        for conn in readers:
-            with contextlib.suppress(Exception):  # closing on shutdown, best effort
-                conn.close()
+        for reader in readers:
+            with reader.lock:  # waits for a query in flight in another thread
+                reader.drop()
 
     # -- detections -----------------------------------------------------------------------------
 
@@ -544,6 +550,22 @@ class SqlStore:
     def is_token_revoked(self, jti: str) -> bool:
         row = self._read(lambda tx: tx.one("SELECT 1 FROM revoked_tokens WHERE jti = ?", (jti,)))
         return row is not None
+
+
+class _Reader:
+    """One thread's read connection and the lock held while it is in use."""
+
+    __slots__ = ("conn", "lock")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.lock = threading.Lock()
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):  # broken or closing: nothing left to save
+                self.conn.close()
+        self.conn = None
 
 
 # -- transaction bodies ---------------------------------------------------------------------------
