@@ -148,6 +148,19 @@ def test_backlog_for_one_uid_sends_only_the_newest(store: SqlStore) -> None:
     assert store.outbox_stats(DESTS)[0].superseded == 4
 
 
+def test_coalescing_reaches_past_a_batch_full_of_older_versions(store: SqlStore) -> None:
+    t0 = now_us()
+    store.accept_detections(
+        [detection(f"d{i}", uid="copbridge.uav-7.9", time_us=t0 + i) for i in range(7)]
+        + [detection("other")],
+        DESTS[:1],
+    )
+    claimed = store.claim(DESTS[0], "w", 2, SECOND_US, now_us())
+    assert [c.uid for c in claimed] == ["copbridge.uav-7.9", "copbridge.uav-7.other"]
+    assert claimed[0].time_us == t0 + 6
+    assert store.outbox_stats(DESTS[:1])[0].superseded == 6
+
+
 def test_release_hides_rows_until_their_next_attempt(store: SqlStore) -> None:
     store.accept_detections([detection("d1")], DESTS)
     now = now_us()

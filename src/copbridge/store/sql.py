@@ -591,25 +591,38 @@ def _claim(
             ],
             now_us,
         )
-    # CoT semantics: a newer event for a uid replaces older ones, so a backlog sends the newest.
-    tx.execute(
-        "UPDATE outbox SET state = 'superseded', done_us = ? WHERE destination = ? "
-        "AND state = 'pending' AND (lease_until_us IS NULL OR lease_until_us < ?) "
-        "AND EXISTS (SELECT 1 FROM outbox n WHERE n.destination = outbox.destination "
-        "AND n.uid = outbox.uid AND n.state IN ('pending', 'sent') AND (n.time_us > outbox.time_us "
-        "OR (n.time_us = outbox.time_us AND n.id > outbox.id)))",
-        (now_us, destination, now_us),
-    )
     token = f"{owner}:{uuid.uuid4().hex}"
-    candidates = tx.all(
-        "SELECT id FROM outbox WHERE destination = ? AND state = 'pending' "
-        "AND next_attempt_us <= ? AND (lease_until_us IS NULL OR lease_until_us < ?) "
-        f"ORDER BY id LIMIT ?{tx.dialect.skip_locked}",
-        (destination, now_us, now_us, limit),
-    )
-    if not candidates:
+    ids: list[int] = []
+    # Bounded: each round either claims rows or retires a whole batch of superseded ones.
+    for _ in range(8):
+        candidates = tx.all(
+            "SELECT id FROM outbox WHERE destination = ? AND state = 'pending' "
+            "AND next_attempt_us <= ? AND (lease_until_us IS NULL OR lease_until_us < ?) "
+            f"ORDER BY id LIMIT ?{tx.dialect.skip_locked}",
+            (destination, now_us, now_us, limit),
+        )
+        if not candidates:
+            break
+        batch = [int(r[0]) for r in candidates]
+        # CoT semantics: a newer event for a uid replaces older ones, so a backlog sends the
+        # newest. Checked for the rows about to be claimed only, so a claim costs O(batch) and
+        # not O(backlog); older rows further back are retired when their turn comes.
+        superseded = {
+            int(r[0])
+            for r in tx.all(
+                "UPDATE outbox SET state = 'superseded', done_us = ? "
+                f"WHERE id IN ({placeholders(len(batch))}) AND EXISTS (SELECT 1 FROM outbox n "
+                "WHERE n.destination = outbox.destination AND n.uid = outbox.uid "
+                "AND n.state IN ('pending', 'sent') AND (n.time_us > outbox.time_us "
+                "OR (n.time_us = outbox.time_us AND n.id > outbox.id))) RETURNING id",
+                (now_us, *batch),
+            )
+        }
+        ids = [i for i in batch if i not in superseded]
+        if ids:
+            break
+    if not ids:
         return []
-    ids = [int(r[0]) for r in candidates]
     tx.execute(
         f"UPDATE outbox SET claim_token = ?, lease_until_us = ?, attempts = attempts + 1 "
         f"WHERE id IN ({placeholders(len(ids))})",
