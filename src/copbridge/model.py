@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,7 @@ BoxPoint = Literal["bbox-bottom-centre", "bbox-centre"]
 ImageType = Literal["image/jpeg", "image/png"]
 
 MAX_PIXELS = 100_000
+MAX_FOCAL_PX = 1e7
 
 
 class _Strict(BaseModel):
@@ -70,8 +72,8 @@ class Camera(_Strict):
     height: int = Field(gt=0, le=MAX_PIXELS)
     hfov: float | None = Field(default=None, gt=0, lt=180)
     vfov: float | None = Field(default=None, gt=0, lt=180)
-    fx: float | None = Field(default=None, gt=0, le=1e7)
-    fy: float | None = Field(default=None, gt=0, le=1e7)
+    fx: float | None = Field(default=None, gt=0, le=MAX_FOCAL_PX)
+    fy: float | None = Field(default=None, gt=0, le=MAX_FOCAL_PX)
     cx: float | None = Field(default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
     cy: float | None = Field(default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
     distortion: Distortion | None = None
@@ -80,6 +82,23 @@ class Camera(_Strict):
     def _focal_given(self) -> Camera:
         if self.hfov is None and self.fx is None:
             raise ValueError("camera needs hfov or fx")
+        # Both ways of giving a focal length meet the same bounds, so neither smuggles in one the
+        # geometry cannot represent: a subnormal hfov or fx overflows 1/f to infinity (a 500).
+        for fov_name, fov, focal_name, focal, pixels in (
+            ("hfov", self.hfov, "fx", self.fx, self.width),
+            ("vfov", self.vfov, "fy", self.fy, self.height),
+        ):
+            # focal = pixels / 2 / tan(fov / 2), compared without dividing: tan may underflow to 0
+            if fov is not None and math.tan(math.radians(fov) / 2) * MAX_FOCAL_PX < pixels / 2:
+                raise ValueError(
+                    f"{fov_name} {fov:g}° is too narrow for {pixels} pixels: the focal length "
+                    f"would exceed {MAX_FOCAL_PX:g} px"
+                )
+            if focal is not None and 2 * math.degrees(math.atan2(pixels, 2 * focal)) >= 180:
+                raise ValueError(
+                    f"{focal_name} {focal:g} px is too short for {pixels} pixels: the field of "
+                    "view would reach 180°"
+                )
         return self
 
 

@@ -104,5 +104,5 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         detection = Detection.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(detection.pop("$defs", {}))
         components["Detection"] = detection
-        app.openapi_schema = schema
+        app.openapi_schema = errors.document(schema)
     return app.openapi_schema

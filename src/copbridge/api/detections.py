@@ -228,7 +228,8 @@ async def list_detections(
     until: Annotated[AwareDatetime | None, Query(description="detection time < until")] = None,
     sensor: Annotated[str | None, Query(max_length=64)] = None,
     label: Annotated[str | None, Query(max_length=64)] = None,
-    cursor: Annotated[str | None, Query(max_length=32, pattern=r"^[0-9]+$")] = None,
+    # At most 18 digits: every cursor fits the store's 64-bit sequence numbers.
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """A filtered page of detections, oldest first; pass ``next_cursor`` back for the next page."""

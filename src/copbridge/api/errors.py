@@ -6,9 +6,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from copbridge.store import StoreUnavailable
 
@@ -44,7 +46,42 @@ def problem(status: int, detail: str, **headers: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
 
 
+#: The 422 body as sent, documented under the names FastAPI's generated schema refers to (its own
+#: ``HTTPValidationError`` shape, a list under ``detail``, is never sent by this API).
+_DOCUMENTED_422 = {
+    "ValidationError": {
+        "title": "FieldError",
+        "type": "object",
+        "required": ["field", "message"],
+        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "HTTPValidationError": {
+        "title": "Unprocessable",
+        "type": "object",
+        "required": ["detail", "errors"],
+        "properties": {
+            "detail": {"type": "string"},
+            "errors": {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
+        },
+    },
+}
+
+
+def document(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make an OpenAPI schema describe the error bodies this module really sends."""
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(_DOCUMENTED_422)
+    return schema
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        # A body the framework cannot even parse (not UTF-8, a malformed multipart form) breaks
+        # the contract like any other bad body: 422 naming the body, not an undocumented 400.
+        if exc.status_code == 400:
+            return unprocessable([{"field": "body", "message": f"body: {exc.detail}"}])
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return unprocessable(field_errors(exc.errors()))
