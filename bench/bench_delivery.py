@@ -38,6 +38,9 @@ root_dir = {root}
 
 [cot_server]
 port = {port}
+# taky's in-memory persistence prunes its whole table on every event (quadratic over a 100k
+# backlog); a TTL cap of 0 turns it off. Routing is unchanged, for both senders alike.
+max_persist_ttl = 0
 
 [ssl]
 enabled = false
@@ -242,12 +245,11 @@ async def _compare(
     events: list[tuple[str, bytes, int, int]],
     receiver: Receiver,
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    # pytak connects before anything is sent: taky replays the events it holds to every new
-    # client, and neither sender should pay for a replay of the other's events.
-    host, port = url.removeprefix("tcp://").split(":")
-    connection = await asyncio.open_connection(host, int(port))
+    # One sender at a time, so taky routes each event to the receiving client alone.
     receiver.expect(b"copbridge.uav-7.ours")
     ours = await _ours(store, database, url, n, receiver)
+    host, port = url.removeprefix("tcp://").split(":")
+    connection = await asyncio.open_connection(host, int(port))
     receiver.expect(b"copbridge.uav-7.ours")
     payloads = [payload for _, payload, _, _ in events]
     theirs = await _pytak(connection, url, payloads, receiver)

@@ -171,33 +171,55 @@ class Courier:
             await self._write(transport, frames, good)
             self._resend = []
             _log.info("re-sent recent events", destination=self.destination.name, count=len(good))
-        while not self._stopping:
-            await transport.keepalive()
-            confirmed = transport.confirmed_at()
-            if confirmed is not None:
-                self._recent.confirmed(confirmed)
-                self._backoff.reset()
-            try:
-                items = await asyncio.to_thread(
-                    self._store.claim,
-                    self.destination.name,
-                    self._owner,
-                    self.destination.batch_size,
-                    self._lease_us,
-                    _now_us(),
-                )
-            except StoreError as exc:
-                _log.warning("cannot claim", destination=self.destination.name, error=str(exc))
-                await self._idle(self._timing.poll_s)
-                continue
-            if not items:
-                await self._idle(min(self._timing.poll_s, self.destination.keepalive_s / 4))
-                continue
-            self._held = items
-            frames, good = await self._encode(items, release=True)
-            self._held = good
-            await self._write(transport, frames, good)
-            await self._mark_sent(good)
+        # A pipeline of three: while batch k is written, batch k+1 is claimed and batch k-1 is
+        # marked sent, so the store and the network work at the same time.
+        prefetch: asyncio.Task[list[OutboxItem]] | None = None
+        marking: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping:
+                await transport.keepalive()
+                confirmed = transport.confirmed_at()
+                if confirmed is not None:
+                    self._recent.confirmed(confirmed)
+                    self._backoff.reset()
+                task, prefetch = prefetch or asyncio.create_task(self._claim()), None
+                items = await task
+                if not items:
+                    await self._idle(min(self._timing.poll_s, self.destination.keepalive_s / 4))
+                    continue
+                self._held = items
+                frames, good = await self._encode(items, release=True)
+                self._held = good
+                if len(items) >= self.destination.batch_size:  # a backlog: fetch the next now
+                    prefetch = asyncio.create_task(self._claim())
+                await self._write(transport, frames, good)
+                self._held = []
+                if marking is not None:
+                    await marking
+                marking = asyncio.create_task(self._mark_sent(good))
+        finally:
+            # Rows claimed ahead go back with the held ones; written rows are still marked.
+            if prefetch is not None:
+                with contextlib.suppress(Exception):
+                    self._held = [*self._held, *await prefetch]
+            if marking is not None:
+                with contextlib.suppress(Exception):
+                    await marking
+
+    async def _claim(self) -> list[OutboxItem]:
+        try:
+            return await asyncio.to_thread(
+                self._store.claim,
+                self.destination.name,
+                self._owner,
+                self.destination.batch_size,
+                self._lease_us,
+                _now_us(),
+            )
+        except StoreError as exc:
+            _log.warning("cannot claim", destination=self.destination.name, error=str(exc))
+            await asyncio.sleep(self._timing.poll_s)
+            return []
 
     async def _idle(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -233,7 +255,6 @@ class Courier:
             self._recent.add(items, time.monotonic())
 
     async def _mark_sent(self, items: Sequence[OutboxItem]) -> None:
-        self._held = []
         if not items:
             return
         try:
