@@ -80,3 +80,26 @@ async def test_rows_leased_by_a_dead_worker_are_delivered_after_the_lease(
     finally:
         await sink.stop()
         store.close()
+
+
+async def test_a_clean_stop_leaves_no_row_leased(sqlite_url: str) -> None:
+    sink = CotSink()
+    await sink.start()
+    url = f"tcp://127.0.0.1:{sink.port}"
+    store = open_store(sqlite_url)
+    store.upgrade()
+    try:
+        queue(store, [url], [detection_record(f"s{i}") for i in range(2000)])
+        settings = make_settings(
+            sqlite_url, destinations=[DestinationSettings(url=url, batch_size=20)]
+        )
+        async with running(DeliveryService(settings, store)):
+            await sink.wait_count(100, 10)  # stopped in the middle of the backlog
+        (stats,) = store.outbox_stats([url])
+        assert 0 < stats.pending < 2000
+        # every row not sent can be claimed at once by another worker: no lease was left behind
+        again = store.claim(url, "next-worker", 5000, 1_000_000, time.time_ns() // 1000)
+        assert len(again) == stats.pending
+    finally:
+        await sink.stop()
+        store.close()

@@ -125,6 +125,8 @@ class Courier:
                 self._answers_pings |= bool(getattr(transport, "answers_pings", False))
                 with contextlib.suppress(Exception):
                     await transport.close()
+        # Stopped cleanly: rows claimed ahead go back now rather than when their lease runs out.
+        self._release_held_now("worker stopped")
 
     async def _dropped(self, transport: Transport, error: str) -> None:
         delay = self._backoff.next()
