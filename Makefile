@@ -42,3 +42,8 @@ bench: dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# The long drills (crash x20, 60 s outages, full disk, PostgreSQL cut, fuzz, load): docs/reliability.md
+.PHONY: drills
+drills: dev
+	$(BIN)/python bench/drills.py
