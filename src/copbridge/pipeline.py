@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,9 +81,11 @@ class Pipeline:
         settings: Settings,
         store: SqlStore | None = None,
         destinations: Sequence[str] = (),
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
+        self._on_stored = on_stored
         self.destinations = tuple(destinations)
         self.geoid = geo.load_egm96()
         self.terrain = open_terrain(settings.terrain) if settings.terrain else None
@@ -205,6 +207,8 @@ class Pipeline:
         """Store prepared detections durably (one group commit) and give each its answer."""
         future = self.store.submit_detections([p.record for p in prepared], self.destinations)
         results = await asyncio.wrap_future(future)
+        if self._on_stored is not None and any(r.outcome == "accepted" for r in results):
+            self._on_stored()
         answers = []
         for item, result in zip(prepared, results, strict=True):
             if result.outcome == "accepted":

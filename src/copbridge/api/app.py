@@ -13,6 +13,7 @@ from copbridge import __version__
 from copbridge.api import (
     audit_routes,
     auth_routes,
+    destinations,
     detections,
     errors,
     health,
@@ -55,13 +56,17 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
             active.upgrade()
         app.state.store = active
         guard = open_guard(app, settings, active)
-        app.state.pipeline = Pipeline(
-            settings, active, [d.url for d in settings.destination_settings()]
-        )
         # Delivery: couriers unless run_worker is off, the CoT feed unless feed is "off".
         delivery = DeliveryService(settings, active)
         await delivery.start()
         app.state.delivery = delivery
+        # After each commit the couriers and the feed wake at once instead of at their next poll.
+        app.state.pipeline = Pipeline(
+            settings,
+            active,
+            [d.url for d in settings.destination_settings()],
+            on_stored=delivery.notify,
+        )
         _log.info("started", store=settings.redacted_database_url(), version=__version__)
         try:
             yield
@@ -86,6 +91,7 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
     security_headers.install(app, settings)
     app.include_router(health.router)
     app.include_router(detections.router)
+    app.include_router(destinations.router)
     app.include_router(auth_routes.router)
     app.include_router(auth_routes.jwks_router)
     app.include_router(keys_routes.router)
