@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -26,6 +27,23 @@ from pydantic import (
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=False)
 
 IdText = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
+def _no_nul(value: str) -> str:
+    # NUL ends strings in C, cannot be stored in PostgreSQL text and is not an XML character:
+    # refused with a clear error rather than kept by one store and refused by another.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+#: Free text (labels, callsigns, model names): any Unicode but NUL, escaped wherever written.
+FreeText = Annotated[str, AfterValidator(_no_nul)]
 SensorId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 Affiliation = Literal[
     "unknown", "pending", "assumed-friend", "friend", "neutral", "suspect", "hostile"
@@ -44,8 +62,8 @@ class _Strict(BaseModel):
 
 class Sensor(_Strict):
     id: SensorId
-    callsign: Annotated[str, StringConstraints(max_length=64)] | None = None
-    model: Annotated[str, StringConstraints(max_length=128)] | None = None
+    callsign: Annotated[FreeText, StringConstraints(max_length=64)] | None = None
+    model: Annotated[FreeText, StringConstraints(max_length=128)] | None = None
 
 
 class BBox(_Strict):
@@ -154,7 +172,7 @@ class Detection(_Strict):
     id: IdText | None = None
     time: AwareDatetime
     sensor: Sensor
-    label: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    label: Annotated[FreeText, StringConstraints(min_length=1, max_length=64)]
     confidence: float = Field(ge=0, le=1)
     bbox: BBox
     track_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] | None = None

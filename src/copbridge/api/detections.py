@@ -5,24 +5,27 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, ValidationError
+from pydantic_core import from_json
 
 from copbridge.api.deps import PipelineDep, SettingsDep, StoreDep
 from copbridge.api.errors import field_errors, problem, unprocessable
 from copbridge.config import Settings
 from copbridge.images import ImageRejected, verify_image
-from copbridge.model import Answer, BatchAnswer, BatchItemResult, Detection
+from copbridge.model import ID_PATTERN, Answer, BatchAnswer, BatchItemResult, Detection
 from copbridge.pipeline import Pipeline, Prepared, Rejection, StoredImage
-from copbridge.store import DetectionQuery, StoredDetection, StoreUnavailable
+from copbridge.store import DetectionQuery, SqlStore, StoredDetection, StoreUnavailable
 
 router = APIRouter(prefix="/api/v1", tags=["detections"])
 
 MAX_BATCH = 1000
+_ID = re.compile(ID_PATTERN)
 _JSON = "application/json"
 
 _DETECTION_BODY = {
@@ -135,9 +138,9 @@ async def post_batch(request: Request, pipeline: PipelineDep, settings: Settings
     """Accept up to 1,000 detections; per-item results in input order, partial success allowed."""
     actor = _actor(request)
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return unprocessable([{"field": "body", "message": f"body: not valid JSON: {exc}"}])
+        body = _parse_json(await request.body())
+    except Rejection as exc:
+        return unprocessable([exc.as_error()])
     items = body.get("detections") if isinstance(body, dict) else body
     if not isinstance(items, list):
         return unprocessable(
@@ -226,8 +229,8 @@ async def list_detections(
     store: StoreDep,
     since: Annotated[AwareDatetime | None, Query(description="detection time ≥ since")] = None,
     until: Annotated[AwareDatetime | None, Query(description="detection time < until")] = None,
-    sensor: Annotated[str | None, Query(max_length=64)] = None,
-    label: Annotated[str | None, Query(max_length=64)] = None,
+    sensor: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] = None,
+    label: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
     # At most 18 digits: every cursor fits the store's 64-bit sequence numbers.
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -251,7 +254,7 @@ async def list_detections(
 @router.get("/detections/{detection_id}", responses={404: {"description": "unknown id"}})
 async def get_detection(detection_id: str, store: StoreDep) -> Response:
     """One stored detection with its answer."""
-    row = await run_in_threadpool(store.get_detection, detection_id)
+    row = await _stored(store, detection_id)
     if row is None:
         return problem(404, f"no detection {detection_id}")
     return JSONResponse(_view(row))
@@ -264,7 +267,7 @@ async def get_detection(detection_id: str, store: StoreDep) -> Response:
 )
 async def get_detection_cot(detection_id: str, store: StoreDep) -> Response:
     """The detection's CoT event as sent to TAK."""
-    row = await run_in_threadpool(store.get_detection, detection_id)
+    row = await _stored(store, detection_id)
     if row is None:
         return problem(404, f"no detection {detection_id}")
     return Response(row.cot_xml, media_type="application/xml")
@@ -280,7 +283,7 @@ async def get_detection_cot(detection_id: str, store: StoreDep) -> Response:
 )
 async def get_detection_image(detection_id: str, store: StoreDep) -> Response:
     """The stored image of a detection."""
-    row = await run_in_threadpool(store.get_detection, detection_id)
+    row = await _stored(store, detection_id)
     if row is None or row.image_sha256 is None:
         return problem(404, f"no image for detection {detection_id}")
     found = await run_in_threadpool(store.get_image, row.image_sha256)
@@ -297,6 +300,14 @@ async def get_detection_image(detection_id: str, store: StoreDep) -> Response:
 # -- helpers --------------------------------------------------------------------------------------
 
 
+async def _stored(store: SqlStore, detection_id: str) -> StoredDetection | None:
+    # No stored id can break the id pattern, so such a path is unknown without asking the store
+    # (which could not even be asked on PostgreSQL for an id holding NUL).
+    if _ID.match(detection_id) is None:
+        return None
+    return await run_in_threadpool(store.get_detection, detection_id)
+
+
 def _view(row: StoredDetection) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -308,11 +319,8 @@ def _view(row: StoredDetection) -> dict[str, Any]:
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or a ValidationError-shaped refusal naming the body."""
-    try:
-        value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Rejection("body", f"body: not valid JSON: {exc}", reason="contract") from None
+    """The body as a JSON object, or a refusal naming the body."""
+    value = _parse_json(body)
     if not isinstance(value, dict):
         raise Rejection("body", "body: expected a JSON object (one detection)", reason="contract")
     return value
@@ -326,6 +334,20 @@ def _one_image(
     if detection.image is not None:
         raise ImageRejected("give the image either inline or as a part, not both")
     return part, part_type
+
+
+def _parse_json(body: bytes) -> Any:
+    """pydantic's fast parser first; NaN and Infinity pass so that the model names the field
+    holding them. It refuses a document with a lone surrogate escape as a whole, so the standard
+    parser reads those and the model names the fields that are not Unicode text."""
+    try:
+        return from_json(body, allow_inf_nan=True)
+    except ValueError:
+        pass
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Rejection("body", f"body: not valid JSON: {exc}", reason="contract") from None
 
 
 def _inline_image(detection: Detection) -> tuple[bytes | None, str | None]:
