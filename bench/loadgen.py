@@ -100,6 +100,7 @@ async def open_loop(
     rate: float,
     seconds: float,
     connections: int = 64,
+    on_done: Callable[[int, int, float], None] | None = None,
 ) -> Result:
     """A fixed arrival rate: requests start on schedule whatever the answers' latency."""
     result = Result(seconds)
@@ -114,8 +115,11 @@ async def open_loop(
         try:
             writer.write(make(index))
             status = await _read_response(reader)
-            result.latencies.append(time.perf_counter() - due)
+            done = time.perf_counter()
+            result.latencies.append(done - due)
             result.statuses[status] += 1
+            if on_done is not None:
+                on_done(index, status, done)
         finally:
             pool.put_nowait((reader, writer))
 
