@@ -21,13 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import open_loop, request_bytes  # noqa: E402
-from copbridge.cot import ping_event, to_xml  # noqa: E402
-from copbridge.security.keys import mint_key  # noqa: E402
-from tests.api.conftest import EXAMPLE  # noqa: E402
-from tests.delivery.taky import Taky  # noqa: E402
-from tests.system.harness import Receiver  # noqa: E402
-from tests.system.processes import start_serve  # noqa: E402
+from tests.api.conftest import EXAMPLE
+from tests.delivery.taky import Taky
+from tests.system.harness import Receiver
+from tests.system.processes import start_serve
+
+from bench.loadgen import open_loop, request_bytes
+from copbridge.cot import ping_event, to_xml
+from copbridge.security.keys import mint_key
 
 HOST = "127.0.0.1"
 
