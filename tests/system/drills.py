@@ -194,13 +194,21 @@ def sqlite_url(workdir: Path) -> str:
 
 
 def crash(
-    workdir: Path, *, cycles: int, rate: float = 60, seed: int = 8, drain_s: float = 60
+    workdir: Path,
+    *,
+    cycles: int,
+    rate: float = 60,
+    seed: int = 8,
+    drain_s: float = 60,
+    database_url: str | None = None,
 ) -> DrillReport:
-    """SIGKILL ``serve`` at random moments under load, restart it each time."""
-    report = DrillReport("crash (SIGKILL + restart)", "sqlite", cycles)
+    """SIGKILL ``serve`` at random moments under load, restart it each time (SQLite unless a
+    PostgreSQL ``database_url`` is given)."""
+    url = database_url or sqlite_url(workdir)
+    report = DrillReport("crash (SIGKILL + restart)", url.split(":", 1)[0], cycles)
     rng = random.Random(seed)
     started = time.monotonic()
-    with rig(workdir, sqlite_url(workdir)) as chain:
+    with rig(workdir, url) as chain:
         load = Load(chain.serve.url, rate).start()
         try:
             for _ in range(cycles):
@@ -271,6 +279,29 @@ def black_hole(
             _watch_rss(chain, report, outage_s)
             chain.proxy.do(chain.proxy.proxy.heal)
             _drain_after_heal(chain, report, load, drain_s)
+        finally:
+            load.stop()
+        chain.settle(report, load, drain_s, started)
+    return report
+
+
+def black_hole_then_crash(
+    workdir: Path, *, outage_s: float, rate: float = 60, drain_s: float = 60
+) -> DrillReport:
+    """Half-open black hole under load, ``serve`` SIGKILLed inside it, then heal and restart:
+    what was written into the hole must still arrive (it was never received by anyone)."""
+    report = DrillReport(f"black hole {outage_s:g} s + SIGKILL", "sqlite", 1)
+    started = time.monotonic()
+    with rig(workdir, sqlite_url(workdir)) as chain:
+        load = Load(chain.serve.url, rate).start()
+        try:
+            time.sleep(2.0)
+            chain.proxy.do(chain.proxy.proxy.black_hole)
+            time.sleep(outage_s)
+            chain.serve.stop(signal.SIGKILL)
+            chain.proxy.do(chain.proxy.proxy.heal)
+            chain.restart(signal.SIGKILL)
+            time.sleep(2.0)
         finally:
             load.stop()
         chain.settle(report, load, drain_s, started)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.system import drills
+from tests.system.harness import fresh_pg_database
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -28,6 +29,14 @@ def test_sigkill_at_random_moments_loses_no_accepted_detection(tmp_path: Path) -
     assert report.cycles == 3
 
 
+@pytest.mark.postgres
+def test_sigkill_on_postgresql_loses_no_accepted_detection(tmp_path: Path) -> None:
+    with fresh_pg_database() as (url, _):
+        report = drills.crash(tmp_path, cycles=2, database_url=url)
+    _clean(report)
+    assert report.store == "postgresql"
+
+
 def test_taky_outage_under_load_loses_nothing_and_memory_stays_bounded(tmp_path: Path) -> None:
     report = drills.taky_outage(tmp_path, outage_s=5)
     _clean(report)
@@ -38,6 +47,17 @@ def test_half_open_black_hole_loses_nothing_and_backlog_drains(tmp_path: Path) -
     report = drills.black_hole(tmp_path, outage_s=5)
     _clean(report)
     assert report.drain_s < 30
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, reported: the courier marks rows sent once drained into the socket and "
+    "keeps only an in-memory resend list, so a SIGKILL while the link is a black hole loses "
+    "what went into the hole (issue 5: nothing accepted is lost across crashes and outages)",
+)
+def test_sigkill_inside_a_black_hole_loses_nothing(tmp_path: Path) -> None:
+    report = drills.black_hole_then_crash(tmp_path, outage_s=4, drain_s=20)
+    _clean(report)
 
 
 def test_full_sqlite_file_answers_503_never_a_false_202(tmp_path: Path) -> None:
