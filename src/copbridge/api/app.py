@@ -67,11 +67,13 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
             [d.url for d in settings.destination_settings()],
             on_stored=delivery.notify,
         )
+        await active.attach_loop()
         _log.info("started", store=settings.redacted_database_url(), version=__version__)
         try:
             yield
         finally:
             await delivery.stop()
+            await active.detach_loop()
             await guard.close()
             if owned:
                 active.close()

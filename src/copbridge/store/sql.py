@@ -51,6 +51,8 @@ def _now_us() -> int:
 class SqlStore:
     """Shared implementation of :class:`copbridge.store.port.Store`."""
 
+    writes_on_loop = False
+
     def __init__(
         self,
         *,
@@ -99,7 +101,17 @@ class SqlStore:
         return self._writer.submit(lambda conn: job(Tx(conn, dialect)))
 
     def _write_now(self, job: Callable[[Tx], T]) -> T:
-        return self._write(job).result(timeout=60)
+        dialect = self._dialect
+        return self._writer.run(lambda conn: job(Tx(conn, dialect)), timeout=60)
+
+    async def attach_loop(self) -> None:
+        """Run writes on the calling event loop (see ``GroupWriter.attach``) when the adapter
+        allows it: SQLite only, whose statements never wait on a network."""
+        if self.writes_on_loop:
+            await self._writer.attach()
+
+    async def detach_loop(self) -> None:
+        await self._writer.detach()
 
     def _read(self, job: Callable[[Tx], T]) -> T:
         reader: _Reader | None = getattr(self._local, "reader", None)
@@ -196,7 +208,7 @@ class SqlStore:
     def accept_detections(
         self, records: Sequence[DetectionRecord], destinations: Sequence[str]
     ) -> list[Acceptance]:
-        return self.submit_detections(records, destinations).result(timeout=60)
+        return self._writer.wait(self.submit_detections(records, destinations))
 
     def record_rejection(self, entry: AuditEntry) -> None:
         self.append_audit([entry])
@@ -398,7 +410,7 @@ class SqlStore:
     # -- audit ----------------------------------------------------------------------------------
 
     def append_audit(self, entries: Sequence[AuditEntry]) -> None:
-        self.submit_audit(entries).result(timeout=60)
+        self._writer.wait(self.submit_audit(entries))
 
     def submit_audit(self, entries: Sequence[AuditEntry]) -> Future[None]:
         batch = list(entries)

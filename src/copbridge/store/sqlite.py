@@ -58,6 +58,8 @@ def _is_store_error(exc: BaseException) -> bool:
 class SqliteStore(SqlStore):
     """The store in one SQLite file."""
 
+    writes_on_loop = True
+
     def __init__(
         self,
         path: Path,

@@ -7,12 +7,14 @@ Written by hand because the batching must wrap our own savepoint discipline and 
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -30,6 +32,9 @@ class Cursorish(Protocol):
 class _Job(Generic[C]):
     run: Callable[[C], Any]
     future: Future[Any]
+
+
+_HANDOVER: Any = _Job(lambda _: None, Future())  # queued by attach(): the thread stops there
 
 
 class BatchObserver(Protocol):
@@ -71,6 +76,15 @@ class GroupWriter(Generic[C]):
         self._queue: queue.SimpleQueue[_Job[C] | None] = queue.SimpleQueue()
         self._conn: C | None = None
         self._closed = False
+        self._name = name
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._pending: collections.deque[_Job[C]] = collections.deque()
+        self._draining = False
+        self._conn_lock = asyncio.Lock()
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-commit")
+        self._idle_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -80,18 +94,128 @@ class GroupWriter(Generic[C]):
         if self._closed:
             future.set_exception(StoreUnavailable("the store is shutting down"))
             return future
-        self._queue.put(_Job(run, future))
+        job = _Job(run, future)
+        loop = self._event_loop
+        if loop is None:
+            self._queue.put(job)
+        elif threading.get_ident() == self._loop_thread:
+            self._enqueue_on_loop(job)
+        else:
+            loop.call_soon_threadsafe(self._enqueue_on_loop, job)
         return future
 
     def run(self, run: Callable[[C], T], timeout: float | None = 30.0) -> T:
-        return self.submit(run).result(timeout)
+        return self.wait(self.submit(run), timeout)
+
+    def wait(self, future: Future[T], timeout: float | None = 60.0) -> T:
+        """Block until a submitted job is committed; refused on the loop that would run it."""
+        if self._event_loop is not None and threading.get_ident() == self._loop_thread:
+            raise RuntimeError("a blocking store write on the event loop would never finish")
+        return future.result(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._event_loop is not None:
+            # Still on the loop: nothing will drain what waits; refuse it rather than hang.
+            self._event_loop = None
+            self._fail_all(list(self._pending), StoreUnavailable("the store is shutting down"))
+            self._pending.clear()
+            self._drop_connection()
+            self._committer.shutdown(wait=True)
+            return
         self._queue.put(None)
         self._thread.join(timeout)
+        self._committer.shutdown(wait=False)
+
+    # -- running on an event loop ------------------------------------------------------------
+    #
+    # Why: this thread gives up the GIL around every database call and must win it back from a
+    # busy event loop each time; measured here, a 6-detection commit took 2 ms beside an idle
+    # loop and 77 ms beside a busy one. On the loop itself the statements run without that
+    # contest, and only the COMMIT (the fsync) goes to a thread, so the loop keeps serving.
+
+    async def attach(self) -> None:
+        """Run jobs on the calling event loop from now on (until :meth:`detach`)."""
+        if self._event_loop is not None or self._closed:
+            return
+        self._event_loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        # The thread finishes what was queued before, then leaves the connection to the loop.
+        self._queue.put(_HANDOVER)
+        await asyncio.to_thread(self._thread.join)
+        self._idle_task = asyncio.create_task(self._idle_on_loop())
+        if self._pending and not self._draining:
+            self._start_drain()
+
+    async def detach(self) -> None:
+        """Finish what is queued on the loop and go back to the writer thread."""
+        if self._event_loop is None:
+            return
+        while self._draining or self._pending:
+            if not self._draining:
+                self._start_drain()
+            await asyncio.sleep(0.005)
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._idle_task
+            self._idle_task = None
+        self._event_loop = None
+        self._loop_thread = None
+        self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+        self._thread.start()
+
+    def _enqueue_on_loop(self, job: _Job[C]) -> None:
+        if self._event_loop is None:  # detached or closed meanwhile
+            if self._closed:
+                job.future.set_exception(StoreUnavailable("the store is shutting down"))
+            else:
+                self._queue.put(job)
+            return
+        self._pending.append(job)
+        if not self._draining:
+            self._start_drain()
+
+    def _start_drain(self) -> None:
+        self._draining = True
+        task = asyncio.get_running_loop().create_task(self._drain())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                if self._max_delay_s and len(self._pending) < self._max_items:
+                    await asyncio.sleep(self._max_delay_s)  # let concurrent requests join
+                jobs = [
+                    self._pending.popleft() for _ in range(min(self._max_items, len(self._pending)))
+                ]
+                async with self._conn_lock:
+                    started = time.perf_counter()
+                    executed = self._execute(jobs, started)
+                    if executed is None:
+                        continue
+                    conn, results = executed
+                    try:
+                        await loop.run_in_executor(self._committer, self._commit, conn)
+                    except Exception as exc:
+                        self._abandon(conn, jobs, exc, started)
+                        continue
+                self._settle(results, len(jobs), started)
+        finally:
+            self._draining = False
+
+    async def _idle_on_loop(self) -> None:
+        if self._idle is None:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._idle_every_s)
+            async with self._conn_lock:
+                await loop.run_in_executor(self._committer, self._run_idle)
 
     # -- the writer thread -------------------------------------------------------------------
 
@@ -105,11 +229,16 @@ class GroupWriter(Generic[C]):
                 if self._closed:
                     break
             else:
+                if first is _HANDOVER:
+                    return  # the event loop takes over the connection (see attach)
                 if first is None:
                     break
                 batch = self._gather(first)
                 stop = batch[-1] is None
-                self._run_batch([job for job in batch if job is not None])
+                handover = batch[-1] is _HANDOVER
+                self._run_batch([job for job in batch if job is not None and job is not _HANDOVER])
+                if handover:
+                    return
                 if stop:
                     break
             if self._idle is not None and time.monotonic() - last_idle >= self._idle_every_s:
@@ -136,7 +265,7 @@ class GroupWriter(Generic[C]):
                 except queue.Empty:
                     break
             batch.append(item)
-            if item is None:
+            if item is None or item is _HANDOVER:
                 break
         return batch
 
@@ -153,7 +282,21 @@ class GroupWriter(Generic[C]):
 
     def _run_batch(self, jobs: list[_Job[C]]) -> None:
         started = time.perf_counter()
-        results: list[tuple[_Job[C], bool, Any]] = []
+        executed = self._execute(jobs, started)
+        if executed is None:
+            return
+        conn, results = executed
+        try:
+            self._commit(conn)
+        except Exception as exc:
+            self._abandon(conn, jobs, exc, started)
+            return
+        self._settle(results, len(jobs), started)
+
+    def _execute(
+        self, jobs: list[_Job[C]], started: float
+    ) -> tuple[C, list[tuple[_Job[C], bool, Any]]] | None:
+        """BEGIN and every job in its savepoint; None (futures failed) if that goes wrong."""
         try:
             conn = self._connection()
             self._begin(conn)
@@ -161,7 +304,8 @@ class GroupWriter(Generic[C]):
             self._drop_connection()
             self._fail_all(jobs, exc)
             self._observe_batch(len(jobs), started, ok=False)
-            return
+            return None
+        results: list[tuple[_Job[C], bool, Any]] = []
         try:
             for index, job in enumerate(jobs):
                 name = f"j{index}"
@@ -175,20 +319,25 @@ class GroupWriter(Generic[C]):
                 else:
                     self._savepoint(conn, f"RELEASE SAVEPOINT {name}")
                     results.append((job, True, value))
-            self._commit(conn)
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                self._rollback(conn)
-            self._drop_connection()
-            self._fail_all(jobs, exc)
-            self._observe_batch(len(jobs), started, ok=False)
-            return
+            self._abandon(conn, jobs, exc, started)
+            return None
+        return conn, results
+
+    def _abandon(self, conn: C, jobs: list[_Job[C]], exc: BaseException, started: float) -> None:
+        with contextlib.suppress(Exception):
+            self._rollback(conn)
+        self._drop_connection()
+        self._fail_all(jobs, exc)
+        self._observe_batch(len(jobs), started, ok=False)
+
+    def _settle(self, results: list[tuple[_Job[C], bool, Any]], size: int, started: float) -> None:
         for job, ok, value in results:
             if ok:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
-        self._observe_batch(len(jobs), started, ok=True)
+        self._observe_batch(size, started, ok=True)
 
     def _observe_batch(self, size: int, started: float, *, ok: bool) -> None:
         if self._observe is not None:
