@@ -24,7 +24,9 @@ from tests.system.load import run_locust, serve_for_load
 LONG: dict[str, Callable[[Path], drills.DrillReport]] = {
     "crash": lambda w: drills.crash(w, cycles=20, drain_s=120),
     "taky": lambda w: drills.taky_outage(w, outage_s=60, drain_s=120),
+    "taky15": lambda w: drills.taky_outage(w, outage_s=60, drain_s=120, keepalive_s=15),
     "blackhole": lambda w: drills.black_hole(w, outage_s=60, drain_s=120),
+    "blackhole+kill": lambda w: drills.black_hole_then_crash(w, outage_s=10, drain_s=60),
     "diskfull": lambda w: drills.disk_full(w, max_pages=3000),
     "postgres": lambda w: drills.pg_outage(w, outage_s=30),
 }
@@ -45,9 +47,9 @@ def run_drills(names: list[str], root: Path) -> bool:
     return clean
 
 
-def run_fuzz(root: Path) -> bool:
+def run_fuzz(root: Path, max_time_s: int | None = None) -> bool:
     started = time.monotonic()
-    run = fuzz(root / "fuzz", max_examples=50, timeout_s=1800)
+    run = fuzz(root / "fuzz", max_examples=50, timeout_s=1800, max_time_s=max_time_s)
     seconds = time.monotonic() - started
     print(
         f"\nfuzz: {run.operations} operations, {run.cases} cases in {seconds:.0f} s, "
@@ -81,6 +83,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("parts", nargs="*", help=f"any of {', '.join(LONG)}, fuzz, load")
     parser.add_argument("--keep", type=Path, help="keep work files here (default: a temp dir)")
+    parser.add_argument(
+        "--fuzz-seconds", type=int, help="keep fuzzing for this long (default: one pass)"
+    )
     args = parser.parse_args()
     parts = args.parts or [*LONG, "fuzz", "load"]
     with tempfile.TemporaryDirectory(prefix="copbridge-drills-") as scratch:
@@ -89,7 +94,7 @@ def main() -> int:
         if names := [p for p in parts if p in LONG]:
             clean &= run_drills(names, root)
         if "fuzz" in parts:
-            clean &= run_fuzz(root)
+            clean &= run_fuzz(root, args.fuzz_seconds)
         if "load" in parts:
             clean &= run_load(root)
     print("\nall promises held" if clean else "\nSOME PROMISES BROKE (see above)")

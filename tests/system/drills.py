@@ -165,7 +165,9 @@ class Rig:
 
 
 @contextlib.contextmanager
-def rig(workdir: Path, database_url: str, **env: str) -> Iterator[Rig]:
+def rig(
+    workdir: Path, database_url: str, *, keepalive_s: float = KEEPALIVE_S, **env: str
+) -> Iterator[Rig]:
     """Start the chain; tear every piece down whatever happens."""
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -179,7 +181,7 @@ def rig(workdir: Path, database_url: str, **env: str) -> Iterator[Rig]:
         stack.callback(receiver.close)
         config = workdir / "copbridge.toml"
         config.write_text(
-            f'[[destinations]]\nurl = "tcp://127.0.0.1:{proxy.port}"\nkeepalive_s = {KEEPALIVE_S}\n'
+            f'[[destinations]]\nurl = "tcp://127.0.0.1:{proxy.port}"\nkeepalive_s = {keepalive_s}\n'
         )
         full_env = {**DRILL_ENV, "COPBRIDGE_DATABASE_URL": database_url, **env}
         args = ["--config", str(config)]
@@ -240,12 +242,17 @@ def _drain_after_heal(chain: Rig, report: DrillReport, load: Load, seconds: floa
 
 
 def taky_outage(
-    workdir: Path, *, outage_s: float, rate: float = 60, drain_s: float = 90
+    workdir: Path,
+    *,
+    outage_s: float,
+    rate: float = 60,
+    drain_s: float = 90,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> DrillReport:
     """taky stops for ``outage_s`` under load (the path refuses meanwhile), then comes back."""
-    report = DrillReport(f"taky down {outage_s:g} s", "sqlite", 1)
+    report = DrillReport(f"taky down {outage_s:g} s (keepalive {keepalive_s:g} s)", "sqlite", 1)
     started = time.monotonic()
-    with rig(workdir, sqlite_url(workdir)) as chain:
+    with rig(workdir, sqlite_url(workdir), keepalive_s=keepalive_s) as chain:
         load = Load(chain.serve.url, rate).start()
         try:
             time.sleep(2.0)

@@ -40,8 +40,17 @@ class FuzzRun:
         return self.serve_log.count('"status": 500')
 
 
-def fuzz(workdir: Path, *, max_examples: int, seed: int = 8, timeout_s: int = 900) -> FuzzRun:
-    """Serve on SQLite with a file destination, run ``st run`` against it, stop it."""
+def fuzz(
+    workdir: Path,
+    *,
+    max_examples: int,
+    seed: int = 8,
+    timeout_s: int = 900,
+    max_time_s: int | None = None,
+) -> FuzzRun:
+    """Serve on SQLite with a file destination, run ``st run`` against it, stop it.
+
+    ``max_time_s`` makes schemathesis repeat fuzzing and stateful runs until it is spent."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**FUZZ_ENV, "COPBRIDGE_DESTINATIONS": f"file://{workdir / 'events.cot'}"}
     serve = start_serve(workdir, env)
@@ -62,6 +71,7 @@ def fuzz(workdir: Path, *, max_examples: int, seed: int = 8, timeout_s: int = 90
                 "--workers",
                 "1",
                 "--no-color",
+                *([] if max_time_s is None else ["--max-time", str(max_time_s)]),
             ],
             capture_output=True,
             text=True,
