@@ -79,6 +79,9 @@ class DatagramTransport:
     def confirmed_at(self) -> float | None:
         return None
 
+    async def confirm(self, after: float) -> None:
+        return None
+
     async def close(self) -> None:
         if self._transport is not None:
             self._transport.close()

@@ -54,6 +54,9 @@ class FileTransport:
     def confirmed_at(self) -> float | None:
         return None
 
+    async def confirm(self, after: float) -> None:
+        return None
+
     async def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -84,6 +87,9 @@ class LogTransport:
         return None
 
     def confirmed_at(self) -> float | None:
+        return None
+
+    async def confirm(self, after: float) -> None:
         return None
 
     async def close(self) -> None:

@@ -61,7 +61,9 @@ class StreamTransport:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._closed_reason: str | None = None
-        self._pings: deque[float] = deque(maxlen=64)
+        # Unbounded on purpose: pongs are matched to pings in order, so none may be dropped; the
+        # keepalive check ends the link before a silent peer lets this grow for long.
+        self._pings: deque[float] = deque()
         self._last_ping = float("-inf")
         self._confirmed: float | None = None
         keepalive = destination.keepalive_s
@@ -106,10 +108,13 @@ class StreamTransport:
         try:
             while chunk := await reader.read(_READ_CHUNK):
                 window = tail + chunk
-                for _ in range(window.count(_PONG)):
+                pongs = window.count(_PONG)
+                for _ in range(pongs):
                     self.answers_pings = True
                     if self._pings:
                         self._confirmed = self._pings.popleft()
+                if pongs:
+                    self._wake()  # writes waiting for this acknowledgement can be marked sent
                 tail = window[-(len(_PONG) - 1) :]
             self._closed_reason = "the server closed the connection"
         except (OSError, ssl.SSLError) as exc:
@@ -150,6 +155,16 @@ class StreamTransport:
 
     def confirmed_at(self) -> float | None:
         return self._confirmed if self.answers_pings else None
+
+    async def confirm(self, after: float) -> None:
+        # TCP keeps order: the peer answers this ping only after reading everything before it.
+        if self._pings and self._pings[-1] >= after:
+            return
+        self._check()
+        now = self._clock()
+        self._last_ping = now
+        self._pings.append(now)
+        await self._write(ping(self.destination, datetime.now(UTC), self._ping_uid))
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None

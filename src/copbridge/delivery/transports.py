@@ -33,6 +33,11 @@ class Transport(Protocol):
         """Monotonic time before which every write is known to have arrived (None: unknown)."""
         ...
 
+    async def confirm(self, after: float) -> None:
+        """Ask the peer to acknowledge every write made up to ``after`` (a ping behind them);
+        a no-op for links that never acknowledge."""
+        ...
+
     async def close(self) -> None: ...
 
 

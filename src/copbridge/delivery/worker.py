@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from copbridge.delivery.backoff import Backoff
 from copbridge.delivery.destinations import Destination
@@ -27,6 +29,9 @@ _log = get_logger("copbridge.delivery")
 _S = 1_000_000
 #: An event the destination cannot take (e.g. no protobuf form) waits this long before a retry.
 _UNENCODABLE_RETRY_S = 60.0
+#: How long a new stream waits for its peer's first pong before treating it as one that never
+#: acknowledges (then rows are marked sent once drained, and re-sent from memory after a drop).
+_FIRST_PONG_WAIT_S = 2.0
 
 
 def _now_us() -> int:
@@ -63,6 +68,23 @@ def _default_transport(
     return open_transport(destination, ping_uid=ping_uid, expect_answer=expect_answer, wake=wake)
 
 
+class _Marker:
+    """Marks batches sent one after another in the background (the next waits for the last)."""
+
+    def __init__(self, mark: Callable[[Sequence[OutboxItem]], Coroutine[Any, Any, None]]) -> None:
+        self._mark = mark
+        self._last: asyncio.Task[None] | None = None
+
+    async def mark(self, items: Sequence[OutboxItem]) -> None:
+        await self.flush()
+        self._last = asyncio.create_task(self._mark(items))
+
+    async def flush(self) -> None:
+        last, self._last = self._last, None
+        if last is not None:
+            await last
+
+
 class Courier:
     """Carries one destination's outbox rows over one link at a time, until cancelled."""
 
@@ -87,6 +109,9 @@ class Courier:
         self._recent = RecentWrites(timing.resend_for(destination))
         self._resend: list[OutboxItem] = []
         self._held: list[OutboxItem] = []
+        # Written to a link that acknowledges (a pong for a later ping) but not acknowledged yet:
+        # still leased, not marked sent, so a crash or a drop sends them again.
+        self._unconfirmed: deque[tuple[float, list[OutboxItem]]] = deque()
         self._answers_pings = False
         self._lease_us = int(timing.lease_for(destination) * _S)
         self._ping_uid = f"copbridge-{owner.rsplit(':', 1)[-1][:12]}-ping"
@@ -136,7 +161,10 @@ class Courier:
             self._recent.confirmed(confirmed)
         self._resend = [i for i in self._resend if i.stale_us > now_us]
         self._resend += self._recent.take(time.monotonic(), now_us)
-        held, self._held = self._held, []
+        confirmed_items = self._take_confirmed(confirmed)
+        if confirmed_items:
+            await self._mark_sent(confirmed_items)
+        held, self._held = [*self._held, *self._take_unconfirmed()], []
         if held:
             try:
                 await asyncio.to_thread(
@@ -159,7 +187,7 @@ class Courier:
     def _release_held_now(self, error: str) -> None:
         # Called while being cancelled: no awaiting; hand the rows back so others need not wait
         # for the lease to run out.
-        held, self._held = self._held, []
+        held, self._held = [*self._held, *self._take_unconfirmed()], []
         if held:
             now_us = _now_us()
             with contextlib.suppress(Exception):
@@ -167,6 +195,7 @@ class Courier:
 
     async def _carry(self, transport: Transport) -> None:
         await transport.keepalive()  # the first ping goes out at once
+        await self._learn_acknowledgement(transport)
         if self._resend:
             resend = [i for i in self._resend if i.stale_us > _now_us()]
             frames, good = await self._encode(resend, release=False)
@@ -176,17 +205,16 @@ class Courier:
         # A pipeline of three: while batch k is written, batch k+1 is claimed and batch k-1 is
         # marked sent, so the store and the network work at the same time.
         prefetch: asyncio.Task[list[OutboxItem]] | None = None
-        marking: asyncio.Task[None] | None = None
+        marker = _Marker(self._mark_sent)
         try:
             while not self._stopping:
                 await transport.keepalive()
-                confirmed = transport.confirmed_at()
-                if confirmed is not None:
-                    self._recent.confirmed(confirmed)
-                    self._backoff.reset()
+                await self._acknowledged(transport, marker)
                 task, prefetch = prefetch or asyncio.create_task(self._claim()), None
                 items = await task
                 if not items:
+                    if self._unconfirmed:  # make sure a ping follows the last write
+                        await transport.confirm(self._unconfirmed[-1][0])
                     await self._idle(min(self._timing.poll_s, self.destination.keepalive_s / 4))
                     continue
                 self._held = items
@@ -194,19 +222,56 @@ class Courier:
                 self._held = good
                 if len(items) >= self.destination.batch_size:  # a backlog: fetch the next now
                     prefetch = asyncio.create_task(self._claim())
+                written_at = time.monotonic()
                 await self._write(transport, frames, good)
                 self._held = []
-                if marking is not None:
-                    await marking
-                marking = asyncio.create_task(self._mark_sent(good))
+                if self._acknowledges(transport):
+                    self._unconfirmed.append((written_at, good))
+                    await transport.confirm(written_at)
+                else:  # a peer that never acknowledges: drained is the best we know
+                    await marker.mark(good)
         finally:
             # Rows claimed ahead go back with the held ones; written rows are still marked.
             if prefetch is not None:
                 with contextlib.suppress(Exception):
                     self._held = [*self._held, *await prefetch]
-            if marking is not None:
-                with contextlib.suppress(Exception):
-                    await marking
+            with contextlib.suppress(Exception):
+                await marker.flush()
+
+    async def _acknowledged(self, transport: Transport, marker: _Marker) -> None:
+        """Mark sent what the peer has acknowledged since the last turn."""
+        confirmed = transport.confirmed_at()
+        if confirmed is None:
+            return
+        self._recent.confirmed(confirmed)
+        self._backoff.reset()
+        acknowledged = self._take_confirmed(confirmed)
+        if acknowledged:
+            await marker.mark(acknowledged)
+
+    def _acknowledges(self, transport: Transport) -> bool:
+        return bool(getattr(transport, "answers_pings", False))
+
+    async def _learn_acknowledgement(self, transport: Transport) -> None:
+        """On a stream whose peer has not answered a ping yet, wait briefly for the first pong,
+        so the first batches are marked sent only once acknowledged too."""
+        if not self.destination.is_stream or self._acknowledges(transport):
+            return
+        deadline = time.monotonic() + min(_FIRST_PONG_WAIT_S, self.destination.keepalive_s)
+        while not self._acknowledges(transport) and time.monotonic() < deadline:
+            await self._idle(deadline - time.monotonic())
+            await transport.keepalive()  # raises if the link closed meanwhile
+
+    def _take_confirmed(self, confirmed: float | None) -> list[OutboxItem]:
+        taken: list[OutboxItem] = []
+        while confirmed is not None and self._unconfirmed and self._unconfirmed[0][0] < confirmed:
+            taken.extend(self._unconfirmed.popleft()[1])
+        return taken
+
+    def _take_unconfirmed(self) -> list[OutboxItem]:
+        taken = [item for _, batch in self._unconfirmed for item in batch]
+        self._unconfirmed.clear()
+        return taken
 
     async def _claim(self) -> list[OutboxItem]:
         try:

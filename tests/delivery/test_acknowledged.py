@@ -1,0 +1,89 @@
+"""On a link whose peer answers pings, a row is marked sent only once a ping written after it is
+answered: until then it stays leased in the store, so a crash or a silent peer sends it again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from copbridge.config import DestinationSettings
+from copbridge.delivery import DeliveryService
+from copbridge.store import SqlStore
+
+from .conftest import make_settings, poll_until, running
+from .events import detection_record, queue
+
+_PONG = (
+    b'<?xml version="1.0"?><event version="2.0" uid="peer" type="t-x-c-t-r" how="h-g-i-g-o" '
+    b'time="2026-01-01T00:00:00Z" start="2026-01-01T00:00:00Z" stale="2026-01-01T00:00:20Z">'
+    b'<point lat="0" lon="0" hae="0" ce="9999999" le="9999999"/></event>'
+)
+
+
+KEEPALIVE_S = 1.0
+
+
+class Peer:
+    """A TAK-like server that reads everything and answers pings only while ``answering``."""
+
+    def __init__(self) -> None:
+        self.answering = True
+        self.received = b""
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while chunk := await reader.read(1 << 16):
+                self.received += chunk
+                if self.answering:
+                    for _ in range(chunk.count(b'type="t-x-c-t"')):
+                        writer.write(_PONG)
+                    await writer.drain()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_rows_stay_leased_until_the_peer_acknowledges_them(
+    sqlite_store: SqlStore, tmp_path: Path
+) -> None:
+    peer = Peer()
+    await peer.start()
+    url = f"tcp://127.0.0.1:{peer.port}"
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'unused.db'}",
+        destinations=[DestinationSettings(url=url, keepalive_s=KEEPALIVE_S)],
+    )
+    service = DeliveryService(settings, sqlite_store)
+    try:
+        async with running(service):
+            # While the peer answers, what it reads is acknowledged and marked sent.
+            queue(sqlite_store, [url], [detection_record("t1")])
+            service.notify()
+            await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 1, 10)
+
+            # The peer goes quiet (reads, never answers): the next row arrives on the wire but
+            # is not acknowledged, so it must stay pending (leased), not be marked sent.
+            peer.answering = False
+            queue(sqlite_store, [url], [detection_record("t2")])
+            service.notify()
+            await poll_until(lambda: b"copbridge.uav-7.t2" in peer.received, 10)
+            await asyncio.sleep(KEEPALIVE_S / 4)  # well inside the keepalive bound
+            stats = sqlite_store.outbox_stats([url])[0]
+            assert (stats.sent, stats.pending) == (1, 1)
+
+            # Answering again: later pongs acknowledge it (or, past the keepalive bound, the
+            # link is dropped and the row re-sent); either way every row ends up sent.
+            peer.answering = True
+            queue(sqlite_store, [url], [detection_record("t3")])
+            service.notify()
+            await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 3, 10)
+    finally:
+        await peer.stop()
