@@ -272,12 +272,18 @@ def taky_outage(
 
 
 def black_hole(
-    workdir: Path, *, outage_s: float, rate: float = 60, drain_s: float = 90
+    workdir: Path,
+    *,
+    outage_s: float,
+    rate: float = 60,
+    drain_s: float = 90,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> DrillReport:
     """The path to taky silently eats everything (half-open, new connections too), then heals."""
-    report = DrillReport(f"half-open black hole {outage_s:g} s", "sqlite", 1)
+    name = f"half-open black hole {outage_s:g} s (keepalive {keepalive_s:g} s)"
+    report = DrillReport(name, "sqlite", 1)
     started = time.monotonic()
-    with rig(workdir, sqlite_url(workdir)) as chain:
+    with rig(workdir, sqlite_url(workdir), keepalive_s=keepalive_s) as chain:
         load = Load(chain.serve.url, rate).start()
         try:
             time.sleep(2.0)
