@@ -16,7 +16,8 @@ router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 async def list_audit(
     store: StoreDep,
     kind: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = None,
-    cursor: Annotated[str | None, Query(max_length=20, pattern=r"^[0-9]+$")] = None,
+    # 1-18 digits: every such number fits the stores' 64-bit integers (a longer one was a 500).
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Audit records in sequence order, optionally of one kind; pass ``next_cursor`` back."""
