@@ -319,7 +319,10 @@ class Courier:
     ) -> None:
         if frames:
             await transport.send(frames)
-            self._recent.add(items, time.monotonic())
+            if not self._acknowledges(transport):
+                # Only links that never acknowledge need the in-memory re-send list; on the
+                # others unacknowledged rows stay leased in the store and go back on a drop.
+                self._recent.add(items, time.monotonic())
 
     async def _mark_sent(self, items: Sequence[OutboxItem]) -> None:
         if not items:
