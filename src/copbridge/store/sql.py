@@ -268,69 +268,64 @@ class SqlStore:
         return self._write_now(lambda tx: _claim(tx, destination, owner, limit, lease_us, now_us))
 
     def mark_sent(self, items: Sequence[OutboxItem], now_us: int) -> int:
-        if not items:
-            return 0
         batch = list(items)
-
-        def job(tx: Tx) -> int:
-            done = 0
-            for token, ids in _by_token(batch).items():
-                rows = tx.all(
-                    f"UPDATE outbox SET state = 'sent', done_us = ?, claim_token = NULL, "
-                    f"lease_until_us = NULL WHERE claim_token = ? AND state = 'pending' "
-                    f"AND id IN ({placeholders(len(ids))}) RETURNING id",
-                    (now_us, token, *ids),
-                )
-                done += len(rows)
-            if done:
-                audit_log.append(
-                    tx,
-                    [
-                        AuditEntry(
-                            kind="delivery.sent",
-                            subject=batch[0].destination,
-                            data={
-                                "count": done,
-                                "outbox_ids": [i.id for i in batch],
-                                "uids": sorted({i.uid for i in batch}),
-                            },
-                        )
-                    ],
-                    now_us,
-                )
-            return done
-
-        return self._write_now(job)
+        return self._settle_leased(
+            batch,
+            "state = 'sent', done_us = ?",
+            (now_us,),
+            lambda done: AuditEntry(
+                kind="delivery.sent",
+                subject=batch[0].destination,
+                data={
+                    "count": done,
+                    "outbox_ids": [i.id for i in batch],
+                    "uids": sorted({i.uid for i in batch}),
+                },
+            ),
+            now_us,
+        )
 
     def release(
         self, items: Sequence[OutboxItem], error: str, next_attempt_us: int, now_us: int
     ) -> int:
-        if not items:
-            return 0
         batch = list(items)
+        return self._settle_leased(
+            batch,
+            "last_error = ?, next_attempt_us = ?",
+            (error[:500], next_attempt_us),
+            lambda done: AuditEntry(
+                kind="delivery.failed",
+                subject=batch[0].destination,
+                data={"count": done, "error": error[:500]},
+            ),
+            now_us,
+        )
+
+    def _settle_leased(
+        self,
+        batch: list[OutboxItem],
+        assignments: str,
+        values: tuple[object, ...],
+        audit: Callable[[int], AuditEntry],
+        now_us: int,
+    ) -> int:
+        """End the lease on rows this claim still holds (fencing: a lost lease changes nothing),
+        setting ``assignments``; audit how many were changed."""
+        if not batch:
+            return 0
 
         def job(tx: Tx) -> int:
             done = 0
             for token, ids in _by_token(batch).items():
                 rows = tx.all(
-                    f"UPDATE outbox SET claim_token = NULL, lease_until_us = NULL, "
-                    f"last_error = ?, next_attempt_us = ? WHERE claim_token = ? "
-                    f"AND state = 'pending' AND id IN ({placeholders(len(ids))}) RETURNING id",
-                    (error[:500], next_attempt_us, token, *ids),
+                    f"UPDATE outbox SET {assignments}, claim_token = NULL, lease_until_us = NULL "
+                    f"WHERE claim_token = ? AND state = 'pending' "
+                    f"AND id IN ({placeholders(len(ids))}) RETURNING id",
+                    (*values, token, *ids),
                 )
                 done += len(rows)
             if done:
-                audit_log.append(
-                    tx,
-                    [
-                        AuditEntry(
-                            kind="delivery.failed",
-                            subject=batch[0].destination,
-                            data={"count": done, "error": error[:500]},
-                        )
-                    ],
-                    now_us,
-                )
+                audit_log.append(tx, [audit(done)], now_us)
             return done
 
         return self._write_now(job)
