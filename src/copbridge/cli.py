@@ -6,8 +6,10 @@ exit, never a stack trace.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -273,16 +275,20 @@ def _pepper(settings: Settings) -> bytes:
     return load_pepper(pepper, settings.data_dir)
 
 
-def _open_store(settings: Settings) -> Store:
+@contextlib.contextmanager
+def _opened_store(settings: Settings) -> Iterator[Store]:
+    """The store for a one-shot command, upgraded (or checked), closed on the way out."""
     from copbridge.store import open_store
 
     store = open_store(settings.database_url)
     try:
-        store.upgrade() if settings.migrate_on_start else store.ping()
-    except StoreError as exc:
+        try:
+            store.upgrade() if settings.migrate_on_start else store.ping()
+        except StoreError as exc:
+            fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+        yield store
+    finally:
         store.close()
-        fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
-    return store
 
 
 def _when(us: int | None) -> str:
@@ -314,16 +320,15 @@ def keys_create(
         fail(f"unknown scope {', '.join(unknown)}; known: {', '.join(SCOPES)}", 2)
     if expires_days is not None and expires_days <= 0:
         fail("--expires-days must be positive", 2)
-    store = _open_store(settings)
-    try:
+    with _opened_store(settings) as store:
         key, text = mint_key()
         at = now_us()
         expires = None if expires_days is None else at + int(expires_days * 86400e6)
-        store.create_key(new_key_record(key, _pepper(settings), name, scope, at, expires), "cli")
-    except StoreError as exc:
-        fail(f"key not created: {exc}")
-    finally:
-        store.close()
+        try:
+            record = new_key_record(key, _pepper(settings), name, scope, at, expires)
+            store.create_key(record, "cli")
+        except StoreError as exc:
+            fail(f"key not created: {exc}")
     typer.echo(text)
     typer.echo(f"key {key.key_id} ({', '.join(scope)}): shown once, store it now", err=True)
 
@@ -332,11 +337,8 @@ def keys_create(
 def keys_list(config: ConfigOption = None) -> None:
     """List keys: id, name, scopes, created, expires, last used, revoked (never secrets)."""
     settings = settings_or_exit(config)
-    store = _open_store(settings)
-    try:
+    with _opened_store(settings) as store:
         records = store.list_keys()
-    finally:
-        store.close()
     typer.echo("key_id\tname\tscopes\tcreated\texpires\tlast_used\trevoked")
     for r in records:
         fields = [r.key_id, r.name, ",".join(r.scopes), _when(r.created_us), _when(r.expires_us)]
@@ -355,13 +357,10 @@ def keys_revoke(
     parsed = parse_key(key_id)
     key_id = parsed.key_id if parsed else key_id  # a whole key pasted by mistake works too
     settings = settings_or_exit(config)
-    store = _open_store(settings)
-    try:
+    with _opened_store(settings) as store:
         if store.get_key(key_id) is None:
             fail(f"no key {key_id}")
         revoked = store.revoke_key(key_id, now_us(), "cli")
-    finally:
-        store.close()
     typer.echo(f"key {key_id} revoked" if revoked else f"key {key_id} was already revoked")
 
 
@@ -369,11 +368,8 @@ def keys_revoke(
 def audit_verify(config: ConfigOption = None) -> None:
     """Check the audit hash chain; name the first broken link and exit 1 if there is one."""
     settings = settings_or_exit(config)
-    store = _open_store(settings)
-    try:
+    with _opened_store(settings) as store:
         report = store.verify_audit()
-    finally:
-        store.close()
     if report.ok:
         typer.echo(f"audit chain intact: {report.records} records")
         return
