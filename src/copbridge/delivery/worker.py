@@ -32,6 +32,9 @@ _UNENCODABLE_RETRY_S = 60.0
 #: How long a new stream waits for its peer's first pong before treating it as one that never
 #: acknowledges (then rows are marked sent once drained, and re-sent from memory after a drop).
 _FIRST_PONG_WAIT_S = 2.0
+#: Batches written but not yet acknowledged on one link before the courier waits for a pong:
+#: enough to keep the link busy, little enough that the peer's pong is never far behind.
+_UNACKNOWLEDGED_BATCHES = 4
 
 
 def _now_us() -> int:
@@ -210,6 +213,12 @@ class Courier:
             while not self._stopping:
                 await transport.keepalive()
                 await self._acknowledged(transport, marker)
+                if len(self._unconfirmed) >= _UNACKNOWLEDGED_BATCHES:
+                    # Flow control: a busy server answers pings only after reading what came
+                    # before them, so writing far ahead would make a slow server look dead.
+                    await transport.confirm(self._unconfirmed[-1][0])
+                    await self._idle(self.destination.keepalive_s / 4)  # a pong wakes us
+                    continue
                 task, prefetch = prefetch or asyncio.create_task(self._claim()), None
                 items = await task
                 if not items:
