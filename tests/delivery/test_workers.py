@@ -82,7 +82,8 @@ async def test_rows_leased_by_a_dead_worker_are_delivered_after_the_lease(
         store.close()
 
 
-async def test_a_clean_stop_leaves_no_row_leased(sqlite_url: str) -> None:
+@pytest.mark.parametrize("on_loop", [False, True], ids=["writer-thread", "writer-on-loop"])
+async def test_a_clean_stop_leaves_no_row_leased(sqlite_url: str, on_loop: bool) -> None:
     sink = CotSink()
     await sink.start()
     url = f"tcp://127.0.0.1:{sink.port}"
@@ -93,8 +94,11 @@ async def test_a_clean_stop_leaves_no_row_leased(sqlite_url: str) -> None:
         settings = make_settings(
             sqlite_url, destinations=[DestinationSettings(url=url, batch_size=20)]
         )
+        if on_loop:  # as in serve: the store's writer runs on this event loop
+            await store.attach_loop()
         async with running(DeliveryService(settings, store)):
             await sink.wait_count(100, 10)  # stopped in the middle of the backlog
+        await store.detach_loop()
         (stats,) = store.outbox_stats([url])
         assert 0 < stats.pending < 2000
         # every row not sent can be claimed at once by another worker: no lease was left behind

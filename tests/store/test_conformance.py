@@ -308,3 +308,15 @@ def test_closing_while_other_threads_read_neither_crashes_nor_hangs(store_url: s
     assert not any(t.is_alive() for t in threads)
     with pytest.raises(StoreUnavailable, match="closed"):
         closing.outbox_stats(DESTS)
+
+
+def test_purge_works_in_chunks_and_removes_everything_due(store: SqlStore) -> None:
+    store.accept_detections([detection(f"p{i}", stale_in_s=1) for i in range(23)], DESTS[:1])
+    items = store.claim(DESTS[0], "w", 100, SECOND_US, now_us())
+    assert store.mark_sent(items, now_us()) == 23
+    later = now_us() + 10 * SECOND_US
+    # 23 outbox rows and 23 events, deleted five at a time.
+    assert store.purge(done_before_us=later, now_us=later, chunk=5) == 46
+    assert store.purge(done_before_us=later, now_us=later, chunk=5) == 0
+    assert store.outbox_stats(DESTS[:1])[0].sent == 0
+    assert store.feed_since(0, 0) == []

@@ -188,13 +188,13 @@ class Courier:
             await asyncio.wait_for(self._stop.wait(), delay)
 
     def _release_held_now(self, error: str) -> None:
-        # Called while being cancelled: no awaiting; hand the rows back so others need not wait
-        # for the lease to run out.
+        # Called while being cancelled: no awaiting (and no blocking: the store's writer may run
+        # on this very loop); hand the rows back so others need not wait for the lease to lapse.
         held, self._held = [*self._held, *self._take_unconfirmed()], []
         if held:
             now_us = _now_us()
             with contextlib.suppress(Exception):
-                self._store.release(held, error, now_us, now_us)
+                self._store.submit_release(held, error, now_us, now_us)
 
     async def _carry(self, transport: Transport) -> None:
         await transport.keepalive()  # the first ping goes out at once

@@ -269,27 +269,35 @@ class SqlStore:
 
     def mark_sent(self, items: Sequence[OutboxItem], now_us: int) -> int:
         batch = list(items)
-        return self._settle_leased(
-            batch,
-            "state = 'sent', done_us = ?",
-            (now_us,),
-            lambda done: AuditEntry(
-                kind="delivery.sent",
-                subject=batch[0].destination,
-                data={
-                    "count": done,
-                    "outbox_ids": [i.id for i in batch],
-                    "uids": sorted({i.uid for i in batch}),
-                },
-            ),
-            now_us,
+        return self._writer.wait(
+            self._submit_settle_leased(
+                batch,
+                "state = 'sent', done_us = ?",
+                (now_us,),
+                lambda done: AuditEntry(
+                    kind="delivery.sent",
+                    subject=batch[0].destination,
+                    data={
+                        "count": done,
+                        "outbox_ids": [i.id for i in batch],
+                        "uids": sorted({i.uid for i in batch}),
+                    },
+                ),
+                now_us,
+            )
         )
 
     def release(
         self, items: Sequence[OutboxItem], error: str, next_attempt_us: int, now_us: int
     ) -> int:
+        return self._writer.wait(self.submit_release(items, error, next_attempt_us, now_us))
+
+    def submit_release(
+        self, items: Sequence[OutboxItem], error: str, next_attempt_us: int, now_us: int
+    ) -> Future[int]:
+        """``release`` without waiting: safe from the event loop, e.g. while being cancelled."""
         batch = list(items)
-        return self._settle_leased(
+        return self._submit_settle_leased(
             batch,
             "last_error = ?, next_attempt_us = ?",
             (error[:500], next_attempt_us),
@@ -301,18 +309,20 @@ class SqlStore:
             now_us,
         )
 
-    def _settle_leased(
+    def _submit_settle_leased(
         self,
         batch: list[OutboxItem],
         assignments: str,
         values: tuple[object, ...],
         audit: Callable[[int], AuditEntry],
         now_us: int,
-    ) -> int:
+    ) -> Future[int]:
         """End the lease on rows this claim still holds (fencing: a lost lease changes nothing),
         setting ``assignments``; audit how many were changed."""
         if not batch:
-            return 0
+            nothing: Future[int] = Future()
+            nothing.set_result(0)
+            return nothing
 
         def job(tx: Tx) -> int:
             done = 0
@@ -328,7 +338,7 @@ class SqlStore:
                 audit_log.append(tx, [audit(done)], now_us)
             return done
 
-        return self._write_now(job)
+        return self._write(job)
 
     def outbox_stats(self, destinations: Sequence[str]) -> list[OutboxStats]:
         def job(tx: Tx) -> list[OutboxStats]:
@@ -361,20 +371,36 @@ class SqlStore:
 
         return self._read(job)
 
-    def purge(self, done_before_us: int, now_us: int) -> int:
-        def job(tx: Tx) -> int:
-            gone = tx.all(
-                "DELETE FROM outbox WHERE state <> 'pending' AND done_us < ? RETURNING id",
-                (done_before_us,),
-            )
-            events = tx.all(
-                "DELETE FROM events WHERE stale_us < ? AND created_us < ? AND NOT EXISTS "
-                "(SELECT 1 FROM outbox o WHERE o.event_seq = events.seq) RETURNING seq",
-                (now_us, done_before_us),
-            )
-            return len(gone) + len(events)
+    def purge(self, done_before_us: int, now_us: int, chunk: int = 5000) -> int:
+        """Delete delivered/expired outbox rows and spent events, ``chunk`` rows per commit, so
+        a large purge never holds the writer (or, in serve, the event loop) for long."""
 
-        return self._write_now(job)
+        def outbox(tx: Tx) -> int:
+            return len(
+                tx.all(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state <> "
+                    "'pending' AND done_us < ? LIMIT ?) RETURNING id",
+                    (done_before_us, chunk),
+                )
+            )
+
+        def events(tx: Tx) -> int:
+            return len(
+                tx.all(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE stale_us < ? "
+                    "AND created_us < ? AND NOT EXISTS (SELECT 1 FROM outbox o "
+                    "WHERE o.event_seq = events.seq) LIMIT ?) RETURNING seq",
+                    (now_us, done_before_us, chunk),
+                )
+            )
+
+        gone = 0
+        for job in (outbox, events):
+            while (deleted := self._write_now(job)) > 0:
+                gone += deleted
+                if deleted < chunk:
+                    break
+        return gone
 
     def feed_since(self, after_seq: int, now_us: int, limit: int = 1000) -> list[FeedEvent]:
         rows = self._read(
