@@ -12,6 +12,7 @@ from lxml import etree
 
 from copbridge.api.app import create_app
 from tests.api.conftest import EXAMPLE, app_settings, example
+from tests.conftest import ADMIN_HEADERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def test_one_pretty_printed_detection_gives_the_api_answer(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
     offline = json.loads(line)
-    with TestClient(create_app(app_settings(tmp_path))) as client:
+    with TestClient(create_app(app_settings(tmp_path)), headers=ADMIN_HEADERS) as client:
         online = client.post("/api/v1/detections", json=EXAMPLE).json()
     assert offline == {k: v for k, v in online.items() if k not in ("status", "duplicate")}
 
