@@ -10,7 +10,7 @@ import socket
 from collections.abc import Sequence
 
 from copbridge.delivery.destinations import Destination
-from copbridge.delivery.transports import LinkError
+from copbridge.delivery.transports import LinkError, Unacknowledged
 from copbridge.logs import get_logger
 
 _log = get_logger("copbridge.delivery")
@@ -36,7 +36,7 @@ class _Sender(asyncio.DatagramProtocol):
         _log.debug("udp error", error=str(exc))
 
 
-class DatagramTransport:
+class DatagramTransport(Unacknowledged):
     """A UDP socket aimed at one address; multicast gets a TTL and loopback to local listeners."""
 
     def __init__(self, destination: Destination) -> None:
@@ -72,15 +72,6 @@ class DatagramTransport:
                 except TimeoutError as exc:
                     raise LinkError("UDP socket stayed full for 5 s") from exc
             self._transport.sendto(frame)
-
-    async def keepalive(self) -> None:
-        return None
-
-    def confirmed_at(self) -> float | None:
-        return None
-
-    async def confirm(self, after: float) -> None:
-        return None
 
     async def close(self) -> None:
         if self._transport is not None:

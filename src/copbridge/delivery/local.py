@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from copbridge.delivery.destinations import Destination
-from copbridge.delivery.transports import LinkError
+from copbridge.delivery.transports import LinkError, Unacknowledged
 
 
-class FileTransport:
+class FileTransport(Unacknowledged):
     """Appends one event per line and flushes each batch to the operating system."""
 
     def __init__(self, destination: Destination) -> None:
@@ -48,22 +48,13 @@ class FileTransport:
         except OSError as exc:
             raise LinkError(f"cannot write {self.destination.path}: {exc}") from exc
 
-    async def keepalive(self) -> None:
-        return None
-
-    def confirmed_at(self) -> float | None:
-        return None
-
-    async def confirm(self, after: float) -> None:
-        return None
-
     async def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
 
 
-class LogTransport:
+class LogTransport(Unacknowledged):
     """Writes one event per line to stdout or stderr."""
 
     def __init__(self, destination: Destination) -> None:
@@ -82,15 +73,6 @@ class LogTransport:
             stream.flush()
         except OSError as exc:
             raise LinkError(f"cannot write {self.destination.path}: {exc}") from exc
-
-    async def keepalive(self) -> None:
-        return None
-
-    def confirmed_at(self) -> float | None:
-        return None
-
-    async def confirm(self, after: float) -> None:
-        return None
 
     async def close(self) -> None:
         return None

@@ -41,6 +41,19 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+class Unacknowledged:
+    """For links that never answer (UDP, files, the log): no keepalive, nothing confirmed."""
+
+    async def keepalive(self) -> None:
+        return None
+
+    def confirmed_at(self) -> float | None:
+        return None
+
+    async def confirm(self, after: float) -> None:
+        return None
+
+
 def open_transport(
     destination: Destination, *, ping_uid: str, expect_answer: bool, wake: Callable[[], None]
 ) -> Transport:
