@@ -7,6 +7,7 @@ exit, never a stack trace.
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Iterator
@@ -71,6 +72,7 @@ def serve(
 
     settings = settings_or_exit(config, host=host, port=port)
     configure_logging(settings.log_format, settings.log_level)
+    _tune_garbage_collector()
     store = build_store(settings)
     try:
         if settings.migrate_on_start:
@@ -235,6 +237,15 @@ def send(
         typer.echo(f"  {count} x {reason}")
     if summary.rejected:
         raise typer.Exit(1)
+
+
+def _tune_garbage_collector() -> None:
+    """Fewer, cheaper cyclic collections while serving: objects made at start are frozen out of
+    every later scan, and young collections run every 50,000 allocations instead of 700.
+    Measured at a fixed 500 detections/s: p99 latency ~70 ms -> ~30 ms (docs/benchmarks.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 50)
 
 
 @db_app.command("upgrade")
