@@ -55,34 +55,38 @@ def camera_to_ned(
 Vec3 = tuple[FloatArray, FloatArray, FloatArray]
 
 
+def _apply_zyx(
+    cos: FloatArray,
+    sin: FloatArray,
+    first: int,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    z: npt.ArrayLike,
+) -> Vec3:
+    """Rz(a) Ry(b) Rx(c) applied to (x, y, z), with a, b, c the chain angles first..first+2."""
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y, dtype=np.float64)
+    za = np.asarray(z, dtype=np.float64)
+    c, s = cos[first + 2], sin[first + 2]
+    ya, za = c * ya - s * za, s * ya + c * za
+    c, s = cos[first + 1], sin[first + 1]
+    xa, za = c * xa + s * za, c * za - s * xa
+    c, s = cos[first], sin[first]
+    return c * xa - s * ya, s * xa + c * ya, za
+
+
 def apply_gimbal(
     cos: FloatArray, sin: FloatArray, x: npt.ArrayLike, y: npt.ArrayLike, z: npt.ArrayLike
 ) -> Vec3:
     """Rz(gimbal az) Ry(gimbal el) Rx(gimbal roll) applied to (x, y, z) (cos/sin: apply_chain)."""
-    xa = np.asarray(x, dtype=np.float64)
-    ya = np.asarray(y, dtype=np.float64)
-    za = np.asarray(z, dtype=np.float64)
-    c, s = cos[5], sin[5]
-    ya, za = c * ya - s * za, s * ya + c * za
-    c, s = cos[4], sin[4]
-    xa, za = c * xa + s * za, c * za - s * xa
-    c, s = cos[3], sin[3]
-    return c * xa - s * ya, s * xa + c * ya, za
+    return _apply_zyx(cos, sin, 3, x, y, z)
 
 
 def apply_platform(
     cos: FloatArray, sin: FloatArray, x: npt.ArrayLike, y: npt.ArrayLike, z: npt.ArrayLike
 ) -> Vec3:
     """Rz(heading) Ry(pitch) Rx(roll) applied to (x, y, z); cos/sin as in apply_chain."""
-    xa = np.asarray(x, dtype=np.float64)
-    ya = np.asarray(y, dtype=np.float64)
-    za = np.asarray(z, dtype=np.float64)
-    c, s = cos[2], sin[2]
-    ya, za = c * ya - s * za, s * ya + c * za
-    c, s = cos[1], sin[1]
-    xa, za = c * xa + s * za, c * za - s * xa
-    c, s = cos[0], sin[0]
-    return c * xa - s * ya, s * xa + c * ya, za
+    return _apply_zyx(cos, sin, 0, x, y, z)
 
 
 def apply_chain(
