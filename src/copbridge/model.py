@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from copbridge.cot import format_time
+
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=False)
 
 IdText = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
@@ -232,7 +234,7 @@ class Answer(BaseModel):
 
     @field_serializer("stale")
     def _stale_text(self, value: datetime) -> str:
-        return rfc3339(value)
+        return format_time(value)  # UTC, milliseconds, Z: as the CoT event writes it
 
 
 class BatchItemResult(BaseModel):
@@ -247,10 +249,3 @@ class BatchAnswer(BaseModel):
     duplicates: int
     rejected: int
     results: list[BatchItemResult]
-
-
-def rfc3339(value: datetime) -> str:
-    """UTC with milliseconds and a Z, as CoT and the contract's examples write times."""
-    return (
-        value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-    )
