@@ -125,11 +125,12 @@ def _set(obj: object, names: str, values: tuple[object, ...]) -> None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DetectionEvent:
-    """A located detection as a CoT marker. `ce`/`le` are 1-sigma metres, None = unknown."""
+class _Marker:
+    """What every marker event has: identity, type, times and a point (validated once, here)."""
 
     uid: str
     type: str
+    how: str
     time: datetime
     start: datetime
     stale: datetime
@@ -139,9 +140,28 @@ class DetectionEvent:
     ce: float | None
     le: float | None
     callsign: str
+    sensor_id: str
+    course: float | None = None
+    speed: float | None = None
+
+    def _check_marker(self) -> None:
+        _check_uid(self.uid)
+        _check_type(self.type)
+        if not _HOW.fullmatch(self.how):
+            raise ValueError(f"CoT how {self.how!r} does not match the CoT how grammar")
+        _set(self, "time start stale", _times(self.time, self.start, self.stale))
+        _set(self, "lat lon hae ce le", _point(self.lat, self.lon, self.hae, self.ce, self.le))
+        if self.course is not None:
+            object.__setattr__(self, "course", _degrees_0_360(self.course, "course"))
+        object.__setattr__(self, "speed", _optional_error(self.speed, "speed"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionEvent(_Marker):
+    """A located detection as a CoT marker. `ce`/`le` are 1-sigma metres, None = unknown."""
+
     label: str
     confidence: float
-    sensor_id: str
     parent_uid: str
     parent_type: str
     how: str = HOW_DETECTION
@@ -151,28 +171,18 @@ class DetectionEvent:
     track_id: str | None = None
     ce90: float | None = None
     le90: float | None = None
-    course: float | None = None
-    speed: float | None = None
     image_url: str | None = None
     image_mime: str | None = None
     geopoint_source: str | None = SOURCE_CALCULATED
     alt_source: str | None = SOURCE_CALCULATED
 
     def __post_init__(self) -> None:
-        _check_uid(self.uid)
+        self._check_marker()
         _check_uid(self.parent_uid, "parent uid")
-        _check_type(self.type)
         _check_type(self.parent_type, "parent type")
-        if not _HOW.fullmatch(self.how):
-            raise ValueError(f"CoT how {self.how!r} does not match the CoT how grammar")
-        _set(self, "time start stale", _times(self.time, self.start, self.stale))
-        _set(self, "lat lon hae ce le", _point(self.lat, self.lon, self.hae, self.ce, self.le))
         object.__setattr__(self, "confidence", _in_range(self.confidence, 0.0, 1.0, "confidence"))
         object.__setattr__(self, "ce90", _optional_error(self.ce90, "ce90"))
         object.__setattr__(self, "le90", _optional_error(self.le90, "le90"))
-        if self.course is not None:
-            object.__setattr__(self, "course", _degrees_0_360(self.course, "course"))
-        object.__setattr__(self, "speed", _optional_error(self.speed, "speed"))
         if self.image_mime is not None and self.image_url is None:
             raise ValueError("image_mime given without image_url")
 
@@ -201,7 +211,7 @@ class DetectionEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PlatformEvent:
+class PlatformEvent(_Marker):
     """The sensor's own marker, with the `<sensor>` detail ATAK draws as a field-of-view cone.
 
     Angles in degrees: `azimuth` absolute, clockwise from true north, [0, 360); `elevation`
@@ -209,18 +219,6 @@ class PlatformEvent:
     metres. ATAK draws the cone only when azimuth, fov and range are all present.
     """
 
-    uid: str
-    type: str
-    time: datetime
-    start: datetime
-    stale: datetime
-    lat: float
-    lon: float
-    hae: float
-    ce: float | None
-    le: float | None
-    callsign: str
-    sensor_id: str
     how: str = HOW_PLATFORM
     azimuth: float | None = None
     elevation: float | None = None
@@ -229,17 +227,10 @@ class PlatformEvent:
     vfov: float | None = None
     range: float | None = None
     sensor_model: str | None = None
-    course: float | None = None
-    speed: float | None = None
     remarks: str | None = None
 
     def __post_init__(self) -> None:
-        _check_uid(self.uid)
-        _check_type(self.type)
-        if not _HOW.fullmatch(self.how):
-            raise ValueError(f"CoT how {self.how!r} does not match the CoT how grammar")
-        _set(self, "time start stale", _times(self.time, self.start, self.stale))
-        _set(self, "lat lon hae ce le", _point(self.lat, self.lon, self.hae, self.ce, self.le))
+        self._check_marker()
         if self.azimuth is not None:
             object.__setattr__(self, "azimuth", _degrees_0_360(self.azimuth, "azimuth"))
         if self.elevation is not None:
@@ -259,9 +250,6 @@ class PlatformEvent:
                     raise ValueError(f"{name} must be in (0, 360), got {value!r}")
                 object.__setattr__(self, name, float(value))
         object.__setattr__(self, "range", _optional_error(self.range, "range"))
-        if self.course is not None:
-            object.__setattr__(self, "course", _degrees_0_360(self.course, "course"))
-        object.__setattr__(self, "speed", _optional_error(self.speed, "speed"))
 
     @property
     def draws_fov(self) -> bool:
