@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -249,3 +250,23 @@ class BatchAnswer(BaseModel):
     duplicates: int
     rejected: int
     results: list[BatchItemResult]
+
+
+def field_errors(errors: Iterable[Any], prefix: str = "") -> list[dict[str, str]]:
+    """Pydantic errors as ``field`` (dotted path) + ``message``; root errors name their field."""
+    out = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body",)]
+        message = str(error.get("msg", "invalid"))
+        message = message.removeprefix("Value error, ")
+        if error.get("type") == "json_invalid":
+            field = "body"
+            message = f"body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
+        elif loc:
+            field = ".".join(loc)
+        else:
+            field = message.split(" ", 1)[0] or "body"
+        if prefix:
+            field = f"{prefix}.{field}" if field != "body" else prefix
+        out.append({"field": field, "message": f"{field}: {message}"})
+    return out

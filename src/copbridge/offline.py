@@ -14,8 +14,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from copbridge.api.errors import field_errors
-from copbridge.model import Detection
+from copbridge.model import Detection, field_errors
 from copbridge.pipeline import Pipeline, Rejection
 
 Format = Literal["json", "cot"]

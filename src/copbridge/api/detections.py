@@ -15,10 +15,17 @@ from pydantic import AwareDatetime, ValidationError
 from pydantic_core import from_json
 
 from copbridge.api.deps import PipelineDep, SettingsDep, StoreDep
-from copbridge.api.errors import field_errors, problem, unprocessable
+from copbridge.api.errors import problem, unprocessable
 from copbridge.config import Settings
 from copbridge.images import ImageRejected, verify_image
-from copbridge.model import ID_PATTERN, Answer, BatchAnswer, BatchItemResult, Detection
+from copbridge.model import (
+    ID_PATTERN,
+    Answer,
+    BatchAnswer,
+    BatchItemResult,
+    Detection,
+    field_errors,
+)
 from copbridge.pipeline import Pipeline, Prepared, Rejection, StoredImage
 from copbridge.store import DetectionQuery, SqlStore, StoredDetection, StoreUnavailable
 

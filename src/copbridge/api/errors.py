@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,29 +11,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from copbridge.model import field_errors
 from copbridge.store import StoreUnavailable
 
 RETRY_AFTER_S = "1"
-
-
-def field_errors(errors: Iterable[Any], prefix: str = "") -> list[dict[str, str]]:
-    """Pydantic errors as ``field`` (dotted path) + ``message``; root errors name their field."""
-    out = []
-    for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p not in ("body",)]
-        message = str(error.get("msg", "invalid"))
-        message = message.removeprefix("Value error, ")
-        if error.get("type") == "json_invalid":
-            field = "body"
-            message = f"body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
-        elif loc:
-            field = ".".join(loc)
-        else:
-            field = message.split(" ", 1)[0] or "body"
-        if prefix:
-            field = f"{prefix}.{field}" if field != "body" else prefix
-        out.append({"field": field, "message": f"{field}: {message}"})
-    return out
 
 
 def unprocessable(errors: list[dict[str, str]]) -> JSONResponse:
