@@ -64,8 +64,7 @@ def geolocate(text: str, pipeline: Pipeline, fmt: Format = "json") -> Iterator[L
         if fmt == "cot":
             yield Line(prepared.record.cot_xml.decode().replace("\n", ""), ok=True)
         else:
-            answer = prepared.answer.model_dump(mode="json")
-            del answer["status"], answer["duplicate"]
+            answer = {k: v for k, v in prepared.answer.items() if k not in ("status", "duplicate")}
             yield Line(json.dumps(answer, ensure_ascii=False), ok=True)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from uuid6 import uuid7
 
-from copbridge import cot, geo
+from copbridge import cot, geo, jsontext
 from copbridge.config import Settings
 from copbridge.metrics import (
     DETECTIONS_ACCEPTED,
@@ -28,7 +28,7 @@ from copbridge.metrics import (
     DETECTIONS_REJECTED,
     GEOLOCATION_SECONDS,
 )
-from copbridge.model import Answer, Detection, Distortion, Location
+from copbridge.model import Detection, Distortion
 from copbridge.store import Acceptance, AuditEntry, DetectionRecord, QueuedEvent, SqlStore
 
 PLATFORM_STALE_FACTOR = 3.0
@@ -66,11 +66,28 @@ class Located:
 
 
 @dataclass(frozen=True, slots=True)
+class _Ray:
+    """One detection's ray inputs: camera, pose, pixel and which ground it should meet."""
+
+    index: int
+    intrinsics: geo.Intrinsics
+    pose: geo.Pose
+    u: float
+    v: float
+    point: geo.BoxPoint
+    agl: float | None
+    ground: geo.GroundSource
+    ground_height: float | None
+    ground_msl: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A detection located and turned into events, ready for the group commit."""
 
     record: DetectionRecord
-    answer: Answer
+    answer: dict[str, Any]
+    """The 202 answer's JSON (the shape of :class:`copbridge.model.Answer`)."""
 
 
 class Pipeline:
@@ -119,9 +136,38 @@ class Pipeline:
         ``raw`` is the JSON object the client sent, when the caller has it: the idempotency hash
         and the stored copy are taken from it, which is cheaper than dumping the model again.
         """
-        now = now or datetime.now(UTC)
-        detection_id = detection.id or str(uuid7())
         located = self.locate(detection)
+        return self._prepared(detection, located, raw, image, actor, now or datetime.now(UTC))
+
+    def prepare_many(
+        self,
+        items: Sequence[tuple[Detection, dict[str, Any] | None, StoredImage | None]],
+        *,
+        actor: str | None = None,
+        now: datetime | None = None,
+    ) -> list[Prepared | Rejection]:
+        """:meth:`prepare` for a batch: every ray located in one vectorised pass (same answers
+        as one by one, tested); an item that cannot be located gets its Rejection in place."""
+        now = now or datetime.now(UTC)
+        located = self.locate_many([detection for detection, _, _ in items])
+        out: list[Prepared | Rejection] = []
+        for (detection, raw, image), where in zip(items, located, strict=True):
+            if isinstance(where, Rejection):
+                out.append(where)
+            else:
+                out.append(self._prepared(detection, where, raw, image, actor, now))
+        return out
+
+    def _prepared(
+        self,
+        detection: Detection,
+        located: Located,
+        raw: dict[str, Any] | None,
+        image: StoredImage | None,
+        actor: str | None,
+        now: datetime,
+    ) -> Prepared:
+        detection_id = detection.id or str(uuid7())
         fix = located.fix
         event = cot.build_detection_event(
             now=now,
@@ -148,23 +194,26 @@ class Pipeline:
             alt_source=_ALT_SOURCE[fix.ground],
         )
         xml = cot.to_xml(event)
-        answer = Answer(
-            id=detection_id,
-            uid=event.uid,
-            location=Location(
-                lat=round(fix.lat, 7),
-                lon=round(fix.lon, 7),
-                hae=round(fix.hae, 2),
-                ce90=round(fix.ce90, 2),
-                le90=round(fix.le90, 2),
-                slant_range=round(fix.slant_range, 2),
-                ground=fix.ground,
-                point=located.point,
-            ),
-            cot_type=event.type,
-            stale=event.stale,
-        )
-        answer_json = answer.model_dump(mode="json")
+        # The answer's JSON form, built directly (the Answer model documents it): stored as is,
+        # served as is, and equal to Answer(...).model_dump(mode="json") (tested).
+        answer: dict[str, Any] = {
+            "id": detection_id,
+            "uid": event.uid,
+            "status": "queued",
+            "location": {
+                "lat": round(fix.lat, 7),
+                "lon": round(fix.lon, 7),
+                "hae": round(fix.hae, 2),
+                "ce90": round(fix.ce90, 2),
+                "le90": round(fix.le90, 2),
+                "slant_range": round(fix.slant_range, 2),
+                "ground": fix.ground,
+                "point": located.point,
+            },
+            "cot_type": event.type,
+            "stale": cot.format_time(event.stale),
+            "duplicate": False,
+        }
         # The store decides for every replica whether the platform event is due; this process
         # only skips building one it emitted itself within the interval.
         platform = (
@@ -184,7 +233,7 @@ class Pipeline:
             detection=_without_image(raw)
             if raw is not None
             else detection.model_dump(mode="json", exclude={"image"}),
-            answer=answer_json,
+            answer=answer,
             cot_xml=xml,
             events=(
                 QueuedEvent(
@@ -203,7 +252,7 @@ class Pipeline:
         )
         return Prepared(record, answer)
 
-    async def commit(self, prepared: Sequence[Prepared]) -> list[tuple[Acceptance, Answer]]:
+    async def commit(self, prepared: Sequence[Prepared]) -> list[tuple[Acceptance, dict[str, Any]]]:
         """Store prepared detections durably (one group commit) and give each its answer."""
         future = self.store.submit_detections([p.record for p in prepared], self.destinations)
         results = await asyncio.wrap_future(future)
@@ -243,66 +292,178 @@ class Pipeline:
 
     def locate(self, detection: Detection) -> Located:
         started = time.perf_counter()
+        try:
+            ray = self._ray_inputs(detection)
+            ground = detection.ground
+            fix = geo.locate_pixel(
+                ray.intrinsics,
+                ray.pose,
+                ray.u,
+                ray.v,
+                ground_height=None if ground is None else ground.height,
+                ground_height_ref="hae" if ground is None else ground.height_ref,
+                terrain=self.terrain,
+                geoid=self.geoid,
+                platform_agl=ray.agl,
+                sigmas=self._sigmas(detection),
+            )
+        except geo.GeolocationError as exc:
+            raise _geometry_rejection(exc, detection) from None
+        finally:
+            GEOLOCATION_SECONDS.observe(time.perf_counter() - started)
+        return Located(fix, ray.point, ray.pose, ray.intrinsics)
+
+    def locate_many(self, detections: Sequence[Detection]) -> list[Located | Rejection]:
+        """Locate a batch: rays grouped by their input sigmas, each group in one vectorised
+        ``geo.locate`` call, the ground chosen in the spec's order exactly as :meth:`locate`
+        does. Terrain is marched ray by ray, so with a terrain model this is :meth:`locate`
+        in a loop."""
+        started = time.perf_counter()
+        out: list[Located | Rejection | None] = [None] * len(detections)
+        if self.terrain is not None:
+            for i, detection in enumerate(detections):
+                try:
+                    out[i] = self.locate(detection)
+                except Rejection as exc:
+                    out[i] = exc
+            return [r for r in out if r is not None]
+        groups: dict[geo.InputSigmas, list[_Ray]] = {}
+        for i, detection in enumerate(detections):
+            try:
+                ray = self._ray_inputs(detection, index=i)
+            except geo.GeolocationError as exc:
+                out[i] = _geometry_rejection(exc, detection)
+                continue
+            groups.setdefault(self._sigmas(detection), []).append(ray)
+        for sigmas, rays in groups.items():
+            for ray, where in zip(rays, self._locate_group(rays, sigmas), strict=True):
+                out[ray.index] = (
+                    _geometry_rejection(where, detections[ray.index])
+                    if isinstance(where, geo.GeolocationError)
+                    else where
+                )
+        if detections:
+            share = (time.perf_counter() - started) / len(detections)
+            for _ in detections:
+                GEOLOCATION_SECONDS.observe(share)
+        return [r for r in out if r is not None]
+
+    def _ray_inputs(self, detection: Detection, index: int = 0) -> _Ray:
         cam, box, plat, gimbal = (
             detection.camera,
             detection.bbox,
             detection.platform,
             detection.gimbal,
         )
-        dist = cam.distortion or Distortion()
-        try:
-            intrinsics = geo.Intrinsics.from_request(
-                cam.width,
-                cam.height,
-                hfov=cam.hfov,
-                vfov=cam.vfov,
-                fx=cam.fx,
-                fy=cam.fy,
-                cx=cam.cx,
-                cy=cam.cy,
-                k1=dist.k1,
-                k2=dist.k2,
-                p1=dist.p1,
-                p2=dist.p2,
-                k3=dist.k3,
+        dist = cam.distortion or _NO_DISTORTION
+        intrinsics = _intrinsics(
+            cam.width,
+            cam.height,
+            cam.hfov,
+            cam.vfov,
+            cam.fx,
+            cam.fy,
+            cam.cx,
+            cam.cy,
+            dist.k1,
+            dist.k2,
+            dist.p1,
+            dist.p2,
+            dist.k3,
+        )
+        height = geo.resolve_platform_hae(
+            plat.alt, plat.alt_ref, plat.lat, plat.lon, geoid=self.geoid, terrain=self.terrain
+        )
+        pose = geo.Pose(
+            lat=plat.lat,
+            lon=plat.lon,
+            hae=height.hae,
+            heading=plat.heading,
+            pitch=plat.pitch,
+            roll=plat.roll,
+            gimbal_azimuth=gimbal.azimuth,
+            gimbal_elevation=gimbal.elevation,
+            gimbal_roll=gimbal.roll,
+        )
+        u, v, point = geo.box_point(
+            box.x, box.y, box.width, box.height, detection.label.lower() in self.ground_labels
+        )
+        ground = detection.ground
+        if ground is not None:
+            kind: geo.GroundSource = "request"
+        elif height.agl is not None:
+            kind = "agl"
+        else:
+            kind = "ellipsoid"
+        return _Ray(
+            index=index,
+            intrinsics=intrinsics,
+            pose=pose,
+            u=u,
+            v=v,
+            point=point,
+            agl=height.agl,
+            ground=kind,
+            ground_height=None if ground is None else ground.height,
+            ground_msl=ground is not None and ground.height_ref == "msl",
+        )
+
+    def _locate_group(
+        self, rays: list[_Ray], sigmas: geo.InputSigmas
+    ) -> list[Located | geo.GeolocationError]:
+        """One vectorised pass for rays sharing ``sigmas`` (and the same spec ground rules as
+        ``geo.locate_pixel``: a request height in MSL is refined once at the located point)."""
+        for ray in rays:
+            ray.pose.validate()
+        cams = geo.CameraArrays.from_intrinsics([r.intrinsics for r in rays])
+        poses = geo.PoseArrays.from_poses([r.pose for r in rays])
+        u = np.array([r.u for r in rays])
+        v = np.array([r.v for r in rays])
+        ground = np.array(
+            [
+                r.ground_height
+                if r.ground_height is not None
+                else (r.pose.hae - r.agl if r.agl is not None else 0.0)
+                for r in rays
+            ]
+        )
+        msl = np.array([r.ground_msl for r in rays], dtype=np.bool_)
+        if msl.any():
+            ground[msl] += self.geoid.undulation(poses.lat[msl], poses.lon[msl])
+            first = geo.locate(
+                cams, poses, u, v, ground, sigmas=sigmas, with_uncertainty=False, sampling=False
             )
-            height = geo.resolve_platform_hae(
-                plat.alt, plat.alt_ref, plat.lat, plat.lon, geoid=self.geoid, terrain=self.terrain
+            ok = msl & first.ok
+            refined = np.array([r.ground_height or 0.0 for r in rays])[ok]
+            ground[ok] = refined + self.geoid.undulation(first.lat[ok], first.lon[ok])
+        fixes = geo.locate(
+            cams,
+            poses,
+            u,
+            v,
+            ground,
+            sigmas=sigmas,
+            ground_sigma_m=np.array([sigmas.ground_sigma_m(r.ground) for r in rays]),
+            ground_follows_sensor=np.array([r.ground == "agl" for r in rays], dtype=np.float64),
+        )
+        out: list[Located | geo.GeolocationError] = []
+        for j, ray in enumerate(rays):
+            error = fixes.error(j)
+            if error is not None:
+                out.append(error)
+                continue
+            fix = geo.Fix(
+                lat=float(fixes.lat[j]),
+                lon=float(fixes.lon[j]),
+                hae=float(fixes.hae[j]),
+                ce90=float(fixes.ce90[j]),
+                le90=float(fixes.le90[j]),
+                slant_range=float(fixes.slant_range[j]),
+                ground=ray.ground,
+                sampled=bool(fixes.sampled[j]),
             )
-            pose = geo.Pose(
-                lat=plat.lat,
-                lon=plat.lon,
-                hae=height.hae,
-                heading=plat.heading,
-                pitch=plat.pitch,
-                roll=plat.roll,
-                gimbal_azimuth=gimbal.azimuth,
-                gimbal_elevation=gimbal.elevation,
-                gimbal_roll=gimbal.roll,
-            )
-            u, v, point = geo.box_point(
-                box.x, box.y, box.width, box.height, detection.label.lower() in self.ground_labels
-            )
-            ground = detection.ground
-            fix = geo.locate_pixel(
-                intrinsics,
-                pose,
-                u,
-                v,
-                ground_height=None if ground is None else ground.height,
-                ground_height_ref="hae" if ground is None else ground.height_ref,
-                terrain=self.terrain,
-                geoid=self.geoid,
-                platform_agl=height.agl,
-                sigmas=self._sigmas(detection),
-            )
-        except geo.GeolocationError as exc:
-            raise Rejection(
-                exc.field or "geometry", str(exc), reason="geometry", subject=detection.id
-            ) from None
-        finally:
-            GEOLOCATION_SECONDS.observe(time.perf_counter() - started)
-        return Located(fix, point, pose, intrinsics)
+            out.append(Located(fix, ray.point, ray.pose, ray.intrinsics))
+        return out
 
     def _sigmas(self, detection: Detection) -> geo.InputSigmas:
         given = detection.uncertainty
@@ -365,6 +526,47 @@ _ALT_SOURCE = {
 }
 
 
+_NO_DISTORTION = Distortion()
+
+
+@functools.lru_cache(maxsize=256)
+def _intrinsics(
+    width: int,
+    height: int,
+    hfov: float | None,
+    vfov: float | None,
+    fx: float | None,
+    fy: float | None,
+    cx: float | None,
+    cy: float | None,
+    k1: float,
+    k2: float,
+    p1: float,
+    p2: float,
+    k3: float,
+) -> geo.Intrinsics:
+    # A sensor sends the same camera over and over: derive (and check) its intrinsics once.
+    return geo.Intrinsics.from_request(
+        width,
+        height,
+        hfov=hfov,
+        vfov=vfov,
+        fx=fx,
+        fy=fy,
+        cx=cx,
+        cy=cy,
+        k1=k1,
+        k2=k2,
+        p1=p1,
+        p2=p2,
+        k3=k3,
+    )
+
+
+def _geometry_rejection(exc: geo.GeolocationError, detection: Detection) -> Rejection:
+    return Rejection(exc.field or "geometry", str(exc), reason="geometry", subject=detection.id)
+
+
 def open_terrain(path: Path) -> geo.Terrain:
     """A directory holds SRTM ``.hgt`` tiles; a file is a GeoTIFF."""
     return geo.SrtmTiles(path) if path.is_dir() else geo.GeoTiffTerrain(path)
@@ -374,16 +576,15 @@ def body_hash(body: dict[str, Any], image: StoredImage | None) -> str:
     """Canonical hash of what the client sent, for idempotency: same id + same body = retry."""
     if image is not None:
         body = {**body, "_image_sha256": image.sha256}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(jsontext.dumps_sorted(body)).hexdigest()
 
 
 def _without_image(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k != "image"} if "image" in raw else raw
 
 
-def stored_answer(answer: dict[str, Any], *, duplicate: bool) -> Answer:
-    return Answer.model_validate({**answer, "duplicate": duplicate})
+def stored_answer(answer: dict[str, Any], *, duplicate: bool) -> dict[str, Any]:
+    return {**answer, "duplicate": duplicate}
 
 
 @functools.lru_cache(maxsize=256)

@@ -15,14 +15,13 @@ from pydantic import AwareDatetime, ValidationError
 from pydantic_core import from_json
 
 from copbridge.api.deps import PipelineDep, SettingsDep, StoreDep
-from copbridge.api.errors import problem, unprocessable
+from copbridge.api.errors import FastJSONResponse, problem, unprocessable
 from copbridge.config import Settings
 from copbridge.images import ImageRejected, verify_image
 from copbridge.model import (
     ID_PATTERN,
     Answer,
     BatchAnswer,
-    BatchItemResult,
     Detection,
     field_errors,
 )
@@ -131,7 +130,7 @@ async def post_detection(
     [(result, answer)] = await pipeline.commit([prepared])
     if result.outcome == "conflict":
         return problem(409, f"id {prepared.record.id} was already used with a different body")
-    return JSONResponse(answer.model_dump(mode="json"), status_code=202)
+    return FastJSONResponse(answer, status_code=202)
 
 
 @router.post(
@@ -144,26 +143,25 @@ async def post_detection(
 async def post_batch(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> Response:
     """Accept up to 1,000 detections; per-item results in input order, partial success allowed."""
     actor = _actor(request)
-    try:
-        body = _parse_json(await request.body())
-    except Rejection as exc:
-        return unprocessable([exc.as_error()])
-    items = body.get("detections") if isinstance(body, dict) else body
-    if not isinstance(items, list):
-        return unprocessable(
-            [{"field": "detections", "message": "detections: expected a list of detections"}]
-        )
-    if len(items) > MAX_BATCH:
-        return problem(413, f"a batch holds at most {MAX_BATCH} detections, got {len(items)}")
+    items = _batch_items(await request.body())
+    if isinstance(items, Response):
+        return items
 
-    results: list[BatchItemResult | None] = [None] * len(items)
-    prepared: list[tuple[int, Prepared]] = []
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    valid: list[tuple[int, Detection, dict[str, Any] | None, StoredImage | None]] = []
     for index, raw in enumerate(items):
-        outcome = await _prepare_item(pipeline, settings, index, raw, actor)
-        if isinstance(outcome, BatchItemResult):
+        outcome = await _validate_item(pipeline, settings, index, raw)
+        if isinstance(outcome, dict):
             results[index] = outcome
         else:
-            prepared.append((index, outcome))
+            valid.append((index, *outcome))
+    located = pipeline.prepare_many([item[1:] for item in valid], actor=actor)
+    prepared: list[tuple[int, Prepared]] = []
+    for (index, *_), ready in zip(valid, located, strict=True):
+        if isinstance(ready, Rejection):
+            results[index] = _item(index, 422, error=ready.as_error())
+        else:
+            prepared.append((index, ready))
     rejected = sum(1 for r in results if r is not None)
     if rejected:
         pipeline.reject("contract", None, {"batch_items_rejected": rejected}, actor)
@@ -171,64 +169,83 @@ async def post_batch(request: Request, pipeline: PipelineDep, settings: Settings
         await _commit_items(pipeline, prepared, results)
 
     final = [r for r in results if r is not None]
-    accepted = sum(1 for r in final if r.answer is not None and not r.answer.duplicate)
-    duplicates = sum(1 for r in final if r.answer is not None and r.answer.duplicate)
-    failed = len(final) - accepted - duplicates
-    batch = BatchAnswer(accepted=accepted, duplicates=duplicates, rejected=failed, results=final)
-    if failed and not (accepted or duplicates) and all(r.status == 503 for r in final):
+    answers = [r["answer"] for r in final if r["answer"] is not None]
+    duplicates = sum(1 for a in answers if a["duplicate"])
+    accepted = len(answers) - duplicates
+    failed = len(final) - len(answers)
+    batch = {"accepted": accepted, "duplicates": duplicates, "rejected": failed, "results": final}
+    if failed and not answers and all(r["status"] == 503 for r in final):
         status = 503
     else:
         status = 207 if failed else 202
-    return JSONResponse(batch.model_dump(mode="json"), status_code=status)
+    return FastJSONResponse(batch, status_code=status)
 
 
-async def _prepare_item(
-    pipeline: Pipeline, settings: Settings, index: int, raw: object, actor: str | None
-) -> Prepared | BatchItemResult:
+def _batch_items(body: bytes) -> list[Any] | Response:
+    """The batch's items (a list, or an object holding ``detections``), or the refusal."""
+    try:
+        parsed = _parse_json(body)
+    except Rejection as exc:
+        return unprocessable([exc.as_error()])
+    items = parsed.get("detections") if isinstance(parsed, dict) else parsed
+    if not isinstance(items, list):
+        return unprocessable(
+            [{"field": "detections", "message": "detections: expected a list of detections"}]
+        )
+    if len(items) > MAX_BATCH:
+        return problem(413, f"a batch holds at most {MAX_BATCH} detections, got {len(items)}")
+    return items
+
+
+def _item(
+    index: int,
+    status: int,
+    answer: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One batch result, the JSON of :class:`copbridge.model.BatchItemResult`."""
+    return {"index": index, "status": status, "answer": answer, "error": error}
+
+
+async def _validate_item(
+    pipeline: Pipeline, settings: Settings, index: int, raw: object
+) -> tuple[Detection, dict[str, Any] | None, StoredImage | None] | dict[str, Any]:
     try:
         detection = Detection.model_validate(raw)
         image_bytes, declared = _inline_image(detection)
         image = None
         if image_bytes is not None:
             image = await _keep_image(pipeline, image_bytes, declared, settings.max_image_bytes)
-        return pipeline.prepare(
-            detection, raw=raw if isinstance(raw, dict) else None, image=image, actor=actor
-        )
     except ValidationError as exc:
         errors = field_errors(exc.errors(), prefix=f"detections[{index}]")
-        return BatchItemResult(index=index, status=422, error={"errors": errors})
-    except Rejection as exc:
-        return BatchItemResult(index=index, status=422, error=exc.as_error())
+        return _item(index, 422, error={"errors": errors})
     except ImageRejected as exc:
-        return BatchItemResult(
-            index=index,
-            status=413 if exc.too_large else 422,
+        return _item(
+            index,
+            413 if exc.too_large else 422,
             error={"field": "image", "message": str(exc)},
         )
+    return detection, raw if isinstance(raw, dict) else None, image
 
 
 async def _commit_items(
     pipeline: Pipeline,
     prepared: list[tuple[int, Prepared]],
-    results: list[BatchItemResult | None],
+    results: list[dict[str, Any] | None],
 ) -> None:
     try:
         committed = await pipeline.commit([p for _, p in prepared])
     except StoreUnavailable as exc:
         for index, _ in prepared:
-            results[index] = BatchItemResult(
-                index=index, status=503, error={"message": f"not stored: {exc}"}
-            )
+            results[index] = _item(index, 503, error={"message": f"not stored: {exc}"})
         return
     for (index, item), (result, answer) in zip(prepared, committed, strict=True):
         if result.outcome == "conflict":
-            results[index] = BatchItemResult(
-                index=index,
-                status=409,
-                error={"message": f"id {item.record.id} was used with a different body"},
+            results[index] = _item(
+                index, 409, error={"message": f"id {item.record.id} was used with a different body"}
             )
         else:
-            results[index] = BatchItemResult(index=index, status=202, answer=answer)
+            results[index] = _item(index, 202, answer=answer)
 
 
 @router.get("/detections", responses={422: {"description": "bad filter"}})

@@ -11,10 +11,18 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from copbridge import jsontext
 from copbridge.model import field_errors
 from copbridge.store import StoreUnavailable
 
 RETRY_AFTER_S = "1"
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON response written by orjson: the ingest answers are on the hot path."""
+
+    def render(self, content: Any) -> bytes:
+        return jsontext.dumps(content)
 
 
 def unprocessable(errors: list[dict[str, str]]) -> JSONResponse:

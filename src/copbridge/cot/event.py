@@ -6,6 +6,7 @@ millisecond) plus the builders that derive uid, type, callsign, ce/le and stale 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -88,9 +89,16 @@ def _utc_ms(value: datetime, what: str) -> datetime:
 
 
 def _check_type(value: str, what: str = "type") -> str:
-    if not _TYPE.fullmatch(value):
-        raise ValueError(f"CoT {what} {value!r} does not match the CoT type grammar")
+    if value not in _GOOD_TYPES:
+        if not _TYPE.fullmatch(value):
+            raise ValueError(f"CoT {what} {value!r} does not match the CoT type grammar")
+        if len(_GOOD_TYPES) < _GOOD_TYPES_MAX:  # a handful of types repeat on every event
+            _GOOD_TYPES.add(value)
     return value
+
+
+_GOOD_TYPES: set[str] = set()
+_GOOD_TYPES_MAX = 1024
 
 
 def _check_uid(value: str, what: str = "uid") -> str:
@@ -118,12 +126,6 @@ def _point(
     )
 
 
-def _set(obj: object, names: str, values: tuple[object, ...]) -> None:
-    """Assign validated values on a frozen dataclass."""
-    for name, value in zip(names.split(), values, strict=True):
-        object.__setattr__(obj, name, value)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Marker:
     """What every marker event has: identity, type, times and a point (validated once, here)."""
@@ -149,8 +151,17 @@ class _Marker:
         _check_type(self.type)
         if not _HOW.fullmatch(self.how):
             raise ValueError(f"CoT how {self.how!r} does not match the CoT how grammar")
-        _set(self, "time start stale", _times(self.time, self.start, self.stale))
-        _set(self, "lat lon hae ce le", _point(self.lat, self.lon, self.hae, self.ce, self.le))
+        setattr_ = object.__setattr__  # frozen: validated values are assigned this way
+        time, start, stale = _times(self.time, self.start, self.stale)
+        setattr_(self, "time", time)
+        setattr_(self, "start", start)
+        setattr_(self, "stale", stale)
+        lat, lon, hae, ce, le = _point(self.lat, self.lon, self.hae, self.ce, self.le)
+        setattr_(self, "lat", lat)
+        setattr_(self, "lon", lon)
+        setattr_(self, "hae", hae)
+        setattr_(self, "ce", ce)
+        setattr_(self, "le", le)
         if self.course is not None:
             object.__setattr__(self, "course", _degrees_0_360(self.course, "course"))
         object.__setattr__(self, "speed", _optional_error(self.speed, "speed"))
@@ -283,8 +294,12 @@ class PingEvent:
 CotEvent = DetectionEvent | PlatformEvent | PingEvent
 
 
+@functools.lru_cache(maxsize=4096)
 def format_time(value: datetime) -> str:
-    """xs:dateTime in UTC with milliseconds, as TAK writes it: 2026-11-28T03:51:20.123Z."""
+    """xs:dateTime in UTC with milliseconds, as TAK writes it: 2026-11-28T03:51:20.123Z.
+
+    Cached: one event writes its times two or three times (head, remarks, flow tags, the API's
+    answer) and every event of a batch shares `now`."""
     if value.tzinfo is not UTC and value.tzinfo is not None and value.utcoffset():
         value = value.astimezone(UTC)
     # isoformat is C code; its first 23 characters are the date and time to the millisecond.

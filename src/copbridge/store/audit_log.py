@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
 
-from copbridge.store.audit_chain import GENESIS_HASH, record_hash
+from copbridge import jsontext
+from copbridge.store.audit_chain import GENESIS_HASH, canonical_with
 from copbridge.store.records import AuditEntry, AuditRecord
 from copbridge.store.tx import Tx
 
@@ -26,19 +28,11 @@ def append(tx: Tx, entries: Sequence[AuditEntry], at_us: int | None = None) -> N
     rows = []
     for entry in entries:
         seq += 1
-        digest = record_hash(seq, when, entry.kind, entry.actor, entry.subject, entry.data, prev)
-        rows.append(
-            (
-                seq,
-                when,
-                entry.kind,
-                entry.actor,
-                entry.subject,
-                json.dumps(entry.data, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-                prev,
-                digest,
-            )
-        )
+        data = jsontext.canonical(entry.data)
+        content = canonical_with(seq, when, entry.kind, entry.actor, entry.subject, data, prev)
+        digest = hashlib.sha256(content).hexdigest()
+        text = data.decode()
+        rows.append((seq, when, entry.kind, entry.actor, entry.subject, text, prev, digest))
         prev = digest
     tx.many(f"INSERT INTO audit ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from copbridge import jsontext
 from copbridge.store import audit_log
 from copbridge.store.records import Acceptance, AuditEntry, DetectionRecord, QueuedEvent
 from copbridge.store.tx import Tx, placeholders
@@ -75,7 +76,7 @@ def _chunks(items: Sequence[Any], size: int = _ROWS_PER_STATEMENT) -> Iterator[S
 
 
 def _compact(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return jsontext.dumps(value).decode()
 
 
 def _insert_detections(tx: Tx, records: list[DetectionRecord]) -> set[str]:

@@ -1,0 +1,132 @@
+"""The batch path (``Pipeline.prepare_many``, one vectorised ``geo.locate`` per sigma group)
+gives every detection the answer, events and refusal the one-by-one path gives it."""
+
+from __future__ import annotations
+
+import copy
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from copbridge.config import load_settings
+from copbridge.model import Answer, Detection
+from copbridge.pipeline import Pipeline, Prepared, Rejection
+from tests.api.conftest import EXAMPLE
+from tests.geo.test_terrain import _hill_tif
+
+NOW = datetime(2026, 11, 28, 7, 0, 0, 123000, tzinfo=UTC)
+
+
+def _varied(count: int, seed: int = 7) -> list[dict[str, Any]]:
+    """Detections over every ground rule, camera form and sigma set, some of them unlocatable."""
+    rng = random.Random(seed)
+    bodies = []
+    for i in range(count):
+        body = copy.deepcopy(EXAMPLE)
+        body["id"] = f"v-{i}"
+        body["sensor"]["id"] = f"uav-{i % 3}"
+        body["label"] = rng.choice(["person", "car", "boat", "drone", "Truck"])
+        body["gimbal"]["elevation"] = rng.uniform(-89.0, -2.0)
+        body["gimbal"]["azimuth"] = rng.uniform(-360.0, 360.0)
+        body["platform"]["alt_ref"] = rng.choice(["hae", "msl", "agl"])
+        x, y = rng.uniform(0, 1800), rng.uniform(0, 1000)
+        body["bbox"] = {"x": x, "y": y, "width": 40, "height": 60}
+        rule = i % 4
+        if rule == 0:
+            body["ground"] = {"height": rng.uniform(1500, 1900), "height_ref": "msl"}
+        elif rule == 1:
+            body["ground"] = {"height": rng.uniform(1500, 1900), "height_ref": "hae"}
+        else:
+            body.pop("ground")
+        if i % 5 == 0:
+            body.pop("uncertainty")
+        if i % 6 == 0:
+            body["camera"] = {
+                "width": 1920,
+                "height": 1080,
+                "fx": 1500.0,
+                "fy": 1490.0,
+                "cx": 955.0,
+                "cy": 545.0,
+                "distortion": {"k1": -0.12, "k2": 0.03, "p1": 0.001},
+            }
+        if i % 11 == 0:
+            body["gimbal"]["elevation"] = 12.0  # above the horizon: refused
+        if i % 13 == 0:
+            body["platform"]["pitch"] = 0.0
+            body["gimbal"]["elevation"] = -0.3  # grazing: Monte Carlo CE90
+        bodies.append(body)
+    return bodies
+
+
+def _one_by_one(pipeline: Pipeline, bodies: list[dict[str, Any]]) -> list[Prepared | Rejection]:
+    out: list[Prepared | Rejection] = []
+    for body in bodies:
+        try:
+            out.append(pipeline.prepare(Detection.model_validate(body), raw=body, now=NOW))
+        except Rejection as exc:
+            out.append(exc)
+    return out
+
+
+def _pipeline(tmp_path: Path, **settings: Any) -> Pipeline:
+    return Pipeline(load_settings(database_url=f"sqlite:///{tmp_path / 'p.db'}", **settings))
+
+
+def _assert_same(single: list[Prepared | Rejection], batch: list[Prepared | Rejection]) -> None:
+    assert len(single) == len(batch)
+    for one, many in zip(single, batch, strict=True):
+        if isinstance(one, Rejection):
+            assert isinstance(many, Rejection), one.message
+            assert (many.field, many.message, many.reason) == (one.field, one.message, one.reason)
+            continue
+        assert isinstance(many, Prepared), many
+        a, b = one.answer, many.answer
+        for key in ("lat", "lon"):
+            assert b["location"][key] == pytest.approx(a["location"][key], abs=2e-7)
+        for key in ("hae", "ce90", "le90", "slant_range"):
+            assert b["location"][key] == pytest.approx(a["location"][key], abs=0.02, rel=1e-6)
+        for key in ("ground", "point"):
+            assert b["location"][key] == a["location"][key]
+        assert {k: v for k, v in b.items() if k != "location"} == {
+            k: v for k, v in a.items() if k != "location"
+        }
+        r1, r2 = one.record, many.record
+        assert (r2.body_hash, r2.detection, r2.events[0].uid) == (
+            r1.body_hash,
+            r1.detection,
+            r1.events[0].uid,
+        )
+        assert (r1.platform_event is None) == (r2.platform_event is None)
+
+
+def test_batch_gives_every_item_the_one_by_one_answer(tmp_path: Path) -> None:
+    bodies = _varied(120)
+    single = _one_by_one(_pipeline(tmp_path), bodies)
+    batch = _pipeline(tmp_path).prepare_many(
+        [(Detection.model_validate(b), b, None) for b in bodies], now=NOW
+    )
+    _assert_same(single, batch)
+    grounds = {p.answer["location"]["ground"] for p in batch if isinstance(p, Prepared)}
+    assert grounds == {"request", "agl", "ellipsoid"}
+    assert sum(isinstance(p, Rejection) for p in batch) >= 5  # the refusals were exercised
+    sampled = [p for p in single if isinstance(p, Prepared) and p.answer["location"]["ce90"] > 500]
+    assert sampled, "no grazing ray in the set: the Monte Carlo branch went untested"
+
+
+def test_batch_with_terrain_marches_each_ray_like_the_single_path(tmp_path: Path) -> None:
+    terrain = _hill_tif(tmp_path / "hill.tif")
+    bodies = _varied(24, seed=3)
+    single = _one_by_one(_pipeline(tmp_path, terrain=terrain), bodies)
+    batch = _pipeline(tmp_path, terrain=terrain).prepare_many(
+        [(Detection.model_validate(b), b, None) for b in bodies], now=NOW
+    )
+    _assert_same(single, batch)
+
+
+def test_the_answer_is_the_documented_answer_model(tmp_path: Path) -> None:
+    prepared = _pipeline(tmp_path).prepare(Detection.model_validate(EXAMPLE), raw=EXAMPLE, now=NOW)
+    assert Answer.model_validate(prepared.answer).model_dump(mode="json") == prepared.answer
