@@ -296,3 +296,28 @@ def test_configured_bootstrap_key_is_used_and_never_printed(tmp_path: Path) -> N
         serve.stop()
     assert key not in serve.output()
     assert "bootstrap admin key" not in serve.output()
+
+
+def test_a_busy_key_is_reverified_in_the_background_before_its_entry_expires(
+    app: FastAPI, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests of a key in steady use never wait for the store: the cached verification is
+    renewed behind them (before, every entry expiry sent a burst of requests to the store)."""
+    key = h.make_key(app, "detections:read")
+    keyring = h.guard_of(app).keyring
+    calls: list[bool] = []
+    verify = keyring.verify
+
+    def spy(text: str, *, refresh: bool = False) -> tuple[object, str]:
+        calls.append(refresh)
+        return verify(text, refresh=refresh)
+
+    monkeypatch.setattr(keyring, "verify", spy)
+    ttl = app.state.settings.key_cache_ttl_s
+    deadline = time.monotonic() + 3 * ttl
+    while time.monotonic() < deadline:
+        assert client.get("/api/v1/detections", headers=h.bearer(key)).status_code == 200
+        time.sleep(0.02)
+    assert calls[0] is False  # first sight: verified on the request's path
+    assert len(calls) >= 3, calls  # then renewed about every 0.6 TTL …
+    assert all(calls[1:]), calls  # … only ever in the background

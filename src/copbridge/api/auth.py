@@ -8,6 +8,7 @@ flood of garbage credentials cannot grow it without bound.
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Annotated, Literal, NoReturn
@@ -26,6 +27,8 @@ from copbridge.security.ratelimit import RateLimits, Verdict
 from copbridge.security.signing import SigningKeys
 from copbridge.security.tokens import TokenAuthority, TokenRejected
 from copbridge.store import ApiKeyRecord, AuditEntry, SqlStore, StoreError
+
+KeyAnswer = tuple[ApiKeyRecord | None, str]
 
 _log = get_logger("copbridge.auth")
 
@@ -93,6 +96,7 @@ class Guard:
         )
         self.index: dict[tuple[int, str], tuple[str, str]] = {}
         self._revoked: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=settings.key_cache_ttl_s)
+        self._verifying: dict[str, asyncio.Future[KeyAnswer]] = {}
 
     # -- the gate ----------------------------------------------------------------------------------
     async def check(self, request: Request) -> None:
@@ -165,13 +169,33 @@ class Guard:
             record = self.keyring.cached(credential)
             reason = "ok"
             if record is None:
-                record, reason = await run_in_threadpool(self.keyring.verify, credential)
+                record, reason = await self._verify_key(credential, refresh=False)
+            elif self.keyring.due_for_refresh(credential):
+                # Re-checked while the cached answer still serves: a busy key never waits for
+                # the store (which a whole burst of requests did, each time the entry expired).
+                self._verify_key_soon(credential)
             if reason != "ok" or record is None:
                 return None, reason
             return Principal(record.key_id, frozenset(record.scopes), "key"), "ok"
         if credential.count(".") == 2:
             return await self._from_token(credential)
         return None, "malformed credential"
+
+    def _verify_key(self, credential: str, *, refresh: bool) -> asyncio.Future[KeyAnswer]:
+        """One store verification per key at a time: concurrent callers share its answer."""
+        digest = KeyRing.digest(credential)
+        running = self._verifying.get(digest)
+        if running is None:
+            running = asyncio.ensure_future(
+                run_in_threadpool(self.keyring.verify, credential, refresh=refresh)
+            )
+            self._verifying[digest] = running
+            running.add_done_callback(lambda _: self._verifying.pop(digest, None))
+        return asyncio.shield(running)
+
+    def _verify_key_soon(self, credential: str) -> None:
+        if KeyRing.digest(credential) not in self._verifying:
+            self._verify_key(credential, refresh=True).add_done_callback(_report_refresh)
 
     async def _from_token(self, token: str) -> tuple[Principal | None, str]:
         try:
@@ -217,6 +241,11 @@ class Guard:
             result = closer()
             if hasattr(result, "__await__"):
                 await result
+
+
+def _report_refresh(future: asyncio.Future[KeyAnswer]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        _log.warning("key re-verification failed", error=str(future.exception()))
 
 
 def _report_audit_failure(future: Future[None]) -> None:

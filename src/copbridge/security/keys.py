@@ -40,6 +40,8 @@ _KEY = re.compile(r"^cpb_([0-9a-f]{12})_([0-9A-Za-z]{32})([0-9A-Za-z]{6})$")
 _HASH_SCHEME = "hmac-sha256$"
 #: Revocation reaches every replica within this many seconds (the verified-key cache lifetime).
 MAX_CACHE_TTL_S = 5.0
+REFRESH_AT = 0.6
+"""A verified key is re-checked in the background once 60 % of the cache TTL has passed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,25 +178,46 @@ class KeyRing:
         self.store = store
         self.pepper = pepper
         self._lock = threading.Lock()
-        # Keyed by a digest of the presented text, so no key text sits in the cache.
-        self._verified: TTLCache[str, ApiKeyRecord] = TTLCache(maxsize=10_000, ttl=ttl_s)
+        # Keyed by a digest of the presented text, so no key text sits in the cache; each entry
+        # holds the record and when (monotonic) it was verified.
+        self._verified: TTLCache[str, tuple[ApiKeyRecord, float]] = TTLCache(
+            maxsize=10_000, ttl=ttl_s
+        )
         self._records: TTLCache[str, ApiKeyRecord | None] = TTLCache(maxsize=10_000, ttl=ttl_s)
+        self.refresh_after_s = ttl_s * REFRESH_AT
 
     @staticmethod
-    def _cache_key(text: str) -> str:
+    def digest(text: str) -> str:
+        """What identifies a presented key in caches: a digest, never the text."""
         return hashlib.sha256(text.encode()).hexdigest()
 
     def cached(self, text: str) -> ApiKeyRecord | None:
         """A key verified in the last ``ttl_s`` and still usable, without touching the store."""
         with self._lock:
-            record = self._verified.get(self._cache_key(text))
-        return record if record is not None and is_usable(record, now_us()) else None
+            entry = self._verified.get(self.digest(text))
+        if entry is None:
+            return None
+        record = entry[0]
+        return record if is_usable(record, now_us()) else None
 
-    def verify(self, text: str) -> tuple[ApiKeyRecord | None, str]:
-        """(record, "ok") for a usable key, else (record or None, reason). Blocking: store I/O."""
-        cached = self.cached(text)
+    def due_for_refresh(self, text: str) -> bool:
+        """True once a cached verification is older than ``refresh_after_s``: re-verify it in
+        the background so that busy keys never wait for the store when the entry expires."""
+        with self._lock:
+            entry = self._verified.get(self.digest(text))
+        return entry is not None and time.monotonic() - entry[1] >= self.refresh_after_s
+
+    def verify(self, text: str, *, refresh: bool = False) -> tuple[ApiKeyRecord | None, str]:
+        """(record, "ok") for a usable key, else (record or None, reason). Blocking: store I/O.
+
+        ``refresh`` asks the store even when the cache holds the key; a key found revoked or
+        expired leaves the cache at once."""
+        cached = None if refresh else self.cached(text)
         if cached is not None:
             return cached, "ok"
+        if refresh:
+            with self._lock:
+                self._verified.pop(self.digest(text), None)
         key = parse_key(text)
         if key is None:
             return None, "malformed key"
@@ -207,7 +230,7 @@ class KeyRing:
         if reason is not None or record is None:
             return record if matches else None, reason or "unknown key"
         with self._lock:
-            self._verified[self._cache_key(text)] = record
+            self._verified[self.digest(text)] = (record, time.monotonic())
         self.store.touch_key(record.key_id, at)
         return record, "ok"
 
@@ -230,6 +253,6 @@ class KeyRing:
         """Drop a key from this replica's caches at once (others follow within ``ttl_s``)."""
         with self._lock:
             self._records.pop(key_id, None)
-            for digest, record in list(self._verified.items()):
+            for digest, (record, _) in list(self._verified.items()):
                 if record.key_id == key_id:
                     self._verified.pop(digest, None)
