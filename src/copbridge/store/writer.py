@@ -23,6 +23,9 @@ from copbridge.store.errors import StoreUnavailable
 T = TypeVar("T")
 C = TypeVar("C")
 
+_POLL_S = 1.0
+"""How often the idle writer thread looks whether the store was closed."""
+
 
 class Cursorish(Protocol):
     def execute(self, sql: str, params: Any = ..., /) -> Any: ...
@@ -54,8 +57,6 @@ class GroupWriter(Generic[C]):
         savepoint: Callable[[C, str], None],
         is_store_error: Callable[[BaseException], bool],
         close: Callable[[C], None],
-        idle: Callable[[C], None] | None = None,
-        idle_every_s: float = 30.0,
         max_delay_s: float = 0.002,
         max_items: int = 512,
         observe: BatchObserver | None = None,
@@ -68,8 +69,6 @@ class GroupWriter(Generic[C]):
         self._savepoint = savepoint
         self._is_store_error = is_store_error
         self._close_conn = close
-        self._idle = idle
-        self._idle_every_s = idle_every_s
         self._max_delay_s = max_delay_s
         self._max_items = max_items
         self._observe = observe
@@ -83,7 +82,6 @@ class GroupWriter(Generic[C]):
         self._draining = False
         self._conn_lock = asyncio.Lock()
         self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-commit")
-        self._idle_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -145,7 +143,6 @@ class GroupWriter(Generic[C]):
         # The thread finishes what was queued before, then leaves the connection to the loop.
         self._queue.put(_HANDOVER)
         await asyncio.to_thread(self._thread.join)
-        self._idle_task = asyncio.create_task(self._idle_on_loop())
         if self._pending and not self._draining:
             self._start_drain()
 
@@ -157,11 +154,6 @@ class GroupWriter(Generic[C]):
             if not self._draining:
                 self._start_drain()
             await asyncio.sleep(0.005)
-        if self._idle_task is not None:
-            self._idle_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._idle_task
-            self._idle_task = None
         self._event_loop = None
         self._loop_thread = None
         self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
@@ -208,22 +200,12 @@ class GroupWriter(Generic[C]):
         finally:
             self._draining = False
 
-    async def _idle_on_loop(self) -> None:
-        if self._idle is None:
-            return
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._idle_every_s)
-            async with self._conn_lock:
-                await loop.run_in_executor(self._committer, self._run_idle)
-
     # -- the writer thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
-        last_idle = time.monotonic()
         while True:
             try:
-                first = self._queue.get(timeout=max(0.05, self._idle_every_s / 4))
+                first = self._queue.get(timeout=_POLL_S)
             except queue.Empty:
                 first = None
                 if self._closed:
@@ -241,9 +223,6 @@ class GroupWriter(Generic[C]):
                     return
                 if stop:
                     break
-            if self._idle is not None and time.monotonic() - last_idle >= self._idle_every_s:
-                last_idle = time.monotonic()
-                self._run_idle()
         self._drain_rejected()
         if self._conn is not None:
             with contextlib.suppress(Exception):
@@ -357,13 +336,6 @@ class GroupWriter(Generic[C]):
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(error)
-
-    def _run_idle(self) -> None:
-        assert self._idle is not None
-        try:
-            self._idle(self._connection())
-        except Exception:
-            self._drop_connection()
 
     def _drain_rejected(self) -> None:
         while True:
