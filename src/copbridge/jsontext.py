@@ -37,7 +37,7 @@ def canonical(value: Any) -> bytes:
     as UTF-8 — the audit chain's canonical form, which must never change — taking orjson's
     fast road only for values it writes byte for byte the same (floats are not among them:
     orjson spells 1e-07 as 1e-7)."""
-    if _same_in_both(value):
+    if type(value) is str or _same_in_both(value):
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 

@@ -43,22 +43,27 @@ def canonical_with(
     return b"".join(
         (
             b'{"actor":',
-            jsontext.canonical(actor),
+            _text(actor),
             b',"at_us":',
             str(int(at_us)).encode(),
             b',"data":',
             data_json,
             b',"kind":',
-            jsontext.canonical(kind),
+            _text(kind),
             b',"prev":',
-            jsontext.canonical(prev_hash),
+            _text(prev_hash),
             b',"seq":',
             str(int(seq)).encode(),
             b',"subject":',
-            jsontext.canonical(subject),
+            _text(subject),
             b"}",
         )
     )
+
+
+def _text(value: str | None) -> bytes:
+    # A string (or null) is written alike by json.dumps and orjson (tests/test_jsontext.py).
+    return b"null" if value is None else jsontext.canonical(value)
 
 
 def record_hash(
