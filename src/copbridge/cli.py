@@ -99,6 +99,8 @@ def serve(
             loop="uvloop",
             http="httptools",
             timeout_graceful_shutdown=10,
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies) or None,
             ssl_certfile=settings.tls_cert,
             ssl_keyfile=settings.tls_key,
             ssl_keyfile_password=password.get_secret_value() if password else None,

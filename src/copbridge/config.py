@@ -6,6 +6,7 @@ never a stack trace half-way through serving.
 
 from __future__ import annotations
 
+import ipaddress
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -132,6 +133,10 @@ class Settings(BaseSettings):
     rate_limit_ip: str = "200/second"
     rate_limit_auth: str = "20/minute"  # per IP on /api/v1/auth/* and for failed credentials
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Proxies (IPs or CIDR networks) whose X-Forwarded-For names the client: per-IP rate limits
+    # and audit records then see the client behind an ingress. Empty: the header is ignored,
+    # even from 127.0.0.1 (uvicorn would trust that by default).
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     tls_cert: Path | None = None  # serve over HTTPS (and send HSTS) when both are set
     tls_key: Path | None = None
     tls_key_password: SecretStr | None = None
@@ -153,7 +158,17 @@ class Settings(BaseSettings):
 
         return {label: validate_template(template) for label, template in value.items()}
 
-    @field_validator("jwt_previous_keys", "cors_origins", mode="before")
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network") from None
+        return value
+
+    @field_validator("jwt_previous_keys", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
