@@ -103,12 +103,19 @@ def test_refresh_rotates_and_reuse_revokes_the_whole_family(client: TestClient) 
     assert second.status_code == 200
     rotated = second.json()
     assert rotated["refresh_token"] != first["refresh_token"]
+    for pair in (first, rotated):
+        assert client.get("/api/v1/keys", headers=h.bearer(pair["access_token"])).status_code == 200
     # The old refresh token comes back (a thief's copy): refused, and the family burns.
     reused = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
     assert reused.status_code == 401
     assert "reuse" in reused.json()["detail"]
     after = client.post("/api/v1/auth/refresh", json={"refresh_token": rotated["refresh_token"]})
     assert after.status_code == 401
+    # … and every access token of the family ends with it, not at its expiry.
+    for pair in (first, rotated):
+        refused = client.get("/api/v1/keys", headers=h.bearer(pair["access_token"]))
+        assert refused.status_code == 401
+        assert "family" in refused.json()["detail"]
     kinds = [r["kind"] for r in client.get("/api/v1/audit", headers=ADMIN_HEADERS).json()["items"]]
     assert "token.family_revoked" in kinds
     assert "token.issued" in kinds

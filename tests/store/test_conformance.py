@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from copbridge.security.tokens import family_mark
 from copbridge.store import (
     ApiKeyRecord,
     AuditEntry,
@@ -279,6 +280,19 @@ def test_reused_refresh_token_revokes_its_family(store: SqlStore) -> None:
     store.revoke_token("access-1", t + SECOND_US, actor="k1")
     assert store.is_token_revoked("access-1")
     assert not store.is_token_revoked("access-2")
+    # The burned family is recorded too, so its access tokens end with it.
+    assert store.is_token_revoked(family_mark("fam"))
+    assert not store.is_token_revoked("family:access-1")  # an access token has no family row
+
+
+def test_revoking_a_refresh_token_records_its_family(store: SqlStore) -> None:
+    t = now_us()
+    store.add_refresh_token(RefreshTokenRecord("r9", "fam9", "k1", t, t + SECOND_US, None, None))
+    assert not store.is_token_revoked(family_mark("fam9"))
+    store.revoke_token("r9", t + SECOND_US, actor="k1")
+    assert store.is_token_revoked(family_mark("fam9"))
+    store.revoke_token("r9", t + SECOND_US, actor="k1")  # twice: no conflict
+    assert store.use_refresh_token("r9", t)[0] == "revoked"
 
 
 def test_closing_while_other_threads_read_neither_crashes_nor_hangs(store_url: str) -> None:

@@ -25,7 +25,7 @@ from copbridge.logs import get_logger
 from copbridge.security.keys import KeyRing, is_usable, load_pepper, now_us
 from copbridge.security.ratelimit import RateLimits, Verdict
 from copbridge.security.signing import SigningKeys
-from copbridge.security.tokens import TokenAuthority, TokenRejected
+from copbridge.security.tokens import TokenAuthority, TokenRejected, family_mark
 from copbridge.store import ApiKeyRecord, AuditEntry, SqlStore, StoreError
 
 KeyAnswer = tuple[ApiKeyRecord | None, str]
@@ -204,6 +204,8 @@ class Guard:
             return None, str(exc)
         if await self.token_revoked(claims.jti):
             return None, "token revoked"
+        if claims.family is not None and await self.token_revoked(family_mark(claims.family)):
+            return None, "token revoked: its refresh family was revoked"
         record = await self.key_record(claims.subject)
         if record is None or not is_usable(record, now_us()):
             return None, "the token's key is revoked or expired"

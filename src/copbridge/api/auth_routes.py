@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from copbridge.api.auth import Guard, GuardDep
 from copbridge.security.keys import is_usable, now_us
-from copbridge.security.tokens import TokenClaims, TokenRejected, TokenUse
+from copbridge.security.tokens import TokenClaims, TokenRejected, TokenUse, family_mark
 from copbridge.store import AuditEntry
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -75,6 +75,8 @@ async def refresh_token(body: RefreshRequest, request: Request, guard: GuardDep)
         await guard.refuse(request, str(exc), body.refresh_token)
     status, stored = await run_in_threadpool(guard.store.use_refresh_token, claims.jti, now_us())
     if status == "reused":
+        if stored is not None:
+            guard.remember_revoked(family_mark(stored.family))  # here at once, elsewhere ≤ TTL
         await guard.refuse(
             request, "refresh token reused: its family is revoked", body.refresh_token
         )
@@ -106,6 +108,8 @@ async def revoke_token(body: RevokeRequest, guard: GuardDep) -> dict[str, bool]:
         guard.store.revoke_token, claims.jti, claims.expires_s * 1_000_000, claims.subject
     )
     guard.remember_revoked(claims.jti)
+    if claims.use == "refresh" and claims.family is not None:
+        guard.remember_revoked(family_mark(claims.family))
     return {"revoked": True}
 
 

@@ -79,6 +79,7 @@ class TokenAuthority:
                 "sub": key_id,
                 "scope": " ".join(scopes),
                 "jti": access_jti,
+                "fam": family,  # a burned family takes its access tokens with it
                 "iat": now,
                 "nbf": now,
                 "exp": now + self.access_ttl_s,
@@ -156,3 +157,9 @@ class TokenAuthority:
             expires_s=int(claims["exp"]),
             family=str(family) if family is not None else None,
         )
+
+
+def family_mark(family: str) -> str:
+    """The revocation entry that stands for a whole refresh-token family (its access tokens
+    carry the family in ``fam`` and are refused once it is revoked)."""
+    return f"family:{family}"

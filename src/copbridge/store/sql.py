@@ -541,6 +541,9 @@ class SqlStore:
                     "AND revoked_us IS NULL",
                     (now_us, record.family),
                 )
+                _mark_family_revoked(
+                    tx, "SELECT CAST(? AS TEXT) AS family", (record.family,), now_us
+                )
                 audit_log.append(
                     tx,
                     [
@@ -571,6 +574,9 @@ class SqlStore:
                 "UPDATE refresh_tokens SET revoked_us = ? WHERE revoked_us IS NULL AND family IN "
                 "(SELECT family FROM refresh_tokens WHERE jti = ?)",
                 (_now_us(), jti),
+            )
+            _mark_family_revoked(
+                tx, "SELECT family FROM refresh_tokens WHERE jti = ?", (jti,), _now_us()
             )
             audit_log.append(tx, [AuditEntry(kind="token.revoked", subject=jti, actor=actor)])
 
@@ -728,4 +734,22 @@ def _refresh(row: tuple[Any, ...]) -> RefreshTokenRecord:
         expires_us=int(row[4]),
         used_us=None if row[5] is None else int(row[5]),
         revoked_us=None if row[6] is None else int(row[6]),
+    )
+
+
+#: Access tokens live at most a day (``access_token_ttl_s`` <= 86400): a family's revocation
+#: entry outlives every access token of that family.
+_FAMILY_MARK_LIFE_US = 86_400 * 1_000_000
+
+
+def _mark_family_revoked(
+    tx: Tx, families_sql: str, params: tuple[object, ...], now_us: int
+) -> None:
+    """Record ``family:<id>`` among the revoked token ids for each family the query yields
+    (the same text as ``security.tokens.family_mark``), so the family's access tokens end too."""
+    tx.execute(
+        "INSERT INTO revoked_tokens (jti, expires_us) "
+        f"SELECT 'family:' || f.family, CAST(? AS BIGINT) FROM ({families_sql}) AS f "
+        "WHERE f.family IS NOT NULL ON CONFLICT (jti) DO NOTHING",
+        (now_us + _FAMILY_MARK_LIFE_US, *params),
     )
