@@ -4,13 +4,11 @@ the header is ignored, even from 127.0.0.1 (which uvicorn alone would trust)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import httpx
 
-from tests.system.processes import COPBRIDGE, Serve, start_serve
+from tests.system.processes import Serve, run_copbridge, start_serve
 
 ATTACKER = {"X-Forwarded-For": "203.0.113.5"}
 OPERATOR = {"X-Forwarded-For": "198.51.100.7"}
@@ -66,14 +64,8 @@ def test_without_trusted_proxies_the_header_is_ignored(tmp_path: Path) -> None:
 
 
 def test_a_malformed_proxy_entry_is_one_clear_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [*COPBRIDGE, "serve"],
-        env={**os.environ, "COPBRIDGE_TRUSTED_PROXIES": "10.0.0.0/8,ingress.local"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_copbridge(
+        ["serve"], {"COPBRIDGE_TRUSTED_PROXIES": "10.0.0.0/8,ingress.local"}, tmp_path
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

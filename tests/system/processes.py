@@ -58,6 +58,21 @@ class Serve:
             raise
 
 
+def run_copbridge(
+    args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``copbridge ARGS`` to completion with ``env`` over this environment; output captured."""
+    return subprocess.run(
+        [*COPBRIDGE, *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def start_serve(
     workdir: Path,
     env: Mapping[str, str] | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from copbridge.store import open_store
-from tests.system.processes import COPBRIDGE, start_serve
+from tests.system.processes import run_copbridge, start_serve
 
 
 def test_serve_answers_livez_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -27,20 +26,8 @@ def test_serve_answers_livez_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
     assert "Traceback" not in output
 
 
-def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COPBRIDGE, *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_bad_port_setting_is_one_clear_line(tmp_path: Path) -> None:
-    result = _run(["serve"], {"COPBRIDGE_PORT": "abc"}, tmp_path)
+    result = run_copbridge(["serve"], {"COPBRIDGE_PORT": "abc"}, tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -50,7 +37,7 @@ def test_bad_port_setting_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_unreachable_postgres_is_one_clear_line(tmp_path: Path) -> None:
     url = "postgresql://copbridge:secret-pw@127.0.0.1:1/copbridge"
-    result = _run(["serve"], {"COPBRIDGE_DATABASE_URL": url}, tmp_path)
+    result = run_copbridge(["serve"], {"COPBRIDGE_DATABASE_URL": url}, tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -61,14 +48,14 @@ def test_unreachable_postgres_is_one_clear_line(tmp_path: Path) -> None:
 def test_unknown_config_key_in_toml_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "copbridge.toml"
     config.write_text("prot = 9001\n")
-    result = _run(["serve", "--config", str(config)], {}, tmp_path)
+    result = run_copbridge(["serve", "--config", str(config)], {}, tmp_path)
     assert result.returncode == 2
     assert "prot" in result.stderr
 
 
 def test_db_upgrade_reports_the_schema_version(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    result = _run(["db", "upgrade"], {"COPBRIDGE_DATABASE_URL": url}, tmp_path)
+    result = run_copbridge(["db", "upgrade"], {"COPBRIDGE_DATABASE_URL": url}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("schema at version ")
 
