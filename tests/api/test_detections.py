@@ -261,6 +261,30 @@ def test_batch_of_only_valid_items_is_202_and_accepts_a_bare_list(client: TestCl
     assert answer.json()["accepted"] == 20
 
 
+def test_batch_images_are_verified_per_item_and_kept_together(client: TestClient) -> None:
+    """Each item's image is checked on its own (a bad one refuses only its item); the good
+    ones, one of them shared by two items, are all served back and linked from the CoT."""
+    red, blue = _jpeg(), _jpeg(32, 24)
+    inline = {"media_type": "image/jpeg"}
+    items = [
+        example(id="i0", image={**inline, "data": base64.b64encode(red).decode()}),
+        example(id="i1", image={**inline, "data": base64.b64encode(b"<html/>").decode()}),
+        example(id="i2", image={**inline, "data": base64.b64encode(blue).decode()}),
+        example(id="i3", image={**inline, "data": base64.b64encode(red).decode()}),
+        example(id="i4"),
+    ]
+    answer = client.post(f"{URL}/batch", json=items)
+    assert answer.status_code == 207, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == [202, 422, 202, 202, 202]
+    assert results[1]["error"]["field"] == "image"
+    for ident, image in (("i0", red), ("i2", blue), ("i3", red)):
+        assert client.get(f"{URL}/{ident}/image").content == image
+        assert f"/api/v1/detections/{ident}/image" in client.get(f"{URL}/{ident}/cot").text
+    assert client.get(f"{URL}/i4/image").status_code == 404
+    assert client.get(f"{URL}/i1").status_code == 404
+
+
 def test_batch_over_1000_items_is_413(client: TestClient) -> None:
     answer = client.post(f"{URL}/batch", json=[{}] * 1001)
     assert answer.status_code == 413

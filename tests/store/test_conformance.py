@@ -12,6 +12,7 @@ from copbridge.store import (
     ApiKeyRecord,
     AuditEntry,
     DetectionQuery,
+    ImageBlob,
     RefreshTokenRecord,
     SqlStore,
     StoreUnavailable,
@@ -265,6 +266,16 @@ def test_keys_create_list_revoke(store: SqlStore) -> None:
     revoked = store.get_key("k1")
     assert revoked is not None
     assert revoked.revoked_us is not None
+
+
+def test_images_kept_together_are_each_served_once_stored(store: SqlStore) -> None:
+    images = [ImageBlob(f"{i:064x}", "image/png", bytes([i]) * (10 + i)) for i in range(1, 6)]
+    store.put_images([*images, images[0]])  # the same image twice in one call is one
+    store.put_images(images[:2])  # and again later: no conflict
+    for image in images:
+        assert store.get_image(image.sha256) == ("image/png", image.data)
+    assert store.get_image("f" * 64) is None
+    store.put_images([])
 
 
 def test_reused_refresh_token_revokes_its_family(store: SqlStore) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -17,7 +19,7 @@ from pydantic_core import from_json
 from copbridge.api.deps import StoreDep
 from copbridge.api.errors import FastJSONResponse, problem, unprocessable
 from copbridge.config import Settings
-from copbridge.images import ImageRejected, verify_image
+from copbridge.images import ImageRejected, VerifiedImage, verify_image
 from copbridge.model import (
     ID_PATTERN,
     Answer,
@@ -26,7 +28,13 @@ from copbridge.model import (
     field_errors,
 )
 from copbridge.pipeline import Pipeline, Prepared, Rejection, StoredImage
-from copbridge.store import DetectionQuery, SqlStore, StoredDetection, StoreUnavailable
+from copbridge.store import (
+    DetectionQuery,
+    ImageBlob,
+    SqlStore,
+    StoredDetection,
+    StoreUnavailable,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["detections"])
 
@@ -152,20 +160,24 @@ async def post_batch(request: Request) -> Response:
         return items
 
     results: list[dict[str, Any] | None] = [None] * len(items)
-    valid: list[tuple[int, Detection, dict[str, Any] | None, StoredImage | None]] = []
+    checked: list[_Checked] = []
     for index, raw in enumerate(items):
-        outcome = await _validate_item(pipeline, settings, index, raw)
+        outcome = _validate_item(index, raw)
         if isinstance(outcome, dict):
             results[index] = outcome
         else:
-            valid.append((index, *outcome))
-    located = pipeline.prepare_many([item[1:] for item in valid], actor=actor)
+            checked.append(outcome)
+    images = await _keep_images(pipeline, settings.max_image_bytes, checked, results)
+    valid = [c for c in checked if results[c.index] is None]
+    located = pipeline.prepare_many(
+        [(c.detection, c.raw, images.get(c.index)) for c in valid], actor=actor
+    )
     prepared: list[tuple[int, Prepared]] = []
-    for (index, *_), ready in zip(valid, located, strict=True):
+    for item, ready in zip(valid, located, strict=True):
         if isinstance(ready, Rejection):
-            results[index] = _item(index, 422, error=ready.as_error())
+            results[item.index] = _item(item.index, 422, error=ready.as_error())
         else:
-            prepared.append((index, ready))
+            prepared.append((item.index, ready))
     rejected = sum(1 for r in results if r is not None)
     if rejected:
         pipeline.reject("contract", None, {"batch_items_rejected": rejected}, actor)
@@ -211,25 +223,72 @@ def _item(
     return {"index": index, "status": status, "answer": answer, "error": error}
 
 
-async def _validate_item(
-    pipeline: Pipeline, settings: Settings, index: int, raw: object
-) -> tuple[Detection, dict[str, Any] | None, StoredImage | None] | dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A batch item that met the contract, with its inline image still to verify."""
+
+    index: int
+    detection: Detection
+    raw: dict[str, Any] | None
+    image: bytes | None
+    declared: str | None
+
+
+def _validate_item(index: int, raw: object) -> _Checked | dict[str, Any]:
     try:
         detection = Detection.model_validate(raw)
         image_bytes, declared = _inline_image(detection)
-        image = None
-        if image_bytes is not None:
-            image = await _keep_image(pipeline, image_bytes, declared, settings.max_image_bytes)
     except ValidationError as exc:
         errors = field_errors(exc.errors(), prefix=f"detections[{index}]")
         return _item(index, 422, error={"errors": errors})
     except ImageRejected as exc:
-        return _item(
-            index,
-            413 if exc.too_large else 422,
-            error={"field": "image", "message": str(exc)},
+        return _image_refused(index, exc)
+    return _Checked(index, detection, raw if isinstance(raw, dict) else None, image_bytes, declared)
+
+
+def _image_refused(index: int, exc: ImageRejected) -> dict[str, Any]:
+    return _item(
+        index, 413 if exc.too_large else 422, error={"field": "image", "message": str(exc)}
+    )
+
+
+async def _keep_images(
+    pipeline: Pipeline,
+    max_bytes: int,
+    checked: list[_Checked],
+    results: list[dict[str, Any] | None],
+) -> dict[int, StoredImage]:
+    """Verify the batch's images side by side (Pillow decodes outside the GIL), then keep them
+    all with one store call (one commit); a refused image refuses its item only."""
+    with_image = [c for c in checked if c.image is not None]
+    if not with_image:
+        return {}
+    verified = await asyncio.gather(
+        *(
+            run_in_threadpool(_verify_or_refusal, c.image, c.declared, max_bytes)
+            for c in with_image
+            if c.image is not None
         )
-    return detection, raw if isinstance(raw, dict) else None, image
+    )
+    kept: dict[int, StoredImage] = {}
+    blobs: list[ImageBlob] = []
+    for item, outcome in zip(with_image, verified, strict=True):
+        if isinstance(outcome, ImageRejected):
+            results[item.index] = _image_refused(item.index, outcome)
+            continue
+        kept[item.index] = StoredImage(outcome.sha256, outcome.media_type)
+        blobs.append(ImageBlob(outcome.sha256, outcome.media_type, outcome.data))
+    await run_in_threadpool(pipeline.store.put_images, blobs)
+    return kept
+
+
+def _verify_or_refusal(
+    data: bytes, declared: str | None, max_bytes: int
+) -> VerifiedImage | ImageRejected:
+    try:
+        return verify_image(data, declared, max_bytes)
+    except ImageRejected as exc:
+        return exc
 
 
 async def _commit_items(

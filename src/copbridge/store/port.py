@@ -18,6 +18,7 @@ from copbridge.store.records import (
     DetectionQuery,
     DetectionRecord,
     FeedEvent,
+    ImageBlob,
     OutboxItem,
     OutboxStats,
     RefreshTokenRecord,
@@ -62,6 +63,10 @@ class Store(Protocol):
     def list_detections(self, query: DetectionQuery) -> list[StoredDetection]: ...
 
     def put_image(self, sha256: str, media_type: str, data: bytes) -> None: ...
+
+    def put_images(self, images: Sequence[ImageBlob]) -> None:
+        """Keep several images durably at once (one commit); the same image twice is one."""
+        ...
 
     def get_image(self, sha256: str) -> tuple[str, bytes] | None: ...
 

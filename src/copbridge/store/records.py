@@ -121,6 +121,15 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageBlob:
+    """A verified image to keep: named by the SHA-256 of its bytes."""
+
+    sha256: str
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """An audit record before the store numbers and chains it."""
 

@@ -27,6 +27,7 @@ from copbridge.store.records import (
     DetectionQuery,
     DetectionRecord,
     FeedEvent,
+    ImageBlob,
     OutboxItem,
     OutboxStats,
     RefreshTokenRecord,
@@ -237,11 +238,26 @@ class SqlStore:
         return [_detection(r) for r in rows]
 
     def put_image(self, sha256: str, media_type: str, data: bytes) -> None:
+        self.put_images([ImageBlob(sha256, media_type, data)])
+
+    def put_images(self, images: Sequence[ImageBlob]) -> None:
+        self._insert_images(images, keep_bytes=True)
+
+    def _insert_images(self, images: Sequence[ImageBlob], *, keep_bytes: bool) -> None:
+        """One commit for all rows; the bytes go in the row unless the adapter keeps files."""
+        unique = {image.sha256: image for image in images}
+        if not unique:
+            return
+        at = _now_us()
+        rows = [
+            (i.sha256, i.media_type, len(i.data), i.data if keep_bytes else None, at)
+            for i in unique.values()
+        ]
         self._write_now(
-            lambda tx: tx.execute(
+            lambda tx: tx.many(
                 "INSERT INTO images (sha256, media_type, size, data, created_us) "
                 "VALUES (?,?,?,?,?) ON CONFLICT (sha256) DO NOTHING",
-                (sha256, media_type, len(data), data, _now_us()),
+                rows,
             )
         )
 

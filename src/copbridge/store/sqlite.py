@@ -19,9 +19,12 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from copbridge.store.errors import StoreUnavailable
+from copbridge.store.records import ImageBlob
 from copbridge.store.sql import SqlStore
 from copbridge.store.tx import Dialect
 from copbridge.store.writer import BatchObserver
@@ -35,6 +38,7 @@ TRUNCATE_BUSY_TIMEOUT_MS = 100
 QUIET_S = 2.0
 
 _log = logging.getLogger("copbridge.store")
+_IMAGE_WRITERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="image-write")
 
 
 def path_from_url(url: str) -> Path:
@@ -166,28 +170,34 @@ class SqliteStore(SqlStore):
             raise ValueError("an image is named by its lowercase hex SHA-256")
         return self.images_dir / sha256[:2] / sha256
 
-    def put_image(self, sha256: str, media_type: str, data: bytes) -> None:
-        target = self._image_path(sha256)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
-            try:
-                with partial.open("wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                partial.replace(target)
-                _fsync_dir(target.parent)
-            except OSError as exc:
-                partial.unlink(missing_ok=True)
-                raise StoreUnavailable(f"cannot store the image: {exc.strerror}") from exc
-        self._write_now(
-            lambda tx: tx.execute(
-                "INSERT INTO images (sha256, media_type, size, data, created_us) "
-                "VALUES (?,?,?,NULL,?) ON CONFLICT (sha256) DO NOTHING",
-                (sha256, media_type, len(data), time.time_ns() // 1000),
-            )
-        )
+    def put_images(self, images: Sequence[ImageBlob]) -> None:
+        """Write each new image file and sync it (concurrently: the file system's journal then
+        commits many syncs together — one at a time, a 1,000-image batch took ~4 s), sync the
+        folders, then record every row in one commit. A crash leaves at most unreferenced
+        files, never a row without its file."""
+        fresh = {i.sha256: i for i in images if not self._image_path(i.sha256).exists()}
+        try:
+            written = list(_IMAGE_WRITERS.map(self._write_image_file, fresh.values()))
+            for folder in {path.parent for path in written}:
+                _fsync_dir(folder)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot store the image: {exc.strerror}") from exc
+        self._insert_images(images, keep_bytes=False)
+
+    def _write_image_file(self, image: ImageBlob) -> Path:
+        target = self._image_path(image.sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            with partial.open("wb") as out:
+                out.write(image.data)
+                out.flush()
+                os.fsync(out.fileno())
+            partial.replace(target)
+        except OSError:
+            partial.unlink(missing_ok=True)
+            raise
+        return target
 
     def get_image(self, sha256: str) -> tuple[str, bytes] | None:
         row = self._read(
