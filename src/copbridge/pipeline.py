@@ -385,6 +385,7 @@ class Pipeline:
             gimbal_elevation=gimbal.elevation,
             gimbal_roll=gimbal.roll,
         )
+        pose.validate()  # as locate_pixel does; a refusal here is this detection's alone
         u, v, point = geo.box_point(
             box.x, box.y, box.width, box.height, detection.label.lower() in self.ground_labels
         )
@@ -413,8 +414,6 @@ class Pipeline:
     ) -> list[Located | geo.GeolocationError]:
         """One vectorised pass for rays sharing ``sigmas`` (and the same spec ground rules as
         ``geo.locate_pixel``: a request height in MSL is refined once at the located point)."""
-        for ray in rays:
-            ray.pose.validate()
         cams = geo.CameraArrays.from_intrinsics([r.intrinsics for r in rays])
         poses = geo.PoseArrays.from_poses([r.pose for r in rays])
         u = np.array([r.u for r in rays])
