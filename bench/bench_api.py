@@ -1,6 +1,7 @@
 """Ingest benchmark: our POST /api/v1/detections against a bare FastAPI echo route (the ceiling),
 same uvicorn settings, same load generator, in one run; then the batch endpoint on SQLite and
-PostgreSQL. Prints ratios and latencies; asserts nothing (machines here are noisy).
+PostgreSQL, and live single detections beside batch uploads on SQLite. Prints ratios and
+latencies; asserts nothing (machines here are noisy).
 
     python bench/bench_api.py [--seconds 10]
 """
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.api.conftest import EXAMPLE
 from tests.system.processes import free_port
 
-from bench.loadgen import closed_loop, open_loop, request_bytes
+from bench.loadgen import Result, closed_loop, open_loop, request_bytes
 from copbridge.security.keys import mint_key
 
 HOST = "127.0.0.1"
@@ -171,6 +174,8 @@ def main() -> None:
             )
             print(f"copbridge at {args.rate:.0f}/s fixed rate:       {fixed.summary()}")
             sqlite_batch = _batch(port, auth, args.seconds, "sb")
+            beside = _singles_beside_batches(port, auth, args.seconds)
+            print(f"singles at 200/s beside back-to-back 1,000-batches: {beside.summary()}")
         print(f"ratio single / ceiling = {ours.rate / ceil.rate:.2f} (target >= 0.5)")
         print(
             f"fixed {args.rate:.0f}/s: p50 {fixed.percentile(50) * 1000:.2f} ms, "
@@ -183,6 +188,41 @@ def main() -> None:
             f"batch endpoint, durable: SQLite {sqlite_batch:,.0f} detections/s, "
             f"PostgreSQL {pg_batch:,.0f} detections/s (target >= 20,000/s on SQLite)"
         )
+
+
+def _singles_beside_batches(port: int, auth: dict[str, str], seconds: float) -> Result:
+    """Live single detections at a fixed 200/s while another client uploads batches: how long
+    a live feed waits behind an archive upload."""
+    stop = threading.Event()
+
+    def upload() -> None:
+        with httpx.Client(timeout=60) as client:
+            for k in itertools.count():
+                if stop.is_set():
+                    return
+                items = [json.loads(_detection(k * 1000 + j, "ub")) for j in range(1000)]
+                client.post(
+                    f"http://{HOST}:{port}/api/v1/detections/batch", json=items, headers=auth
+                )
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        time.sleep(1)
+        return asyncio.run(
+            open_loop(
+                HOST,
+                port,
+                lambda i: request_bytes(
+                    HOST, port, "/api/v1/detections", _detection(i, "live"), auth
+                ),
+                200,
+                seconds,
+            )
+        )
+    finally:
+        stop.set()
+        uploader.join()
 
 
 def _batch(port: int, auth: dict[str, str], seconds: float, run: str) -> float:

@@ -8,6 +8,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -39,6 +40,9 @@ from copbridge.store import (
 router = APIRouter(prefix="/api/v1", tags=["detections"])
 
 MAX_BATCH = 1000
+_CHUNK = 100
+"""A batch is validated and located this many items at a time, the event loop free in between:
+a 1,000-item batch held it ~100-250 ms in one go, and live single detections waited behind it."""
 _ID = re.compile(ID_PATTERN)
 _JSON = "application/json"
 
@@ -160,18 +164,17 @@ async def post_batch(request: Request) -> Response:
         return items
 
     results: list[dict[str, Any] | None] = [None] * len(items)
-    checked: list[_Checked] = []
-    for index, raw in enumerate(items):
-        outcome = _validate_item(index, raw)
-        if isinstance(outcome, dict):
-            results[index] = outcome
-        else:
-            checked.append(outcome)
+    checked = await _check_items(items, results)
     images = await _keep_images(pipeline, settings.max_image_bytes, checked, results)
     valid = [c for c in checked if results[c.index] is None]
-    located = pipeline.prepare_many(
-        [(c.detection, c.raw, images.get(c.index)) for c in valid], actor=actor
-    )
+    located: list[Prepared | Rejection] = []
+    now = datetime.now(UTC)
+    for start in range(0, len(valid), _CHUNK):
+        chunk = valid[start : start + _CHUNK]
+        located += pipeline.prepare_many(
+            [(c.detection, c.raw, images.get(c.index)) for c in chunk], actor=actor, now=now
+        )
+        await asyncio.sleep(0)
     prepared: list[tuple[int, Prepared]] = []
     for item, ready in zip(valid, located, strict=True):
         if isinstance(ready, Rejection):
@@ -221,6 +224,21 @@ def _item(
 ) -> dict[str, Any]:
     """One batch result, the JSON of :class:`copbridge.model.BatchItemResult`."""
     return {"index": index, "status": status, "answer": answer, "error": error}
+
+
+async def _check_items(items: list[Any], results: list[dict[str, Any] | None]) -> list[_Checked]:
+    """Each item against the contract (refusals go into ``results``), yielding the loop now
+    and then."""
+    checked: list[_Checked] = []
+    for index, raw in enumerate(items):
+        outcome = _validate_item(index, raw)
+        if isinstance(outcome, dict):
+            results[index] = outcome
+        else:
+            checked.append(outcome)
+        if index % _CHUNK == _CHUNK - 1:
+            await asyncio.sleep(0)  # let live single detections in between
+    return checked
 
 
 @dataclass(frozen=True, slots=True)
