@@ -215,9 +215,6 @@ class KeyRing:
         cached = None if refresh else self.cached(text)
         if cached is not None:
             return cached, "ok"
-        if refresh:
-            with self._lock:
-                self._verified.pop(self.digest(text), None)
         key = parse_key(text)
         if key is None:
             return None, "malformed key"
@@ -228,6 +225,10 @@ class KeyRing:
         at = now_us()
         reason = _refusal(record, matches, at)
         if reason is not None or record is None:
+            # The cached answer (if any) keeps serving while a refresh asks the store; a key
+            # found revoked or expired leaves the cache only now.
+            with self._lock:
+                self._verified.pop(self.digest(text), None)
             return record if matches else None, reason or "unknown key"
         with self._lock:
             self._verified[self.digest(text)] = (record, time.monotonic())
