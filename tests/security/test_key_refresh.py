@@ -4,6 +4,7 @@ and a key the store now calls revoked leaves the cache when the renewal sees it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,11 @@ PEPPER = b"p" * 32
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqlStore:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened = open_store(f"sqlite:///{tmp_path / 'keys.db'}")
     opened.upgrade()
-    return opened
+    yield opened
+    opened.close()
 
 
 def _key(store: SqlStore) -> tuple[str, str]:
