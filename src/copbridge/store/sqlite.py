@@ -85,9 +85,13 @@ class _Checkpointer:
         conn: sqlite3.Connection | None = None
         last_truncate = time.monotonic()
         while not self._stop.wait(PASSIVE_EVERY_S):
+            if conn is None and not self._path.exists():
+                continue  # nothing written yet
             try:
                 if conn is None:
-                    conn = sqlite3.connect(self._path, isolation_level=None, timeout=0.1)
+                    # mode=rw: the checkpointer never creates the file, the writer does.
+                    uri = f"{self._path.resolve().as_uri()}?mode=rw"
+                    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0.1)
                     conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_TIMEOUT_MS}")
                 if time.monotonic() - last_truncate >= self._truncate_every_s and self._quiet():
                     last_truncate = time.monotonic()
