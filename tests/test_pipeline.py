@@ -15,7 +15,7 @@ from copbridge.config import load_settings
 from copbridge.model import Answer, Detection
 from copbridge.pipeline import Pipeline, Prepared, Rejection
 from tests.api.conftest import EXAMPLE
-from tests.geo.test_terrain import _hill_tif
+from tests.geo.test_terrain import HILL_LON, SENSOR_LAT, _hill_tif
 
 NOW = datetime(2026, 11, 28, 7, 0, 0, 123000, tzinfo=UTC)
 
@@ -120,11 +120,17 @@ def test_batch_gives_every_item_the_one_by_one_answer(tmp_path: Path) -> None:
 def test_batch_with_terrain_marches_each_ray_like_the_single_path(tmp_path: Path) -> None:
     terrain = _hill_tif(tmp_path / "hill.tif")
     bodies = _varied(24, seed=3)
+    for body in bodies[::2]:  # half of them look at the hill from 2 km south, no ground given
+        body.pop("ground", None)
+        body["platform"] = {"lat": SENSOR_LAT, "lon": HILL_LON, "alt": 1400.0, "alt_ref": "msl"}
+        body["gimbal"] = {"azimuth": 0.0, "elevation": -3.0, "roll": 0.0}
     single = _one_by_one(_pipeline(tmp_path, terrain=terrain), bodies)
     batch = _pipeline(tmp_path, terrain=terrain).prepare_many(
         [(Detection.model_validate(b), b, None) for b in bodies], now=NOW
     )
     _assert_same(single, batch)
+    grounds = {p.answer["location"]["ground"] for p in batch if isinstance(p, Prepared)}
+    assert "terrain" in grounds
 
 
 def test_the_answer_is_the_documented_answer_model(tmp_path: Path) -> None:
