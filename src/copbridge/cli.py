@@ -74,14 +74,7 @@ def serve(
     configure_logging(settings.log_format, settings.log_level)
     _tune_garbage_collector()
     store = build_store(settings)
-    try:
-        if settings.migrate_on_start:
-            store.upgrade()
-        else:
-            store.ping()
-    except StoreError as exc:
-        store.close()
-        fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+    _make_ready(settings, store)
     minted = _bootstrap_key(settings, store)
     if minted is not None:
         typer.echo(f"bootstrap admin key (shown once, store it now): {minted}")
@@ -137,14 +130,7 @@ def worker(config: ConfigOption = None) -> None:
         service = DeliveryService(settings, store, run_worker=True, feed="off")
     except DestinationError as exc:
         fail(str(exc), 2)
-    try:
-        if settings.migrate_on_start:
-            store.upgrade()
-        else:
-            store.ping()
-    except StoreError as exc:
-        store.close()
-        fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+    _make_ready(settings, store)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -239,6 +225,18 @@ def send(
         typer.echo(f"  {count} x {reason}")
     if summary.rejected:
         raise typer.Exit(1)
+
+
+def _make_ready(settings: Settings, store: Store) -> None:
+    """Migrate (or just reach) the store before serving from it; exit 1 with one line if not."""
+    try:
+        if settings.migrate_on_start:
+            store.upgrade()
+        else:
+            store.ping()
+    except StoreError as exc:
+        store.close()
+        fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
 
 
 def _tune_garbage_collector() -> None:
