@@ -331,6 +331,7 @@ class Pipeline:
         for i, detection in enumerate(detections):
             try:
                 ray = self._ray_inputs(detection, index=i)
+                ray.pose.validate()  # as locate_pixel does; a refusal is this detection's alone
             except geo.GeolocationError as exc:
                 out[i] = _geometry_rejection(exc, detection)
                 continue
@@ -385,7 +386,6 @@ class Pipeline:
             gimbal_elevation=gimbal.elevation,
             gimbal_roll=gimbal.roll,
         )
-        pose.validate()  # as locate_pixel does; a refusal here is this detection's alone
         u, v, point = geo.box_point(
             box.x, box.y, box.width, box.height, detection.label.lower() in self.ground_labels
         )
