@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     jwt_previous_keys: Annotated[tuple[Path, ...], NoDecode] = ()  # PEMs that still verify
     jwt_rotate_days: float = Field(default=30.0, gt=0)
     rate_limit_storage: str = "memory://"  # redis://host:port/db when replicas share limits
+    # Longest wait for Redis per hit; past it (or on any Redis error) this replica counts alone.
+    rate_limit_storage_timeout_ms: int = Field(default=250, ge=10, le=10_000)
     rate_limit_prefix: str = Field(default="copbridge", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     rate_limit_credential: str = "100/second"
     rate_limit_ip: str = "200/second"

@@ -61,6 +61,15 @@ DESTINATION_OLDEST = Gauge(
     "Age of the oldest event waiting for a destination.",
     ["destination"],
 )
+RATE_LIMIT_SHARED_UP = Gauge(
+    "copbridge_rate_limit_shared_up",
+    "1 while rate limits are counted in the shared storage (Redis); 0 while this replica counts "
+    "them alone because Redis failed or did not answer in time, or when no Redis is configured.",
+)
+RATE_LIMIT_LOCAL_FALLBACKS = Counter(
+    "copbridge_rate_limit_fallbacks_total",
+    "Times the shared rate-limit storage failed and this replica began counting alone.",
+)
 FEED_CLIENTS = Gauge("copbridge_feed_clients", "TAK clients connected to the built-in feed.")
 
 

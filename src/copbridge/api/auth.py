@@ -93,6 +93,7 @@ class Guard:
                 "failure-audit": f"{_FAILURE_AUDITS_PER_MINUTE}/minute",
             },
             prefix=settings.rate_limit_prefix,
+            timeout_s=settings.rate_limit_storage_timeout_ms / 1000,
         )
         self.index: dict[tuple[int, str], tuple[str, str]] = {}
         self._revoked: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=settings.key_cache_ttl_s)

@@ -2,7 +2,8 @@
 
 ``limits`` has no token bucket; its moving window is the equivalent used here: at most N hits in
 any window, capacity coming back as old hits age out, so ``Retry-After`` is exact. Storage is in
-process (``memory://``) or shared by replicas (``redis://``).
+process (``memory://``) or shared by replicas (``redis://``); when Redis is down or silent, each
+replica falls back to counting in process (see :class:`RateLimits`).
 
 In process we count with :class:`LocalMovingWindow`, our own few lines with the same rule: the
 ``limits`` async memory storage takes a lock, awaits and scans twice per hit, ~100 µs of every
@@ -12,6 +13,7 @@ ingest request here (two hits each) — the largest single cost of authorisation
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -23,6 +25,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from copbridge.logs import get_logger
+from copbridge.metrics import RATE_LIMIT_LOCAL_FALLBACKS, RATE_LIMIT_SHARED_UP
 
 _log = get_logger("copbridge.ratelimit")
 
@@ -99,42 +102,104 @@ class LocalMovingWindow:
 
 
 class RateLimits:
-    """Named limits (``credential``, ``ip``, ``auth``…) checked against one storage."""
+    """Named limits (``credential``, ``ip``, ``auth``…) checked against one storage.
 
-    def __init__(self, storage_url: str, limits: dict[str, str], prefix: str = "copbridge") -> None:
+    With Redis, every call is bounded by ``timeout_s``. When Redis fails or does not answer in
+    time, this replica counts in process instead (each replica then enforces the limits alone,
+    so a cluster allows at most replicas x limit) and asks Redis again after ``retry_after_s``
+    with one probing request while the others stay local. A vanished Redis (no RST: a dead node
+    or a partition) used to hold every request for good; limits are never simply switched off.
+    """
+
+    def __init__(
+        self,
+        storage_url: str,
+        limits: dict[str, str],
+        prefix: str = "copbridge",
+        *,
+        timeout_s: float = 0.25,
+        retry_after_s: float = 5.0,
+    ) -> None:
         self.prefix = prefix
         uri = storage_uri(storage_url)
-        options = {"implementation": "redispy"} if "redis" in uri else {}
+        shared = "redis" in uri
+        options: dict[str, float | str | bool] = (
+            {
+                "implementation": "redispy",
+                "socket_connect_timeout": timeout_s,
+                "socket_timeout": timeout_s,
+            }
+            if shared
+            else {}
+        )
         storage = storage_from_string(uri, **options)
         if not isinstance(storage, Storage):
             raise TypeError(f"{uri} is not an async storage")
         self.storage = storage
-        self.limiter = MovingWindowRateLimiter(self.storage)
-        self.local = LocalMovingWindow() if uri.startswith("async+memory") else None
+        self.limiter = MovingWindowRateLimiter(self.storage) if shared else None
+        self.local = LocalMovingWindow()
         self.items: dict[str, RateLimitItem] = {name: parse(text) for name, text in limits.items()}
+        self._timeout_s = timeout_s
+        self._retry_after_s = retry_after_s
+        self._shared_down_until = 0.0  # monotonic; 0 = the shared storage is believed up
+        self._probing = False
         self._warned = 0.0
+        RATE_LIMIT_SHARED_UP.set(1 if shared else 0)
+
+    @property
+    def shared_up(self) -> bool:
+        """False while a Redis outage has the limits counted in this process."""
+        return self.limiter is not None and not self._shared_down_until
 
     async def hit(self, name: str, identity: str) -> Verdict:
-        """Count one hit for ``identity`` under the named limit; fail open if storage is down."""
+        """Count one hit for ``identity`` under the named limit."""
         item = self.items[name]
-        if self.local is not None:
-            allowed, remaining, reset = self.local.hit(
-                (self.prefix, name, identity), item.amount, float(item.get_expiry())
-            )
-            return Verdict(allowed, item.amount, remaining, reset)
+        if self.limiter is None or not self._may_ask_shared():
+            return self._local_hit(item, name, identity)
+        probing = bool(self._shared_down_until)
+        self._probing = probing
         try:
-            allowed = await self.limiter.hit(item, self.prefix, name, identity)
-            reset_at, remaining = await self.limiter.get_window_stats(
-                item, self.prefix, name, identity
-            )
-        except Exception as exc:  # a limiter outage must not stop the service
-            if time.monotonic() - self._warned > 60:
-                self._warned = time.monotonic()
-                _log.warning("rate limit storage unavailable; not limiting", error=str(exc))
-            return Verdict(True, item.amount, item.amount, float(item.get_expiry()))
+            async with asyncio.timeout(self._timeout_s):
+                allowed = await self.limiter.hit(item, self.prefix, name, identity)
+                reset_at, remaining = await self.limiter.get_window_stats(
+                    item, self.prefix, name, identity
+                )
+        except Exception as exc:  # an outage of the shared storage must not stop the service
+            self._shared_failed(exc)
+            return self._local_hit(item, name, identity)
+        finally:
+            if probing:
+                self._probing = False
+        if self._shared_down_until:
+            self._shared_down_until = 0.0
+            RATE_LIMIT_SHARED_UP.set(1)
+            _log.warning("rate limit storage answers again; limits are shared again")
         return Verdict(allowed, item.amount, remaining, max(0.0, reset_at - time.time()))
 
+    def _may_ask_shared(self) -> bool:
+        if not self._shared_down_until:
+            return True
+        # Down: one request at a time probes once the pause is over; the rest count locally.
+        return time.monotonic() >= self._shared_down_until and not self._probing
+
+    def _shared_failed(self, exc: BaseException) -> None:
+        self._shared_down_until = time.monotonic() + self._retry_after_s
+        RATE_LIMIT_SHARED_UP.set(0)
+        RATE_LIMIT_LOCAL_FALLBACKS.inc()
+        if time.monotonic() - self._warned > 60:
+            self._warned = time.monotonic()
+            error = str(exc) or f"no answer within {self._timeout_s:g} s"
+            _log.warning(
+                "rate limit storage unavailable; counting in this process until it answers",
+                error=error,
+            )
+
+    def _local_hit(self, item: RateLimitItem, name: str, identity: str) -> Verdict:
+        allowed, remaining, reset = self.local.hit(
+            (self.prefix, name, identity), item.amount, float(item.get_expiry())
+        )
+        return Verdict(allowed, item.amount, remaining, reset)
+
     async def reset(self) -> None:
-        if self.local is not None:
-            self.local.reset()
+        self.local.reset()
         await self.storage.reset()
