@@ -8,6 +8,7 @@ from __future__ import annotations
 import psycopg
 
 from copbridge.store.sql import SqlStore
+from copbridge.store.stalls import StallWatch, WatchedConnection
 from copbridge.store.tx import Dialect
 from copbridge.store.writer import BatchObserver
 
@@ -19,14 +20,28 @@ DIALECT = Dialect(
 )
 
 CONNECT_TIMEOUT_S = 5
+STATEMENT_TIMEOUT_S = 30
+SILENCE_LIMIT_S = STATEMENT_TIMEOUT_S + 5
+"""A statement still without an answer this long after the server's own timeout would have
+ended it is talking to a silent path: its connection is cut (see ``store.stalls``)."""
 
 
-def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+def _connect(url: str, stalls: StallWatch) -> WatchedConnection:
     conn = psycopg.connect(
-        url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="copbridge"
+        url,
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        application_name="copbridge",
+        # A peer that vanished (no FIN, no RST) is noticed by the kernel: unacknowledged data
+        # after 15 s, an idle connection after 10 + 3 x 5 s of unanswered keepalives.
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+        tcp_user_timeout=15_000,
     )
-    conn.execute("SET statement_timeout = '30s'")
-    return conn
+    conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT_S}s'")
+    return WatchedConnection(conn, stalls)
 
 
 def _is_store_error(exc: BaseException) -> bool:
@@ -45,13 +60,19 @@ class PostgresStore(SqlStore):
         max_delay_s: float = 0.002,
         max_items: int = 512,
         observe: BatchObserver | None = None,
+        silence_limit_s: float = SILENCE_LIMIT_S,
     ) -> None:
         self.url = url.replace("postgres://", "postgresql://", 1)
+        self.stalls = StallWatch(silence_limit_s)
         super().__init__(
             dialect=DIALECT,
-            connect=lambda: _connect(self.url),
+            connect=lambda: _connect(self.url, self.stalls),
             is_store_error=_is_store_error,
             max_delay_s=max_delay_s,
             max_items=max_items,
             observe=observe,
         )
+
+    def close(self) -> None:
+        super().close()
+        self.stalls.close()

@@ -1,0 +1,155 @@
+"""A PostgreSQL whose network path goes silent (no FIN, no RST: a vanished node, a frozen proxy)
+makes writes and reads fail within the silence limit instead of hanging for good, nothing of a
+failed write is kept, and the store works again as soon as the path heals.
+
+Real PostgreSQL behind the delivery drills' fault proxy; only the silence limit is shortened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from fastapi.testclient import TestClient
+
+from copbridge.api.app import create_app
+from copbridge.config import load_settings
+from copbridge.store import StoreUnavailable
+from copbridge.store.postgres import PostgresStore
+from tests.api.conftest import example
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY
+from tests.delivery.proxy import FaultProxy
+from tests.store.factories import detection
+
+pytestmark = pytest.mark.timeout(120)  # a store that waits on a silent path hangs, not fails
+
+T = TypeVar("T")
+DESTS = ("tcp://127.0.0.1:9",)
+BOUND_S = 20.0
+"""Longest any call may take here (silence limit 1 s, connect timeout 5 s): a liveness bound."""
+
+
+@pytest.fixture
+async def proxied(pg_url: str) -> AsyncIterator[tuple[FaultProxy, str]]:
+    proxy = FaultProxy("127.0.0.1", 5432)
+    await proxy.start()
+    try:
+        yield proxy, pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    finally:
+        await proxy.stop()
+
+
+async def test_silent_path_fails_writes_and_reads_then_heals(
+    proxied: tuple[FaultProxy, str],
+) -> None:
+    proxy, url = proxied
+    store = PostgresStore(url, silence_limit_s=1.0)
+    try:
+        await asyncio.to_thread(store.upgrade)
+        await asyncio.wrap_future(store.submit_detections([detection("before")], DESTS))
+        reader = _OneThread()
+        assert await reader.run(store.get_detection, "before") is not None
+
+        proxy.black_hole()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(
+                asyncio.wrap_future(store.submit_detections([detection("during")], DESTS)),
+                BOUND_S,
+            )
+        with pytest.raises(StoreUnavailable):  # the reader's live connection went silent too
+            await asyncio.wait_for(reader.run(store.get_detection, "before"), BOUND_S)
+        assert store.stalls.cuts >= 2
+
+        proxy.heal()
+        await asyncio.wait_for(
+            asyncio.wrap_future(store.submit_detections([detection("after")], DESTS)), BOUND_S
+        )
+        assert await reader.run(store.get_detection, "after") is not None
+        assert await reader.run(store.get_detection, "during") is None  # nothing half-kept
+        report = await reader.run(store.verify_audit)
+        assert report.ok
+        reader.close()
+    finally:
+        await asyncio.to_thread(store.close)
+
+
+def test_api_answers_503_while_postgres_is_silent_and_202_once_it_heals(
+    pg_url: str, tmp_path: Path
+) -> None:
+    with _ProxyThread() as proxy:
+        url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        store = PostgresStore(url, silence_limit_s=1.0)
+        store.upgrade()
+        settings = load_settings(
+            database_url=url,
+            data_dir=tmp_path / "data",
+            feed="off",
+            run_worker=False,
+            bootstrap_key=ADMIN_KEY,
+        )
+        try:
+            with TestClient(create_app(settings, store)) as client:
+                post = functools.partial(client.post, "/api/v1/detections", headers=ADMIN_HEADERS)
+                first = post(json=example(id="first"))
+                assert first.status_code == 202, first.text
+
+                proxy.call(FaultProxy.black_hole)
+                during = post(json=example(id="during"))
+                assert during.status_code == 503, during.text
+
+                proxy.call(FaultProxy.heal)
+                again = post(json=example(id="during"))
+                assert again.status_code == 202, again.text
+                assert again.json()["duplicate"] is False  # the refused attempt left nothing
+        finally:
+            store.close()
+
+
+class _ProxyThread:
+    """The fault proxy on an event loop of its own, beside an app that blocks its loop at times
+    (as a separate network hop would be)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.proxy = FaultProxy("127.0.0.1", 5432)
+
+    def __enter__(self) -> _ProxyThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self._loop).result(10)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    def call(self, action: Callable[[FaultProxy], None]) -> None:
+        async def act() -> None:
+            action(self.proxy)
+
+        asyncio.run_coroutine_threadsafe(act(), self._loop).result(10)
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+class _OneThread:
+    """Runs blocking store calls on one thread of its own, so they share one read connection."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1)
+
+    async def run(self, call: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
