@@ -30,6 +30,7 @@ LONG: dict[str, Callable[[Path], drills.DrillReport]] = {
     "blackhole+kill": lambda w: drills.black_hole_then_crash(w, outage_s=10, drain_s=60),
     "diskfull": lambda w: drills.disk_full(w, max_pages=3000),
     "postgres": lambda w: drills.pg_outage(w, outage_s=30),
+    "pgsilent": lambda w: drills.pg_silent(w, outage_s=30),
 }
 
 

@@ -354,6 +354,10 @@ def disk_full(workdir: Path, *, max_pages: int = 600, rate: float = 150) -> Dril
     return report
 
 
+PG_SILENCE_S = 3.0
+"""The drills' silence limit for PostgreSQL statements (default 35 s)."""
+
+
 def pg_outage(workdir: Path, *, outage_s: float, rate: float = 60) -> DrillReport:
     """Every connection to copbridge's PostgreSQL database is cut and refused for ``outage_s``:
     503 meanwhile, 202 again by itself afterwards, nothing accepted lost or corrupted."""
@@ -377,4 +381,42 @@ def pg_outage(workdir: Path, *, outage_s: float, rate: float = 60) -> DrillRepor
         if during == 0:
             report.failures.append("no 503 while PostgreSQL refused connections")
         chain.settle(report, load, 60, started)
+    return report
+
+
+def pg_silent(workdir: Path, *, outage_s: float, rate: float = 60) -> DrillReport:
+    """The path to PostgreSQL goes silent (black hole: no answer, no FIN, no RST) for
+    ``outage_s``: answers stay bounded (503 within the silence limit), 202 again by itself once
+    the path heals, nothing accepted lost or corrupted."""
+    report = DrillReport(f"PostgreSQL silent {outage_s:g} s", "postgresql", 1)
+    started = time.monotonic()
+    with fresh_pg_database() as (direct, _):
+        pg_path = ProxyThread(5432)
+        try:
+            url = direct.replace("127.0.0.1:5432", f"127.0.0.1:{pg_path.port}")
+            with rig(workdir, url, COPBRIDGE_PG_SILENCE_LIMIT_S=str(PG_SILENCE_S)) as chain:
+                load = Load(chain.serve.url, rate).start()
+                try:
+                    time.sleep(2.0)
+                    before = load.statuses[503]
+                    pg_path.do(pg_path.proxy.black_hole)
+                    time.sleep(outage_s)
+                    pg_path.do(pg_path.proxy.heal)
+                    back = time.monotonic()
+                    wait_until(lambda: _posts_again(chain.serve.url), 30, "202 after the heal")
+                    during = load.statuses[503] - before  # answers come up to a limit late
+                    report.notes.append(
+                        f"202 again {time.monotonic() - back:.1f} s after the path healed"
+                    )
+                    time.sleep(2.0)
+                finally:
+                    load.stop()
+                if during == 0:
+                    report.failures.append("no 503 while PostgreSQL was silent")
+                report.notes.append(f"slowest answer {load.slowest_s:.1f} s")
+                if load.errors:  # the load's client gives up after 10 s
+                    report.failures.append(f"{load.errors} requests got no answer in 10 s")
+                chain.settle(report, load, 60, started)
+        finally:
+            pg_path.close()
     return report

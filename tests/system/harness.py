@@ -132,6 +132,7 @@ class Load:
     refused: set[str] = field(default_factory=set)  # ids answered 503
     statuses: Counter[int] = field(default_factory=Counter)
     errors: int = 0
+    slowest_s: float = 0.0  # the longest any answered request took
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -170,6 +171,7 @@ class Load:
                 self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
     def _post(self, client: httpx.Client, path: str, body: Any, *, batch: bool) -> None:
+        sent_at = time.monotonic()
         try:
             answer = client.post(path, json=body)
         except httpx.HTTPError:
@@ -189,6 +191,7 @@ class Load:
             single = answer.json() if status == 202 else None
             outcomes = [(sent["id"], status, single) for sent in (body if batch else [body])]
         with self._lock:
+            self.slowest_s = max(self.slowest_s, time.monotonic() - sent_at)
             self.statuses[status] += 1
             for detection_id, item_status, item_answer in outcomes:
                 if item_status == 202:

@@ -42,6 +42,7 @@ def build_store(settings: Settings) -> SqlStore:
         max_items=settings.group_commit_max_items,
         observe=observe_commit,
         sqlite_max_pages=settings.sqlite_max_pages,
+        pg_silence_limit_s=settings.pg_silence_limit_s,
     )
 
 

@@ -57,6 +57,7 @@ def open_store(
     max_items: int = 512,
     observe: BatchObserver | None = None,
     sqlite_max_pages: int | None = None,
+    pg_silence_limit_s: float | None = None,
 ) -> SqlStore:
     """Open the store a ``COPBRIDGE_DATABASE_URL`` names (no connection is made yet)."""
     if url.startswith("sqlite:///"):
@@ -71,7 +72,13 @@ def open_store(
             max_page_count=sqlite_max_pages,
         )
     if url.startswith(("postgresql://", "postgres://")):
-        from copbridge.store.postgres import PostgresStore
+        from copbridge.store.postgres import SILENCE_LIMIT_S, PostgresStore
 
-        return PostgresStore(url, max_delay_s=max_delay_s, max_items=max_items, observe=observe)
+        return PostgresStore(
+            url,
+            max_delay_s=max_delay_s,
+            max_items=max_items,
+            observe=observe,
+            silence_limit_s=pg_silence_limit_s or SILENCE_LIMIT_S,
+        )
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")

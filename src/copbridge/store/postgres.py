@@ -68,6 +68,7 @@ class PostgresStore(SqlStore):
             dialect=DIALECT,
             connect=lambda: _connect(self.url, self.stalls),
             is_store_error=_is_store_error,
+            is_stale=lambda conn: bool(conn.stale),
             max_delay_s=max_delay_s,
             max_items=max_items,
             observe=observe,

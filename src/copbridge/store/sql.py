@@ -60,11 +60,13 @@ class SqlStore:
         dialect: Dialect,
         connect: Callable[[], Any],
         is_store_error: Callable[[BaseException], bool],
+        is_stale: Callable[[Any], bool] = lambda _: False,
         max_delay_s: float = 0.002,
         max_items: int = 512,
         observe: BatchObserver | None = None,
     ) -> None:
         self._dialect = dialect
+        self._is_stale = is_stale
         self._connect = connect
         self._is_store_error = is_store_error
         self._local = threading.local()
@@ -82,6 +84,7 @@ class SqlStore:
             savepoint=lambda c, sql: c.execute(sql),
             is_store_error=is_store_error,
             close=lambda c: c.close(),
+            is_stale=is_stale,
             max_delay_s=max_delay_s,
             max_items=max_items,
             observe=observe,
@@ -123,6 +126,8 @@ class SqlStore:
             if self._closed:
                 raise StoreUnavailable("the store is closed")
             try:
+                if reader.conn is not None and self._is_stale(reader.conn):
+                    reader.drop()
                 if reader.conn is None:
                     reader.conn = self._connect()
                 return job(Tx(reader.conn, self._dialect))

@@ -93,6 +93,14 @@ class WatchedConnection:
     def __init__(self, conn: Any, watch: StallWatch) -> None:
         self.raw = conn
         self.watch = watch
+        self._born = watch.cuts
+
+    @property
+    def stale(self) -> bool:
+        """True once any connection of the same store was cut after this one was made: a path
+        that went silent for one most likely froze the idle ones too, and each of those would
+        cost a request the whole silence limit when next used."""
+        return self.watch.cuts != self._born
 
     def execute(self, sql: Any, params: Any = None, /) -> Any:
         with self.watch.watching(self.raw.fileno()):

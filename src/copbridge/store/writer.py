@@ -57,6 +57,7 @@ class GroupWriter(Generic[C]):
         savepoint: Callable[[C, str], None],
         is_store_error: Callable[[BaseException], bool],
         close: Callable[[C], None],
+        is_stale: Callable[[C], bool] = lambda _: False,
         max_delay_s: float = 0.002,
         max_items: int = 512,
         observe: BatchObserver | None = None,
@@ -69,6 +70,7 @@ class GroupWriter(Generic[C]):
         self._savepoint = savepoint
         self._is_store_error = is_store_error
         self._close_conn = close
+        self._is_stale = is_stale
         self._max_delay_s = max_delay_s
         self._max_items = max_items
         self._observe = observe
@@ -249,6 +251,8 @@ class GroupWriter(Generic[C]):
         return batch
 
     def _connection(self) -> C:
+        if self._conn is not None and self._is_stale(self._conn):
+            self._drop_connection()
         if self._conn is None:
             self._conn = self._connect()
         return self._conn
