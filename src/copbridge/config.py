@@ -99,7 +99,8 @@ class Settings(BaseSettings):
         default=None, ge=64
     )  # cap the file: a full disk on purpose
     # PostgreSQL: a statement unanswered this long is on a silent path; its connection is cut.
-    pg_silence_limit_s: float = Field(default=35.0, ge=1, le=3600)
+    # The server's statement_timeout is set 5 s shorter, so healthy slow statements end first.
+    pg_silence_limit_s: float = Field(default=35.0, ge=6, le=3600)
     max_body_bytes: int = Field(default=12 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     retention_hours: float = Field(default=24.0, gt=0)

@@ -51,13 +51,13 @@ def silent_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-def _limits(port: int, limit: str = "5/minute") -> RateLimits:
+def _limits(port: int, limit: str = "5/minute", retry_after_s: float = 0.5) -> RateLimits:
     return RateLimits(
         f"redis://127.0.0.1:{port}/0",
         {"credential": limit},
         prefix=f"t{uuid.uuid4().hex[:12]}",
         timeout_s=0.2,
-        retry_after_s=0.5,
+        retry_after_s=retry_after_s,
     )
 
 
@@ -116,7 +116,8 @@ async def test_black_holed_redis_falls_back_to_local_limits_then_shares_again(
 async def test_refused_redis_is_limited_locally_and_retried_after_the_pause(
     redis_proxy: FaultProxy,
 ) -> None:
-    limits = _limits(redis_proxy.port, "3/minute")
+    # A pause long enough that the hits below surely fall inside it on a busy machine.
+    limits = _limits(redis_proxy.port, "3/minute", retry_after_s=3.0)
     try:
         await redis_proxy.refuse()
         redis_proxy.reset()
@@ -128,7 +129,7 @@ async def test_refused_redis_is_limited_locally_and_retried_after_the_pause(
         assert await _hits(limits, 1, "key-3") == [True]  # still within the pause: local
         assert not limits.shared_up
         assert _shared_count(limits, "key-3") == 0
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(3.1)
         assert await _hits(limits, 1, "key-3") == [True]
         assert limits.shared_up
         assert _shared_count(limits, "key-3") == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from copbridge.api.app import create_app
 from copbridge.config import load_settings
 from copbridge.store import StoreUnavailable
 from copbridge.store.postgres import PostgresStore
+from copbridge.store.tx import Tx
 from tests.api.conftest import example
 from tests.conftest import ADMIN_HEADERS, ADMIN_KEY
 from tests.delivery.proxy import FaultProxy
@@ -81,6 +83,59 @@ async def test_silent_path_fails_writes_and_reads_then_heals(
         assert report.ok
         reader.close()
         idle.close()
+    finally:
+        await asyncio.to_thread(store.close)
+
+
+async def test_a_read_waiting_on_a_silent_path_is_cut(proxied: tuple[FaultProxy, str]) -> None:
+    proxy, url = proxied
+    store = PostgresStore(url, silence_limit_s=1.0)
+    reader = _OneThread()
+    try:
+        await asyncio.to_thread(store.upgrade)
+        assert await reader.run(store.get_detection, "none") is None  # a live read connection
+        proxy.black_hole()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(reader.run(store.get_detection, "none"), BOUND_S)
+        assert store.stalls.cuts == 1  # cut by the watch, not ended by a connect timeout
+        proxy.heal()
+        assert await reader.run(store.get_detection, "none") is None
+    finally:
+        reader.close()
+        await asyncio.to_thread(store.close)
+
+
+async def test_a_transaction_cut_mid_way_does_not_keep_the_audit_lock(
+    proxied: tuple[FaultProxy, str],
+) -> None:
+    """The server never hears of the cut (the proxy froze the path); its half-done transaction
+    holds the lock every ingest takes until idle_in_transaction_session_timeout ends it."""
+    proxy, url = proxied
+    store = PostgresStore(url, silence_limit_s=1.0)
+    loop = asyncio.get_running_loop()
+
+    def lock_then_go_silent(tx: Tx) -> None:
+        tx.execute("SELECT pg_advisory_xact_lock(7461002)")  # what every audit append takes
+        loop.call_soon_threadsafe(proxy.black_hole)
+        time.sleep(0.3)
+        tx.execute("SELECT 1")
+
+    try:
+        await asyncio.to_thread(store.upgrade)
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(
+                asyncio.to_thread(store._write_now, lock_then_go_silent), BOUND_S
+            )
+        proxy.heal()
+        deadline = time.monotonic() + BOUND_S
+        while True:
+            try:
+                await asyncio.wrap_future(store.submit_detections([detection("later")], DESTS))
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the cut transaction still holds the lock"
+                await asyncio.sleep(0.2)
+        assert await asyncio.to_thread(store.get_detection, "later") is not None
     finally:
         await asyncio.to_thread(store.close)
 

@@ -354,8 +354,8 @@ def disk_full(workdir: Path, *, max_pages: int = 600, rate: float = 150) -> Dril
     return report
 
 
-PG_SILENCE_S = 3.0
-"""The drills' silence limit for PostgreSQL statements (default 35 s)."""
+PG_SILENCE_S = 6.0
+"""The drills' silence limit for PostgreSQL statements (default 35 s; 6 s is the least allowed)."""
 
 
 def pg_outage(workdir: Path, *, outage_s: float, rate: float = 60) -> DrillReport:
@@ -414,6 +414,9 @@ def pg_silent(workdir: Path, *, outage_s: float, rate: float = 60) -> DrillRepor
                 if during == 0:
                     report.failures.append("no 503 while PostgreSQL was silent")
                 report.notes.append(f"slowest answer {load.slowest_s:.1f} s")
+                # A cut after the silence limit, then at most one connect timeout (5 s) more.
+                if load.slowest_s > PG_SILENCE_S + 5 + 2:
+                    report.failures.append(f"an answer took {load.slowest_s:.1f} s")
                 if load.errors:  # the load's client gives up after 10 s
                     report.failures.append(f"{load.errors} requests got no answer in 10 s")
                 chain.settle(report, load, 60, started)

@@ -69,6 +69,6 @@ def test_postgresql_cut_answers_503_then_recovers_by_itself(tmp_path: Path) -> N
 
 @pytest.mark.postgres
 def test_silent_postgresql_answers_503_in_bounded_time_then_recovers(tmp_path: Path) -> None:
-    report = drills.pg_silent(tmp_path, outage_s=6)
+    report = drills.pg_silent(tmp_path, outage_s=8)
     _clean(report)
     assert report.refused > 0

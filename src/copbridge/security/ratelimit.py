@@ -157,7 +157,8 @@ class RateLimits:
         if self.limiter is None or not self._may_ask_shared():
             return self._local_hit(item, name, identity)
         probing = bool(self._shared_down_until)
-        self._probing = probing
+        if probing:
+            self._probing = True
         try:
             async with asyncio.timeout(self._timeout_s):
                 allowed = await self.limiter.hit(item, self.prefix, name, identity)
@@ -183,7 +184,10 @@ class RateLimits:
         return time.monotonic() >= self._shared_down_until and not self._probing
 
     def _shared_failed(self, exc: BaseException) -> None:
+        was_up = not self._shared_down_until
         self._shared_down_until = time.monotonic() + self._retry_after_s
+        if not was_up:
+            return  # a failed probe, or a request that was already waiting when Redis went
         RATE_LIMIT_SHARED_UP.set(0)
         RATE_LIMIT_LOCAL_FALLBACKS.inc()
         if time.monotonic() - self._warned > 60:

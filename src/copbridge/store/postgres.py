@@ -6,6 +6,7 @@ Claims use ``FOR UPDATE SKIP LOCKED``; audit appends take a transaction-scoped a
 from __future__ import annotations
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from copbridge.store.sql import SqlStore
 from copbridge.store.stalls import StallWatch, WatchedConnection
@@ -20,15 +21,31 @@ DIALECT = Dialect(
 )
 
 CONNECT_TIMEOUT_S = 5
-STATEMENT_TIMEOUT_S = 30
-SILENCE_LIMIT_S = STATEMENT_TIMEOUT_S + 5
-"""A statement still without an answer this long after the server's own timeout would have
-ended it is talking to a silent path: its connection is cut (see ``store.stalls``)."""
+SILENCE_LIMIT_S = 35.0
+"""A statement still unanswered this long is talking to a silent path: its connection is cut
+(see ``store.stalls``). The server ends our statements 5 s before that (``statement_timeout``),
+so a slow but healthy statement fails there first, with PostgreSQL's own error."""
+SERVER_GRACE_S = 5.0
 
 
 def _connect(url: str, stalls: StallWatch) -> WatchedConnection:
+    born = stalls.cuts  # read first: a cut during the connect makes this connection stale too
+    statement_timeout_ms = int(max(1.0, stalls.limit_s - SERVER_GRACE_S) * 1000)
+    # idle_in_transaction_session_timeout (twice the limit; our transactions never pause for
+    # long): a transaction whose client was cut mid-way, the server never hearing of it, would
+    # otherwise hold the audit chain's lock, and with it every replica's ingest, until the
+    # server's keepalives notice (2 h by default; ~25 s with the settings below, when the peer
+    # is really gone rather than a frozen proxy that still answers them).
+    idle_in_transaction_ms = int(2 * stalls.limit_s * 1000)
+    server = (
+        f"-c statement_timeout={statement_timeout_ms}"
+        f" -c idle_in_transaction_session_timeout={idle_in_transaction_ms}"
+        " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+    )
+    # Sent with the startup packet (covered by connect_timeout), after the URL's own options.
+    given = conninfo_to_dict(url).get("options")
     conn = psycopg.connect(
-        url,
+        make_conninfo(url, options=f"{given} {server}" if given else server),
         autocommit=True,
         connect_timeout=CONNECT_TIMEOUT_S,
         application_name="copbridge",
@@ -40,8 +57,11 @@ def _connect(url: str, stalls: StallWatch) -> WatchedConnection:
         keepalives_count=3,
         tcp_user_timeout=15_000,
     )
-    conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT_S}s'")
-    return WatchedConnection(conn, stalls)
+    try:
+        return WatchedConnection(conn, stalls, born)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _is_store_error(exc: BaseException) -> bool:
@@ -75,5 +95,7 @@ class PostgresStore(SqlStore):
         )
 
     def close(self) -> None:
+        # A statement stuck on a silent path would outlive the writer's join: cut it first.
+        self.stalls.cut_all()
         super().close()
         self.stalls.close()

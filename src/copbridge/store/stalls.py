@@ -11,10 +11,12 @@ the watch must wrap our own connection use, which no library does.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,18 +32,17 @@ class StallWatch:
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
-        self._busy: dict[int, tuple[int, float]] = {}  # statement token -> (socket fd, deadline)
+        self._busy: dict[int, tuple[socket.socket, float]] = {}  # token -> (socket, deadline)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.cuts = 0
 
     @contextlib.contextmanager
-    def watching(self, fileno: int) -> Iterator[None]:
-        token = object()
-        key = id(token)
+    def watching(self, sock: socket.socket) -> Iterator[None]:
+        key = id(object())
         with self._lock:
-            self._busy[key] = (fileno, time.monotonic() + self.limit_s)
+            self._busy[key] = (sock, time.monotonic() + self.limit_s)
             if self._thread is None and not self._wake.is_set():
                 self._thread = threading.Thread(
                     target=self._run, name="copbridge-stall-watch", daemon=True
@@ -53,6 +54,10 @@ class StallWatch:
             with self._lock:
                 self._busy.pop(key, None)
 
+    def cut_all(self) -> None:
+        """Cut every connection still waiting (a store shutting down will not wait for them)."""
+        self._cut(math.inf)
+
     def close(self) -> None:
         """Stop the watcher (a store being closed has no statements left to watch)."""
         self._wake.set()
@@ -63,37 +68,36 @@ class StallWatch:
 
     def _run(self) -> None:
         while not self._wake.wait(_SWEEP_S):
-            now = time.monotonic()
-            # Cut under the lock: the statement's thread cannot leave ``watching`` (and so cannot
-            # close the connection and free its descriptor for reuse) until the cut is done.
-            with self._lock:
-                stalled = [(k, fd) for k, (fd, due) in self._busy.items() if due <= now]
-                for key, fd in stalled:
-                    del self._busy[key]
-                    _shut(fd)
-                    self.cuts += 1
-            for _ in stalled:
-                _log.warning("database connection silent; cut it", waited_s=self.limit_s)
+            self._cut(time.monotonic())
 
-
-def _shut(fd: int) -> None:
-    # shutdown() acts on the connection every descriptor of it shares, so the statement blocked
-    # on the original descriptor wakes with an error; closing our duplicate leaves it open.
-    try:
-        dup = os.dup(fd)
-    except OSError:
-        return  # closed meanwhile: nothing left to cut
-    with contextlib.suppress(OSError), socket.socket(fileno=dup) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
+    def _cut(self, now: float) -> None:
+        with self._lock:
+            stalled = [(k, sock) for k, (sock, deadline) in self._busy.items() if deadline <= now]
+            for key, sock in stalled:
+                del self._busy[key]
+                # shutdown() acts on the connection that every descriptor of it shares, so the
+                # statement blocked on libpq's descriptor wakes with an error at once.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self.cuts += len(stalled)
+        for _ in stalled:
+            _log.warning("database connection silent; cut it", waited_s=self.limit_s)
 
 
 class WatchedConnection:
-    """A DB-API connection whose every statement runs under a :class:`StallWatch`."""
+    """A DB-API connection whose every statement runs under a :class:`StallWatch`.
 
-    def __init__(self, conn: Any, watch: StallWatch) -> None:
+    It holds its own duplicate of the connection's socket: libpq closes its descriptor when the
+    connection breaks, and the number may then be reused by any other socket of the process; the
+    duplicate always names this connection, so a late cut can never hit a stranger.
+    """
+
+    def __init__(self, conn: Any, watch: StallWatch, born: int) -> None:
         self.raw = conn
         self.watch = watch
-        self._born = watch.cuts
+        self._born = born  # the watch's cut count read before connecting
+        self._sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self._closed = weakref.finalize(self, self._sock.close)
 
     @property
     def stale(self) -> bool:
@@ -103,14 +107,17 @@ class WatchedConnection:
         return self.watch.cuts != self._born
 
     def execute(self, sql: Any, params: Any = None, /) -> Any:
-        with self.watch.watching(self.raw.fileno()):
+        with self.watch.watching(self._sock):
             return self.raw.execute(sql, params)
 
     def cursor(self) -> _WatchedCursor:
         return _WatchedCursor(self)
 
     def close(self) -> None:
-        self.raw.close()
+        try:
+            self.raw.close()
+        finally:
+            self._closed()
 
 
 class _WatchedCursor:
@@ -118,6 +125,6 @@ class _WatchedCursor:
         self._conn = conn
 
     def executemany(self, sql: Any, rows: Sequence[Sequence[Any]]) -> None:
-        raw = self._conn.raw
-        with self._conn.watch.watching(raw.fileno()):
-            raw.cursor().executemany(sql, rows)
+        conn = self._conn
+        with conn.watch.watching(conn._sock):
+            conn.raw.cursor().executemany(sql, rows)
