@@ -11,6 +11,7 @@ the watch must wrap our own connection use, which no library does.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import socket
@@ -25,6 +26,7 @@ from copbridge.logs import get_logger
 _log = get_logger("copbridge.store")
 
 _SWEEP_S = 0.1
+_IDLE_SWEEPS = 50
 
 
 class StallWatch:
@@ -33,6 +35,7 @@ class StallWatch:
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
         self._busy: dict[int, tuple[socket.socket, float]] = {}  # token -> (socket, deadline)
+        self._tokens = itertools.count()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -40,8 +43,8 @@ class StallWatch:
 
     @contextlib.contextmanager
     def watching(self, sock: socket.socket) -> Iterator[None]:
-        key = id(object())
         with self._lock:
+            key = next(self._tokens)
             self._busy[key] = (sock, time.monotonic() + self.limit_s)
             if self._thread is None and not self._wake.is_set():
                 self._thread = threading.Thread(
@@ -67,8 +70,14 @@ class StallWatch:
             thread.join(timeout=2)
 
     def _run(self) -> None:
+        idle = 0
         while not self._wake.wait(_SWEEP_S):
             self._cut(time.monotonic())
+            with self._lock:
+                idle = 0 if self._busy else idle + 1
+                if idle >= _IDLE_SWEEPS:  # nothing to watch for a while: the next one restarts it
+                    self._thread = None
+                    return
 
     def _cut(self, now: float) -> None:
         with self._lock:
