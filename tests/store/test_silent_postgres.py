@@ -108,13 +108,16 @@ async def test_a_read_waiting_on_a_silent_path_is_cut(proxied: tuple[FaultProxy,
 async def test_a_transaction_cut_mid_way_does_not_keep_the_audit_lock(
     proxied: tuple[FaultProxy, str],
 ) -> None:
-    """The server never hears of the cut (the proxy froze the path); its half-done transaction
-    holds the lock every ingest takes until idle_in_transaction_session_timeout ends it."""
+    """The server never hears of the cut (the proxy froze the path), so its half-done
+    transaction would hold the lock every ingest takes for as long as the frozen path lasts;
+    the store ends that backend as soon as it can connect again. (The transaction here turns
+    its idle timeout off, as a backend waiting for the rest of a message never gets one.)"""
     proxy, url = proxied
     store = PostgresStore(url, silence_limit_s=1.0)
     loop = asyncio.get_running_loop()
 
     def lock_then_go_silent(tx: Tx) -> None:
+        tx.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
         tx.execute("SELECT pg_advisory_xact_lock(7461002)")  # what every audit append takes
         loop.call_soon_threadsafe(proxy.black_hole)
         time.sleep(0.3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from copbridge.logs import get_logger
 from copbridge.store.sql import SqlStore
 from copbridge.store.stalls import StallWatch, WatchedConnection
 from copbridge.store.tx import Dialect
@@ -19,6 +20,8 @@ DIALECT = Dialect(
     skip_locked=" FOR UPDATE SKIP LOCKED",
     audit_lock="SELECT pg_advisory_xact_lock(7461002)",
 )
+
+_log = get_logger("copbridge.store")
 
 CONNECT_TIMEOUT_S = 5
 SILENCE_LIMIT_S = 35.0
@@ -58,10 +61,39 @@ def _connect(url: str, stalls: StallWatch) -> WatchedConnection:
         tcp_user_timeout=15_000,
     )
     try:
-        return WatchedConnection(conn, stalls, born)
+        watched = WatchedConnection(conn, stalls, born)
+        row = watched.execute(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ).fetchone()
+        watched.who = (int(row[0]), row[1]) if row else None
+        _end_orphans(watched, stalls)
     except BaseException:
         conn.close()
         raise
+    return watched
+
+
+def _end_orphans(conn: WatchedConnection, stalls: StallWatch) -> None:
+    """End the server sides of connections cut earlier. The server never heard of those cuts: a
+    backend left waiting for the rest of a message is neither idle in a transaction nor running
+    a statement, so no server timeout ends it, and its transaction keeps the audit chain's lock
+    (every replica's ingest waits on it). Matched by pid and start time, so a pid the server
+    has since given to another session is never touched."""
+    orphans = stalls.take_orphans()
+    if not orphans:
+        return
+    pids, starts = zip(*orphans, strict=True)
+    try:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
+            "JOIN unnest(%s::int[], %s::timestamptz[]) AS o(pid, started) "
+            "ON a.pid = o.pid AND a.backend_start = o.started",
+            (list(pids), list(starts)),
+        ).fetchone()
+    except BaseException:
+        stalls.give_back(orphans)
+        raise
+    _log.warning("ended backends of cut connections", ended=int(row[0]) if row else 0)
 
 
 def _is_store_error(exc: BaseException) -> bool:

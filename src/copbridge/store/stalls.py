@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 from copbridge.logs import get_logger
@@ -34,7 +34,9 @@ class StallWatch:
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
-        self._busy: dict[int, tuple[socket.socket, float]] = {}  # token -> (socket, deadline)
+        # token -> (socket, deadline, who): ``who`` names the server side of the connection
+        self._busy: dict[int, tuple[socket.socket, float, Hashable]] = {}
+        self._orphans: set[Hashable] = set()
         self._tokens = itertools.count()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -42,10 +44,10 @@ class StallWatch:
         self.cuts = 0
 
     @contextlib.contextmanager
-    def watching(self, sock: socket.socket) -> Iterator[None]:
+    def watching(self, sock: socket.socket, who: Hashable = None) -> Iterator[None]:
         with self._lock:
             key = next(self._tokens)
-            self._busy[key] = (sock, time.monotonic() + self.limit_s)
+            self._busy[key] = (sock, time.monotonic() + self.limit_s, who)
             if self._thread is None and not self._wake.is_set():
                 self._thread = threading.Thread(
                     target=self._run, name="copbridge-stall-watch", daemon=True
@@ -56,6 +58,17 @@ class StallWatch:
         finally:
             with self._lock:
                 self._busy.pop(key, None)
+
+    def take_orphans(self) -> set[Hashable]:
+        """The server sides of cut connections (as given to ``watching``), not yet ended: the
+        server never heard of the cut, so a transaction there may still hold locks."""
+        with self._lock:
+            orphans, self._orphans = self._orphans, set()
+        return orphans
+
+    def give_back(self, orphans: set[Hashable]) -> None:
+        with self._lock:
+            self._orphans |= orphans
 
     def cut_all(self) -> None:
         """Cut every connection still waiting (a store shutting down will not wait for them)."""
@@ -81,9 +94,11 @@ class StallWatch:
 
     def _cut(self, now: float) -> None:
         with self._lock:
-            stalled = [(k, sock) for k, (sock, deadline) in self._busy.items() if deadline <= now]
-            for key, sock in stalled:
+            stalled = [(k, sock, who) for k, (sock, due, who) in self._busy.items() if due <= now]
+            for key, sock, who in stalled:
                 del self._busy[key]
+                if who is not None:
+                    self._orphans.add(who)
                 # shutdown() acts on the connection that every descriptor of it shares, so the
                 # statement blocked on libpq's descriptor wakes with an error at once.
                 with contextlib.suppress(OSError):
@@ -104,6 +119,7 @@ class WatchedConnection:
     def __init__(self, conn: Any, watch: StallWatch, born: int) -> None:
         self.raw = conn
         self.watch = watch
+        self.who: Hashable = None  # the server side's identity, once known
         self._born = born  # the watch's cut count read before connecting
         self._sock = socket.socket(fileno=os.dup(conn.fileno()))
         self._closed = weakref.finalize(self, self._sock.close)
@@ -116,7 +132,7 @@ class WatchedConnection:
         return self.watch.cuts != self._born
 
     def execute(self, sql: Any, params: Any = None, /) -> Any:
-        with self.watch.watching(self._sock):
+        with self.watch.watching(self._sock, self.who):
             return self.raw.execute(sql, params)
 
     def cursor(self) -> _WatchedCursor:
@@ -135,5 +151,5 @@ class _WatchedCursor:
 
     def executemany(self, sql: Any, rows: Sequence[Sequence[Any]]) -> None:
         conn = self._conn
-        with conn.watch.watching(conn._sock):
+        with conn.watch.watching(conn._sock, conn.who):
             conn.raw.cursor().executemany(sql, rows)
