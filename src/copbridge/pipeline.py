@@ -29,7 +29,14 @@ from copbridge.metrics import (
     GEOLOCATION_SECONDS,
 )
 from copbridge.model import Detection, Distortion
-from copbridge.store import Acceptance, AuditEntry, DetectionRecord, QueuedEvent, SqlStore
+from copbridge.store import (
+    Acceptance,
+    AuditEntry,
+    DetectionRecord,
+    ImageBlob,
+    QueuedEvent,
+    SqlStore,
+)
 
 PLATFORM_STALE_FACTOR = 3.0
 """A platform marker stays fresh for three emission intervals: one lost update never blinks it."""
@@ -53,8 +60,12 @@ class Rejection(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StoredImage:
+    """A verified image a detection names. ``data`` is set when its row is still to be written,
+    with the detection in the same commit; None when the image is already stored."""
+
     sha256: str
     media_type: str
+    data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +260,9 @@ class Pipeline:
             platform_interval_us=int(self.settings.platform_interval_s * 1_000_000),
             image_sha256=image.sha256 if image else None,
             actor=actor,
+            image=ImageBlob(image.sha256, image.media_type, image.data)
+            if image is not None and image.data is not None
+            else None,
         )
         return Prepared(record, answer)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -240,6 +241,21 @@ def test_inline_image_round_trips(client: TestClient) -> None:
     body = example(image={"media_type": "image/jpeg", "data": base64.b64encode(image).decode()})
     assert client.post(URL, json=body).status_code == 202
     assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == image
+
+
+def test_the_image_of_a_detection_refused_409_is_not_kept(client: TestClient) -> None:
+    """The image row is written in the detection's own commit, so a refused detection leaves
+    no image behind (it used to be stored first, in a commit of its own)."""
+    first, other = _jpeg(), _jpeg(32, 32)
+    inline = {"media_type": "image/jpeg"}
+    body = example(image={**inline, "data": base64.b64encode(first).decode()})
+    assert client.post(URL, json=body).status_code == 202
+    clash = example(image={**inline, "data": base64.b64encode(other).decode()})
+    assert client.post(URL, json=clash).status_code == 409
+    store = client.app.state.store  # type: ignore[attr-defined]
+    assert store.get_image(hashlib.sha256(first).hexdigest()) == ("image/jpeg", first)
+    assert store.get_image(hashlib.sha256(other).hexdigest()) is None
+    assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == first
 
 
 def test_batch_gives_per_item_results_in_input_order(client: TestClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -276,6 +277,29 @@ def test_images_kept_together_are_each_served_once_stored(store: SqlStore) -> No
         assert store.get_image(image.sha256) == ("image/png", image.data)
     assert store.get_image("f" * 64) is None
     store.put_images([])
+
+
+def test_an_image_rides_with_its_detection_and_only_an_accepted_one_is_kept(
+    store: SqlStore,
+) -> None:
+    """The single-detection path writes the image row in the detection's own commit: kept when
+    the detection is accepted, not when the id turns out to be taken by another body."""
+    first = ImageBlob("a" * 64, "image/jpeg", b"first frame")
+    other = ImageBlob("b" * 64, "image/jpeg", b"other frame")
+    store.keep_image_files([first, other])
+    accepted = dataclasses.replace(detection("img-1"), image_sha256=first.sha256, image=first)
+    clash = dataclasses.replace(
+        detection("img-1", body="another"), image_sha256=other.sha256, image=other
+    )
+    [result] = store.accept_detections([accepted], DESTS)
+    assert result.outcome == "accepted"
+    [refused] = store.accept_detections([clash], DESTS)
+    assert refused.outcome == "conflict"
+    assert store.get_image(first.sha256) == ("image/jpeg", b"first frame")
+    assert store.get_image(other.sha256) is None
+    stored = store.get_detection("img-1")
+    assert stored is not None
+    assert stored.image_sha256 == first.sha256
 
 
 def test_reused_refresh_token_revokes_its_family(store: SqlStore) -> None:

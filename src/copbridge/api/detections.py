@@ -469,8 +469,11 @@ async def _keep_image(
     pipeline: Pipeline, data: bytes, declared: str | None, max_bytes: int
 ) -> StoredImage:
     verified = await run_in_threadpool(verify_image, data, declared, max_bytes)
-    await run_in_threadpool(pipeline.store.put_image, verified.sha256, verified.media_type, data)
-    return StoredImage(verified.sha256, verified.media_type)
+    blob = ImageBlob(verified.sha256, verified.media_type, verified.data)
+    if pipeline.store.keeps_image_files:
+        await run_in_threadpool(pipeline.store.keep_image_files, [blob])
+    # The row goes with the detection, in its commit: one commit per request, not two.
+    return StoredImage(verified.sha256, verified.media_type, verified.data)
 
 
 async def _read_multipart(

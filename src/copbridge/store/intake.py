@@ -15,7 +15,13 @@ from typing import Any, Literal
 
 from copbridge import jsontext
 from copbridge.store import audit_log
-from copbridge.store.records import Acceptance, AuditEntry, DetectionRecord, QueuedEvent
+from copbridge.store.records import (
+    Acceptance,
+    AuditEntry,
+    DetectionRecord,
+    ImageBlob,
+    QueuedEvent,
+)
 from copbridge.store.tx import Tx, placeholders
 
 _ROWS_PER_STATEMENT = 64  # 10 columns x 64 rows stays far below every bound-parameter limit
@@ -35,14 +41,21 @@ class Intake:
     destinations: tuple[str, ...]
 
 
-def accept(tx: Tx, intakes: Sequence[Intake]) -> list[list[Acceptance]]:
-    """Store every new detection of ``intakes`` with its events, outbox rows and audit records;
-    answer retries of a stored id as duplicates (same body) or conflicts (another body)."""
+def accept(
+    tx: Tx, intakes: Sequence[Intake], *, image_bytes: bool = True
+) -> list[list[Acceptance]]:
+    """Store every new detection of ``intakes`` with its events, outbox rows, audit records and
+    image row (the bytes in it when ``image_bytes``); answer retries of a stored id as
+    duplicates (same body) or conflicts (another body)."""
     firsts: dict[str, DetectionRecord] = {}
     for intake in intakes:
         for record in intake.records:
             firsts.setdefault(record.id, record)
     inserted = _insert_detections(tx, list(firsts.values()))
+    with_image = [r for r in firsts.values() if r.image is not None and r.id in inserted]
+    if with_image:
+        images = [r.image for r in with_image if r.image is not None]
+        insert_images(tx, images, with_image[0].received_us, keep_bytes=image_bytes)
     stored = _stored_answers(tx, [i for i in firsts if i not in inserted])
 
     audits: list[AuditEntry] = []
@@ -68,6 +81,20 @@ def accept(tx: Tx, intakes: Sequence[Intake]) -> list[list[Acceptance]]:
     audits.extend(_queue_events(tx, queued))
     audit_log.append(tx, audits)
     return answers
+
+
+def insert_images(tx: Tx, images: Sequence[ImageBlob], at_us: int, *, keep_bytes: bool) -> None:
+    """Image rows, once per SHA-256 (a stored one is left as it is); the bytes go in the row
+    unless the adapter keeps them in files."""
+    unique = {image.sha256: image for image in images}
+    tx.many(
+        "INSERT INTO images (sha256, media_type, size, data, created_us) "
+        "VALUES (?,?,?,?,?) ON CONFLICT (sha256) DO NOTHING",
+        [
+            (i.sha256, i.media_type, len(i.data), i.data if keep_bytes else None, at_us)
+            for i in unique.values()
+        ],
+    )
 
 
 def _chunks(items: Sequence[Any], size: int = _ROWS_PER_STATEMENT) -> Iterator[Sequence[Any]]:

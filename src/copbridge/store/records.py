@@ -38,6 +38,9 @@ class DetectionRecord:
     platform_interval_us: int = 0
     image_sha256: str | None = None
     actor: str | None = None
+    image: ImageBlob | None = None
+    """An image whose row is written with the detection, in the same commit (its file already
+    kept by ``keep_image_files`` where the adapter keeps files); None when already stored."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ class SqlStore:
     """Shared implementation of :class:`copbridge.store.port.Store`."""
 
     writes_on_loop = False
+    keeps_image_files = False
 
     def __init__(
         self,
@@ -184,7 +185,9 @@ class SqlStore:
                 taken.extend(self._intake)
                 self._intake = []
                 self._intake_scheduled = False
-            return intake.accept(tx, [item for item, _ in taken])
+            return intake.accept(
+                tx, [item for item, _ in taken], image_bytes=not self.keeps_image_files
+            )
 
         self._write(job).add_done_callback(lambda done: self._settle(taken, done))
         return future
@@ -245,26 +248,15 @@ class SqlStore:
     def put_image(self, sha256: str, media_type: str, data: bytes) -> None:
         self.put_images([ImageBlob(sha256, media_type, data)])
 
-    def put_images(self, images: Sequence[ImageBlob]) -> None:
-        self._insert_images(images, keep_bytes=True)
+    def keep_image_files(self, images: Sequence[ImageBlob]) -> None:
+        """Nothing to do here: the bytes go in the images row."""
 
-    def _insert_images(self, images: Sequence[ImageBlob], *, keep_bytes: bool) -> None:
-        """One commit for all rows; the bytes go in the row unless the adapter keeps files."""
-        unique = {image.sha256: image for image in images}
-        if not unique:
-            return
-        at = _now_us()
-        rows = [
-            (i.sha256, i.media_type, len(i.data), i.data if keep_bytes else None, at)
-            for i in unique.values()
-        ]
-        self._write_now(
-            lambda tx: tx.many(
-                "INSERT INTO images (sha256, media_type, size, data, created_us) "
-                "VALUES (?,?,?,?,?) ON CONFLICT (sha256) DO NOTHING",
-                rows,
-            )
-        )
+    def put_images(self, images: Sequence[ImageBlob]) -> None:
+        self.keep_image_files(images)
+        if images:
+            at = _now_us()
+            keep_bytes = not self.keeps_image_files
+            self._write_now(lambda tx: intake.insert_images(tx, images, at, keep_bytes=keep_bytes))
 
     def get_image(self, sha256: str) -> tuple[str, bytes] | None:
         row = self._read(

@@ -133,6 +133,7 @@ class SqliteStore(SqlStore):
     """The store in one SQLite file."""
 
     writes_on_loop = True
+    keeps_image_files = True
 
     def __init__(
         self,
@@ -174,11 +175,11 @@ class SqliteStore(SqlStore):
             raise ValueError("an image is named by its lowercase hex SHA-256")
         return self.images_dir / sha256[:2] / sha256
 
-    def put_images(self, images: Sequence[ImageBlob]) -> None:
+    def keep_image_files(self, images: Sequence[ImageBlob]) -> None:
         """Write each new image file and sync it (concurrently: the file system's journal then
-        commits many syncs together — one at a time, a 1,000-image batch took ~4 s), sync the
-        folders, then record every row in one commit. A crash leaves at most unreferenced
-        files, never a row without its file."""
+        commits many syncs together — one at a time, a 1,000-image batch took ~4 s) and sync the
+        folders; the rows come after, in their own commit or the detections' (a crash leaves at
+        most unreferenced files, never a row without its file)."""
         fresh = {i.sha256: i for i in images if not self._image_path(i.sha256).exists()}
         try:
             written = list(_IMAGE_WRITERS.map(self._write_image_file, fresh.values()))
@@ -186,7 +187,6 @@ class SqliteStore(SqlStore):
                 _fsync_dir(folder)
         except OSError as exc:
             raise StoreUnavailable(f"cannot store the image: {exc.strerror}") from exc
-        self._insert_images(images, keep_bytes=False)
 
     def _write_image_file(self, image: ImageBlob) -> Path:
         target = self._image_path(image.sha256)
