@@ -256,6 +256,15 @@ def test_the_image_of_a_detection_refused_409_is_not_kept(client: TestClient) ->
     assert store.get_image(hashlib.sha256(first).hexdigest()) == ("image/jpeg", first)
     assert store.get_image(hashlib.sha256(other).hexdigest()) is None
     assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == first
+    # The same in a batch: the refused item's image is not kept either.
+    third = _jpeg(16, 16)
+    items = [
+        example(id="fresh", image={**inline, "data": base64.b64encode(first).decode()}),
+        example(image={**inline, "data": base64.b64encode(third).decode()}),
+    ]
+    answer = client.post(f"{URL}/batch", json=items)
+    assert [r["status"] for r in answer.json()["results"]] == [202, 409]
+    assert store.get_image(hashlib.sha256(third).hexdigest()) is None
 
 
 def test_batch_gives_per_item_results_in_input_order(client: TestClient) -> None:

@@ -276,8 +276,9 @@ async def _keep_images(
     checked: list[_Checked],
     results: list[dict[str, Any] | None],
 ) -> dict[int, StoredImage]:
-    """Verify the batch's images side by side (Pillow decodes outside the GIL), then keep them
-    all with one store call (one commit); a refused image refuses its item only."""
+    """Verify the batch's images side by side (Pillow decodes outside the GIL) and keep their
+    files where the store keeps files; each row goes with its detection, in the batch's one
+    commit. A refused image refuses its item only."""
     with_image = [c for c in checked if c.image is not None]
     if not with_image:
         return {}
@@ -294,9 +295,10 @@ async def _keep_images(
         if isinstance(outcome, ImageRejected):
             results[item.index] = _image_refused(item.index, outcome)
             continue
-        kept[item.index] = StoredImage(outcome.sha256, outcome.media_type)
+        kept[item.index] = StoredImage(outcome.sha256, outcome.media_type, outcome.data)
         blobs.append(ImageBlob(outcome.sha256, outcome.media_type, outcome.data))
-    await run_in_threadpool(pipeline.store.put_images, blobs)
+    if pipeline.store.keeps_image_files:
+        await run_in_threadpool(pipeline.store.keep_image_files, blobs)
     return kept
 
 
