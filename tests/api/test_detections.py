@@ -16,6 +16,7 @@ from PIL import Image
 
 from copbridge.api.app import create_app
 from copbridge.cot import parse_xml
+from copbridge.store import StoreUnavailable
 from tests.api.conftest import DESTINATIONS, EXAMPLE, app_settings, example
 from tests.conftest import ADMIN_HEADERS
 
@@ -265,6 +266,34 @@ def test_the_image_of_a_detection_refused_409_is_not_kept(client: TestClient) ->
     answer = client.post(f"{URL}/batch", json=items)
     assert [r["status"] for r in answer.json()["results"]] == [202, 409]
     assert store.get_image(hashlib.sha256(third).hexdigest()) is None
+
+
+def test_a_retry_with_its_image_is_a_duplicate_and_the_image_still_served(
+    client: TestClient,
+) -> None:
+    image = _jpeg()
+    body = example(image={"media_type": "image/jpeg", "data": base64.b64encode(image).decode()})
+    assert client.post(URL, json=body).json()["duplicate"] is False
+    assert client.post(URL, json=body).json()["duplicate"] is True
+    batch = client.post(f"{URL}/batch", json=[body, example(id="other")]).json()
+    assert [r["answer"]["duplicate"] for r in batch["results"]] == [True, False]
+    assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == image
+
+
+def test_an_image_file_that_cannot_be_kept_is_503_and_nothing_is_stored(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = client.app.state.store  # type: ignore[attr-defined]
+
+    def disk_full(images: object) -> None:
+        raise StoreUnavailable("cannot store the image: No space left on device")
+
+    monkeypatch.setattr(store, "keep_image_files", disk_full)
+    image = _jpeg()
+    body = example(image={"media_type": "image/jpeg", "data": base64.b64encode(image).decode()})
+    assert client.post(URL, json=body).status_code == 503
+    assert client.get(f"{URL}/{EXAMPLE['id']}").status_code == 404
+    assert store.get_image(hashlib.sha256(image).hexdigest()) is None
 
 
 def test_batch_gives_per_item_results_in_input_order(client: TestClient) -> None:

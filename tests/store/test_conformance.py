@@ -20,6 +20,7 @@ from copbridge.store import (
     open_store,
 )
 from copbridge.store.migrations import latest_version
+from copbridge.store.sqlite import SqliteStore
 from copbridge.store.tx import Tx
 from tests.store.factories import SECOND_US, detection, now_us
 
@@ -269,14 +270,32 @@ def test_keys_create_list_revoke(store: SqlStore) -> None:
     assert revoked.revoked_us is not None
 
 
-def test_images_kept_together_are_each_served_once_stored(store: SqlStore) -> None:
+def test_images_written_with_their_detections_are_each_served_once_stored(
+    store: SqlStore,
+) -> None:
     images = [ImageBlob(f"{i:064x}", "image/png", bytes([i]) * (10 + i)) for i in range(1, 6)]
-    store.put_images([*images, images[0]])  # the same image twice in one call is one
-    store.put_images(images[:2])  # and again later: no conflict
+    with_images = [*images, images[0]]  # two detections naming the same image in one commit
+    store.keep_image_files(with_images)
+    records = [
+        dataclasses.replace(detection(f"im{n}"), image_sha256=i.sha256, image=i)
+        for n, i in enumerate(with_images)
+    ]
+    assert {r.outcome for r in store.accept_detections(records, DESTS)} == {"accepted"}
+    later = [  # and again later, by other detections: no conflict
+        dataclasses.replace(detection(f"again{n}"), image_sha256=i.sha256, image=i)
+        for n, i in enumerate(images[:2])
+    ]
+    store.keep_image_files(images[:2])
+    assert {r.outcome for r in store.accept_detections(later, DESTS)} == {"accepted"}
     for image in images:
         assert store.get_image(image.sha256) == ("image/png", image.data)
     assert store.get_image("f" * 64) is None
-    store.put_images([])
+    store.keep_image_files([])
+    # The bytes live in files beside SQLite and in the rows of PostgreSQL, never both ways.
+    in_rows = store._read(lambda tx: tx.one("SELECT count(data) FROM images"))
+    assert in_rows == ((0,) if store.keeps_image_files else (len(images),))
+    if isinstance(store, SqliteStore):
+        assert all(store._image_path(i.sha256).is_file() for i in images)
 
 
 def test_an_image_rides_with_its_detection_and_only_an_accepted_one_is_kept(

@@ -62,18 +62,12 @@ class Store(Protocol):
 
     def list_detections(self, query: DetectionQuery) -> list[StoredDetection]: ...
 
-    def put_image(self, sha256: str, media_type: str, data: bytes) -> None: ...
-
     keeps_image_files: bool
     """True when image bytes live in files beside the database (SQLite), not in its rows."""
 
     def keep_image_files(self, images: Sequence[ImageBlob]) -> None:
         """Make the images' files durable (where the adapter keeps files); their rows are then
         written with the detections that name them (``DetectionRecord.image``)."""
-        ...
-
-    def put_images(self, images: Sequence[ImageBlob]) -> None:
-        """Keep several images durably at once (one commit); the same image twice is one."""
         ...
 
     def get_image(self, sha256: str) -> tuple[str, bytes] | None: ...

@@ -245,18 +245,8 @@ class SqlStore:
         rows = self._read(lambda tx: tx.all(sql, [*params, query.limit]))
         return [_detection(r) for r in rows]
 
-    def put_image(self, sha256: str, media_type: str, data: bytes) -> None:
-        self.put_images([ImageBlob(sha256, media_type, data)])
-
     def keep_image_files(self, images: Sequence[ImageBlob]) -> None:
         """Nothing to do here: the bytes go in the images row."""
-
-    def put_images(self, images: Sequence[ImageBlob]) -> None:
-        self.keep_image_files(images)
-        if images:
-            at = _now_us()
-            keep_bytes = not self.keeps_image_files
-            self._write_now(lambda tx: intake.insert_images(tx, images, at, keep_bytes=keep_bytes))
 
     def get_image(self, sha256: str) -> tuple[str, bytes] | None:
         row = self._read(

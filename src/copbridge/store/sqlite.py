@@ -182,8 +182,10 @@ class SqliteStore(SqlStore):
         most unreferenced files, never a row without its file)."""
         fresh = {i.sha256: i for i in images if not self._image_path(i.sha256).exists()}
         try:
-            written = list(_IMAGE_WRITERS.map(self._write_image_file, fresh.values()))
-            for folder in {path.parent for path in written}:
+            list(_IMAGE_WRITERS.map(self._write_image_file, fresh.values()))
+            # Every image's folder, not only the new files': a file another request has just
+            # renamed into place may not have its folder entry on disk yet.
+            for folder in {self._image_path(i.sha256).parent for i in images}:
                 _fsync_dir(folder)
         except OSError as exc:
             raise StoreUnavailable(f"cannot store the image: {exc.strerror}") from exc
