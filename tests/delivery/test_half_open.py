@@ -1,5 +1,6 @@
 """A link that goes half-open (the proxy stops forwarding, no FIN, no RST) is noticed through
-unanswered keepalive pings and recovered within the keepalive bound, with nothing lost."""
+unanswered keepalive pings and recovered within the keepalive bound, with nothing lost — over
+plain TCP and over TLS with client certificates."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from copbridge.config import DestinationSettings
 from copbridge.delivery import DeliveryService
 from copbridge.store import SqlStore
 
-from .conftest import make_settings, running
+from .conftest import make_settings, running, taky_destination
 from .events import detection_record, has_uid, queue, uid_of
 from .proxy import FaultProxy
 from .taky import Taky
@@ -24,18 +24,20 @@ KEEPALIVE_S = 1.0
 BACKOFF_MAX_S = 0.5
 
 
+@pytest.mark.parametrize("scheme", ["tcp", "tls"])
 async def test_half_open_link_is_detected_and_recovered_within_the_keepalive_bound(
-    taky_tcp: Taky, sqlite_store: SqlStore, sqlite_url: str
+    scheme: str, request: pytest.FixtureRequest, sqlite_store: SqlStore, sqlite_url: str
 ) -> None:
-    proxy = FaultProxy(taky_tcp.host, taky_tcp.port)
+    taky: Taky = request.getfixturevalue(f"taky_{scheme}")
+    proxy = FaultProxy(taky.host, taky.port)
     await proxy.start()
-    receiver = taky_tcp.client()
+    receiver = taky.client()
     receiver.registered("rx", datetime.now(UTC))
-    url = f"tcp://127.0.0.1:{proxy.port}"
+    url = f"{scheme}://127.0.0.1:{proxy.port}"
+    # Through the proxy, with the site's certificates when TLS (the server is still "localhost").
+    destination = taky_destination(taky, keepalive_s=KEEPALIVE_S).model_copy(update={"url": url})
     settings = make_settings(
-        sqlite_url,
-        destinations=[DestinationSettings(url=url, keepalive_s=KEEPALIVE_S)],
-        delivery_backoff_max_s=BACKOFF_MAX_S,
+        sqlite_url, destinations=[destination], delivery_backoff_max_s=BACKOFF_MAX_S
     )
     try:
         async with running(DeliveryService(settings, sqlite_store)) as service:
