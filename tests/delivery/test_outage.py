@@ -1,5 +1,6 @@
 """A TAK server outage: stop taky, keep queueing, restart it. Every non-stale event arrives (the
-newest per uid at least), stale ones never do, the feed keeps serving, the monitor tells."""
+newest per uid at least), stale ones never do, the feed keeps serving, the monitor tells — over
+plain TCP and over TLS with client certificates."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from copbridge.delivery import DeliveryService, LinkState
 from copbridge.store import SqlStore
 from tests.cot.taky_server import CotClient
 
-from .conftest import make_settings, poll_until, running
+from .conftest import make_settings, poll_until, running, taky_destination
 from .events import detection_record, has_uid, queue, uid_of
 from .proxy import FaultProxy
 from .taky import Taky
@@ -25,16 +26,19 @@ async def _wait_state(service: DeliveryService, states: set[LinkState], seconds:
     await poll_until(lambda: service.snapshot()[0].state in states, seconds)
 
 
+@pytest.mark.parametrize("scheme", ["tcp", "tls"])
 async def test_outage_then_restart_delivers_newest_per_uid_and_feed_keeps_serving(
-    tmp_path: object, taky_tcp: Taky, sqlite_store: SqlStore, sqlite_url: str
+    scheme: str, request: pytest.FixtureRequest, sqlite_store: SqlStore, sqlite_url: str
 ) -> None:
     # The proxy stands for the network path: while taky restarts it refuses connections, so the
     # receiving client is registered with the new taky before copbridge reconnects.
-    proxy = FaultProxy(taky_tcp.host, taky_tcp.port)
+    taky: Taky = request.getfixturevalue(f"taky_{scheme}")
+    proxy = FaultProxy(taky.host, taky.port)
     await proxy.start()
-    url = f"tcp://127.0.0.1:{proxy.port}"
-    settings = make_settings(sqlite_url, destinations=url, feed="tcp://127.0.0.1:0")
-    receiver = taky_tcp.client()
+    url = f"{scheme}://127.0.0.1:{proxy.port}"
+    destination = taky_destination(taky).model_copy(update={"url": url})
+    settings = make_settings(sqlite_url, destinations=[destination], feed="tcp://127.0.0.1:0")
+    receiver = taky.client()
     receiver.registered("rx", datetime.now(UTC))
     clients: list[CotClient] = [receiver]
     try:
@@ -50,7 +54,7 @@ async def test_outage_then_restart_delivers_newest_per_uid_and_feed_keeps_servin
 
             # -- outage
             await proxy.refuse()
-            taky_tcp.stop()
+            taky.stop()
             receiver.close()
             await _wait_state(service, {LinkState.BACKING_OFF, LinkState.FAILING}, 10)
             base = datetime.now(UTC)
@@ -76,8 +80,8 @@ async def test_outage_then_restart_delivers_newest_per_uid_and_feed_keeps_servin
 
             await asyncio.sleep(1.2)  # the ghost goes stale while taky is down
             # -- restart
-            taky_tcp.start()
-            receiver = taky_tcp.client()
+            taky.start()
+            receiver = taky.client()
             clients.append(receiver)
             receiver.registered("rx", datetime.now(UTC))
             await proxy.accept()
