@@ -59,16 +59,6 @@ class Rejection(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class StoredImage:
-    """A verified image a detection names. ``data`` is set when its row is still to be written,
-    with the detection in the same commit; None when the image is already stored."""
-
-    sha256: str
-    media_type: str
-    data: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Located:
     fix: geo.Fix
     point: geo.BoxPoint
@@ -138,7 +128,7 @@ class Pipeline:
         detection: Detection,
         *,
         raw: dict[str, Any] | None = None,
-        image: StoredImage | None = None,
+        image: ImageBlob | None = None,
         actor: str | None = None,
         now: datetime | None = None,
     ) -> Prepared:
@@ -152,7 +142,7 @@ class Pipeline:
 
     def prepare_many(
         self,
-        items: Sequence[tuple[Detection, dict[str, Any] | None, StoredImage | None]],
+        items: Sequence[tuple[Detection, dict[str, Any] | None, ImageBlob | None]],
         *,
         actor: str | None = None,
         now: datetime | None = None,
@@ -174,7 +164,7 @@ class Pipeline:
         detection: Detection,
         located: Located,
         raw: dict[str, Any] | None,
-        image: StoredImage | None,
+        image: ImageBlob | None,
         actor: str | None,
         now: datetime,
     ) -> Prepared:
@@ -260,9 +250,7 @@ class Pipeline:
             platform_interval_us=int(self.settings.platform_interval_s * 1_000_000),
             image_sha256=image.sha256 if image else None,
             actor=actor,
-            image=ImageBlob(image.sha256, image.media_type, image.data)
-            if image is not None and image.data is not None
-            else None,
+            image=image,
         )
         return Prepared(record, answer)
 
@@ -585,7 +573,7 @@ def open_terrain(path: Path) -> geo.Terrain:
     return geo.SrtmTiles(path) if path.is_dir() else geo.GeoTiffTerrain(path)
 
 
-def body_hash(body: dict[str, Any], image: StoredImage | None) -> str:
+def body_hash(body: dict[str, Any], image: ImageBlob | None) -> str:
     """Canonical hash of what the client sent, for idempotency: same id + same body = retry."""
     if image is not None:
         body = {**body, "_image_sha256": image.sha256}

@@ -28,7 +28,7 @@ from copbridge.model import (
     Detection,
     field_errors,
 )
-from copbridge.pipeline import Pipeline, Prepared, Rejection, StoredImage
+from copbridge.pipeline import Pipeline, Prepared, Rejection
 from copbridge.store import (
     DetectionQuery,
     ImageBlob,
@@ -116,7 +116,7 @@ async def post_detection(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     actor = _actor(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    image: StoredImage | None = None
+    image: ImageBlob | None = None
     try:
         if content_type == "multipart/form-data":
             raw, part_bytes, part_type = await _read_multipart(request, settings.max_body_bytes)
@@ -275,7 +275,7 @@ async def _keep_images(
     max_bytes: int,
     checked: list[_Checked],
     results: list[dict[str, Any] | None],
-) -> dict[int, StoredImage]:
+) -> dict[int, ImageBlob]:
     """Verify the batch's images side by side (Pillow decodes outside the GIL) and keep their
     files where the store keeps files; each row goes with its detection, in the batch's one
     commit. A refused image refuses its item only."""
@@ -289,16 +289,14 @@ async def _keep_images(
             if c.image is not None
         )
     )
-    kept: dict[int, StoredImage] = {}
-    blobs: list[ImageBlob] = []
+    kept: dict[int, ImageBlob] = {}
     for item, outcome in zip(with_image, verified, strict=True):
         if isinstance(outcome, ImageRejected):
             results[item.index] = _image_refused(item.index, outcome)
             continue
-        kept[item.index] = StoredImage(outcome.sha256, outcome.media_type, outcome.data)
-        blobs.append(ImageBlob(outcome.sha256, outcome.media_type, outcome.data))
+        kept[item.index] = ImageBlob(outcome.sha256, outcome.media_type, outcome.data)
     if pipeline.store.keeps_image_files:
-        await run_in_threadpool(pipeline.store.keep_image_files, blobs)
+        await run_in_threadpool(pipeline.store.keep_image_files, list(kept.values()))
     return kept
 
 
@@ -469,13 +467,13 @@ def _inline_image(detection: Detection) -> tuple[bytes | None, str | None]:
 
 async def _keep_image(
     pipeline: Pipeline, data: bytes, declared: str | None, max_bytes: int
-) -> StoredImage:
+) -> ImageBlob:
     verified = await run_in_threadpool(verify_image, data, declared, max_bytes)
     blob = ImageBlob(verified.sha256, verified.media_type, verified.data)
     if pipeline.store.keeps_image_files:
         await run_in_threadpool(pipeline.store.keep_image_files, [blob])
     # The row goes with the detection, in its commit: one commit per request, not two.
-    return StoredImage(verified.sha256, verified.media_type, verified.data)
+    return blob
 
 
 async def _read_multipart(

@@ -39,8 +39,9 @@ class DetectionRecord:
     image_sha256: str | None = None
     actor: str | None = None
     image: ImageBlob | None = None
-    """An image whose row is written with the detection, in the same commit (its file already
-    kept by ``keep_image_files`` where the adapter keeps files); None when already stored."""
+    """The image the detection names: its row is written with the detection, in the same
+    commit, when the detection is accepted (its file already kept by ``keep_image_files`` where
+    the adapter keeps files)."""
 
 
 @dataclass(frozen=True, slots=True)
