@@ -63,12 +63,6 @@ def _connect(path: Path, max_pages: int | None) -> sqlite3.Connection:
     return conn
 
 
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    # TRUNCATE resets the WAL to zero bytes when no reader holds an old snapshot; otherwise it
-    # checkpoints what it can and the next round finishes the job, so the WAL stays bounded.
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
 class _Checkpointer:
     """Copies committed WAL frames into the database file beside the writer, never inside a
     commit: PASSIVE every second, TRUNCATE (to give the disk back) when writes have paused."""
@@ -95,6 +89,8 @@ class _Checkpointer:
                     conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_TIMEOUT_MS}")
                 if time.monotonic() - last_truncate >= self._truncate_every_s and self._quiet():
                     last_truncate = time.monotonic()
+                    # TRUNCATE resets the WAL to zero bytes when no reader holds an old
+                    # snapshot; otherwise it does what it can and a later round finishes.
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 else:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -161,9 +157,6 @@ class SqliteStore(SqlStore):
         self._checkpointer.stop()
         super().close()
 
-    def checkpoint(self) -> None:
-        self._writer.run(_checkpoint)
-
     # Images live on disk next to the database file (content-addressed), not in the WAL.
 
     @property
@@ -190,7 +183,7 @@ class SqliteStore(SqlStore):
         except OSError as exc:
             raise StoreUnavailable(f"cannot store the image: {exc.strerror}") from exc
 
-    def _write_image_file(self, image: ImageBlob) -> Path:
+    def _write_image_file(self, image: ImageBlob) -> None:
         target = self._image_path(image.sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
@@ -203,7 +196,6 @@ class SqliteStore(SqlStore):
         except OSError:
             partial.unlink(missing_ok=True)
             raise
-        return target
 
     def get_image(self, sha256: str) -> tuple[str, bytes] | None:
         row = self._read(
