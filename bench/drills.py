@@ -31,6 +31,7 @@ LONG: dict[str, Callable[[Path], drills.DrillReport]] = {
     "diskfull": lambda w: drills.disk_full(w, max_pages=3000),
     "postgres": lambda w: drills.pg_outage(w, outage_s=30),
     "pgsilent": lambda w: drills.pg_silent(w, outage_s=30),
+    "pgdiskfull": lambda w: drills.pg_disk_full(w, size_mb=64),
 }
 
 

@@ -29,6 +29,7 @@ from tests.system.harness import (
     Receiver,
     detection_now,
     fresh_pg_database,
+    pg_database_on_small_disk,
     pg_lock_out,
     rss_kib,
     wait_until,
@@ -352,6 +353,42 @@ def disk_full(workdir: Path, *, max_pages: int = 600, rate: float = 150) -> Dril
             report.failures.append("no 202 after the cap was raised")
         chain.settle(report, load, 60, started)
     return report
+
+
+def pg_disk_full(workdir: Path, *, size_mb: int = 12, rate: float = 150) -> DrillReport:
+    """The disk under copbridge's PostgreSQL tables fills under load: 503 naming the cause,
+    never a 202 for something not stored; reads go on; once the disk has room again, 202 by
+    itself (no restart) and everything accepted is delivered."""
+    report = DrillReport(f"PostgreSQL disk full ({size_mb} MB)", "postgresql", 1)
+    started = time.monotonic()
+    with pg_database_on_small_disk(size_mb) as (url, disk), rig(workdir, url) as chain:
+        load = Load(chain.serve.url, rate, batch_every=3).start()
+        try:
+            wait_until(lambda: load.statuses[503] >= 20, 90, "503 once the disk is full")
+            full = _refusal(chain.serve.url)
+            if "No space left on device" not in full:
+                report.failures.append(f"a refusal while full does not say why: {full[:200]}")
+            reads = httpx.get(
+                f"{chain.serve.url}/api/v1/detections?limit=5", headers=ADMIN_HEADERS, timeout=5
+            )
+            if reads.status_code != 200:
+                report.failures.append(f"reads while full answered {reads.status_code}")
+            disk.grow(size_mb * 8)
+            grown = time.monotonic()
+            wait_until(lambda: _posts_again(chain.serve.url), 30, "202 once the disk has room")
+            report.notes.append(f"202 again {time.monotonic() - grown:.1f} s after the disk grew")
+            time.sleep(2.0)
+        finally:
+            load.stop()
+        chain.settle(report, load, 60, started)
+    return report
+
+
+def _refusal(url: str) -> str:
+    """The body of a refused single detection (the load makes sure the disk stays full)."""
+    body = detection_now(f"full-{uuid.uuid4().hex[:8]}", "drill-full")
+    answer = httpx.post(f"{url}/api/v1/detections", json=body, headers=ADMIN_HEADERS, timeout=10)
+    return f"{answer.status_code} {answer.text}"
 
 
 PG_SILENCE_S = 6.0

@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import pwd
 import re
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -256,6 +261,67 @@ def fresh_pg_database() -> Iterator[tuple[str, str]]:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class SmallDisk:
+    """A size-capped filesystem (tmpfs) that a PostgreSQL database lives on; ``grow`` gives
+    it room again without touching the server."""
+
+    path: Path
+
+    def grow(self, size_mb: int) -> None:
+        _run(["mount", "-o", f"remount,size={size_mb}m", str(self.path)])
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.path)
+        return stats.f_bavail * stats.f_frsize
+
+
+def small_disk_unavailable() -> str | None:
+    """Why :func:`pg_database_on_small_disk` cannot run here, or None when it can: it mounts a
+    tmpfs (root only) that the local PostgreSQL server (user ``postgres``) writes to."""
+    if os.geteuid() != 0:
+        return "mounting a size-capped tmpfs needs root"
+    if shutil.which("mount") is None:
+        return "no mount command"
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "no local postgres user to own the tablespace"
+    return None
+
+
+@contextlib.contextmanager
+def pg_database_on_small_disk(size_mb: int) -> Iterator[tuple[str, SmallDisk]]:
+    """A fresh database whose tables and indexes live on a ``size_mb`` tmpfs (a tablespace):
+    it fills for real, PostgreSQL answering "No space left on device". The server's WAL stays
+    on its own disk. Unmounted and dropped afterwards."""
+    postgres = pwd.getpwnam("postgres")
+    name = f"copbridge_full_{uuid.uuid4().hex[:10]}"
+    # Under /tmp itself: the server's user must be able to reach the directory.
+    mount_point = Path(tempfile.mkdtemp(prefix="copbridge-pgdisk-", dir="/tmp"))
+    options = f"size={size_mb}m,mode=0700,uid={postgres.pw_uid},gid={postgres.pw_gid}"
+    with contextlib.ExitStack() as stack:
+        stack.callback(mount_point.rmdir)
+        _run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)])
+        stack.callback(_run, ["umount", str(mount_point)])
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f"CREATE TABLESPACE \"{name}\" LOCATION '{mount_point}'")
+        stack.callback(_admin, f'DROP TABLESPACE IF EXISTS "{name}"')
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'CREATE DATABASE "{name}" TABLESPACE "{name}"')
+        stack.callback(_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}", SmallDisk(mount_point)
+
+
+def _admin(statement: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(statement)
+
+
+def _run(command: list[str]) -> None:
+    subprocess.run(command, check=True, capture_output=True, timeout=30)
 
 
 def pg_lock_out(name: str, *, locked: bool) -> None:

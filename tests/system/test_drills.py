@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.system import drills
-from tests.system.harness import fresh_pg_database
+from tests.system.harness import fresh_pg_database, small_disk_unavailable
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -70,5 +70,15 @@ def test_postgresql_cut_answers_503_then_recovers_by_itself(tmp_path: Path) -> N
 @pytest.mark.postgres
 def test_silent_postgresql_answers_503_in_bounded_time_then_recovers(tmp_path: Path) -> None:
     report = drills.pg_silent(tmp_path, outage_s=8)
+    _clean(report)
+    assert report.refused > 0
+
+
+@pytest.mark.postgres
+def test_full_postgresql_disk_answers_503_then_recovers_by_itself(tmp_path: Path) -> None:
+    why_not = small_disk_unavailable()
+    if why_not is not None:
+        pytest.skip(why_not)
+    report = drills.pg_disk_full(tmp_path)
     _clean(report)
     assert report.refused > 0
