@@ -27,6 +27,8 @@ LONG: dict[str, Callable[[Path], drills.DrillReport]] = {
     "taky15": lambda w: drills.taky_outage(w, outage_s=60, drain_s=120, keepalive_s=15),
     "blackhole": lambda w: drills.black_hole(w, outage_s=60, drain_s=120),
     "blackhole15": lambda w: drills.black_hole(w, outage_s=60, drain_s=120, keepalive_s=15),
+    "takytls": lambda w: drills.taky_outage(w, outage_s=60, drain_s=120, tls=True),
+    "blackholetls": lambda w: drills.black_hole(w, outage_s=60, drain_s=120, tls=True),
     "blackhole+kill": lambda w: drills.black_hole_then_crash(w, outage_s=10, drain_s=60),
     "diskfull": lambda w: drills.disk_full(w, max_pages=3000),
     "postgres": lambda w: drills.pg_outage(w, outage_s=30),

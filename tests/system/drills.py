@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 import signal
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -22,7 +23,7 @@ import httpx
 
 from copbridge.store import open_store
 from tests.conftest import ADMIN_HEADERS
-from tests.delivery.taky import Taky
+from tests.delivery.taky import P12_PASSWORD, Taky
 from tests.system.harness import (
     Load,
     ProxyThread,
@@ -167,29 +168,52 @@ class Rig:
 
 @contextlib.contextmanager
 def rig(
-    workdir: Path, database_url: str, *, keepalive_s: float = KEEPALIVE_S, **env: str
+    workdir: Path,
+    database_url: str,
+    *,
+    keepalive_s: float = KEEPALIVE_S,
+    tls: bool = False,
+    **env: str,
 ) -> Iterator[Rig]:
-    """Start the chain; tear every piece down whatever happens."""
+    """Start the chain; tear every piece down whatever happens. With ``tls``, taky takes only
+    TLS with client certificates (its own CA), copbridge and the receiver each have their own."""
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        taky = Taky(workdir / "taky")
+        taky = Taky(workdir / "taky", tls=tls)
         taky.start()
         stack.callback(taky.stop)
         proxy = ProxyThread(taky.port)
         stack.callback(proxy.close)
-        receiver = Receiver(taky.host, taky.port)
+        receiver = Receiver(taky.host, taky.port, _receiver_tls(taky))
         receiver.connect()
         stack.callback(receiver.close)
         config = workdir / "copbridge.toml"
-        config.write_text(
-            f'[[destinations]]\nurl = "tcp://127.0.0.1:{proxy.port}"\nkeepalive_s = {keepalive_s}\n'
-        )
+        config.write_text(_destination_toml(taky, proxy.port, keepalive_s))
         full_env = {**DRILL_ENV, "COPBRIDGE_DATABASE_URL": database_url, **env}
         args = ["--config", str(config)]
         serve = start_serve(workdir, full_env, args=args)
         the_rig = Rig(workdir, database_url, taky, proxy, receiver, serve, full_env, args)
         stack.callback(lambda: the_rig.serve.stop(signal.SIGKILL))
         yield the_rig
+
+
+def _destination_toml(taky: Taky, port: int, keepalive_s: float) -> str:
+    """copbridge's one destination: taky through the fault proxy, tcp:// or tls://."""
+    if taky.tls is None:
+        return f'[[destinations]]\nurl = "tcp://127.0.0.1:{port}"\nkeepalive_s = {keepalive_s}\n'
+    return (
+        f'[[destinations]]\nurl = "tls://127.0.0.1:{port}"\nkeepalive_s = {keepalive_s}\n'
+        f'client_cert = "{taky.tls.copbridge.p12}"\nclient_password = "{P12_PASSWORD}"\n'
+        f'ca_file = "{taky.tls.ca}"\nexpected_hostname = "localhost"\n'
+    )
+
+
+def _receiver_tls(taky: Taky) -> ssl.SSLContext | None:
+    if taky.tls is None:
+        return None
+    context = ssl.create_default_context(cafile=str(taky.tls.ca))
+    context.load_cert_chain(taky.tls.receiver.crt, taky.tls.receiver.key)
+    return context
 
 
 def sqlite_url(workdir: Path) -> str:
@@ -249,11 +273,13 @@ def taky_outage(
     rate: float = 60,
     drain_s: float = 90,
     keepalive_s: float = KEEPALIVE_S,
+    tls: bool = False,
 ) -> DrillReport:
     """taky stops for ``outage_s`` under load (the path refuses meanwhile), then comes back."""
-    report = DrillReport(f"taky down {outage_s:g} s (keepalive {keepalive_s:g} s)", "sqlite", 1)
+    link = f"{'TLS, ' if tls else ''}keepalive {keepalive_s:g} s"
+    report = DrillReport(f"taky down {outage_s:g} s ({link})", "sqlite", 1)
     started = time.monotonic()
-    with rig(workdir, sqlite_url(workdir), keepalive_s=keepalive_s) as chain:
+    with rig(workdir, sqlite_url(workdir), keepalive_s=keepalive_s, tls=tls) as chain:
         load = Load(chain.serve.url, rate).start()
         try:
             time.sleep(2.0)
@@ -279,12 +305,13 @@ def black_hole(
     rate: float = 60,
     drain_s: float = 90,
     keepalive_s: float = KEEPALIVE_S,
+    tls: bool = False,
 ) -> DrillReport:
     """The path to taky silently eats everything (half-open, new connections too), then heals."""
-    name = f"half-open black hole {outage_s:g} s (keepalive {keepalive_s:g} s)"
-    report = DrillReport(name, "sqlite", 1)
+    link = f"{'TLS, ' if tls else ''}keepalive {keepalive_s:g} s"
+    report = DrillReport(f"half-open black hole {outage_s:g} s ({link})", "sqlite", 1)
     started = time.monotonic()
-    with rig(workdir, sqlite_url(workdir), keepalive_s=keepalive_s) as chain:
+    with rig(workdir, sqlite_url(workdir), keepalive_s=keepalive_s, tls=tls) as chain:
         load = Load(chain.serve.url, rate).start()
         try:
             time.sleep(2.0)

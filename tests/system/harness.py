@@ -15,6 +15,7 @@ import pwd
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -59,8 +60,9 @@ def detection_now(detection_id: str, sensor: str) -> dict[str, Any]:
 class Receiver:
     """A TAK client connected to taky that records every event it gets as ``(uid, start)``."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.address = (host, port)
+        self.tls = tls
         self.events: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -72,6 +74,8 @@ class Receiver:
         self.close()
         self._pong.clear()
         sock = socket.create_connection(self.address, 5)
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_hostname="localhost")
         sock.settimeout(None)
         self._sock = sock
         self._thread = threading.Thread(target=self._read, args=(sock,), daemon=True)

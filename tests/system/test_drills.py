@@ -82,3 +82,9 @@ def test_full_postgresql_disk_answers_503_then_recovers_by_itself(tmp_path: Path
     report = drills.pg_disk_full(tmp_path)
     _clean(report)
     assert report.refused > 0
+
+
+def test_taky_outage_over_tls_loses_nothing(tmp_path: Path) -> None:
+    report = drills.taky_outage(tmp_path, outage_s=5, tls=True)
+    _clean(report)
+    assert "TLS" in report.name
