@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from copbridge.config import load_settings
+from copbridge.cot import parse_xml
 from copbridge.model import Answer, Detection
 from copbridge.pipeline import Pipeline, Prepared, Rejection
 from tests.api.conftest import EXAMPLE
@@ -136,3 +137,33 @@ def test_batch_with_terrain_marches_each_ray_like_the_single_path(tmp_path: Path
 def test_the_answer_is_the_documented_answer_model(tmp_path: Path) -> None:
     prepared = _pipeline(tmp_path).prepare(Detection.model_validate(EXAMPLE), raw=EXAMPLE, now=NOW)
     assert Answer.model_validate(prepared.answer).model_dump(mode="json") == prepared.answer
+
+
+def test_agl_without_terrain_owns_up_to_the_unknown_height(tmp_path: Path) -> None:
+    # The contract's shot, its platform height given above the ground (1,081 m) and no ground
+    # or terrain: the position is the one the surveyed ground gives, the height is a guess on
+    # 0 HAE, and the answer and the CoT event say so instead of claiming an LE90 of metres.
+    surveyed = copy.deepcopy(EXAMPLE)
+    blind = copy.deepcopy(EXAMPLE)
+    blind.pop("ground")
+    ground_hae = 1855.4 - 15.94  # MSL + EGM96 undulation there
+    blind["platform"].update(alt_ref="agl", alt=round(2936.4 - 15.94 - ground_hae, 2))
+    pipeline = _pipeline(tmp_path)
+    known = pipeline.prepare(Detection.model_validate(surveyed), raw=surveyed, now=NOW)
+    [single] = _one_by_one(pipeline, [blind])
+    [batch] = pipeline.prepare_many([(Detection.model_validate(blind), blind, None)], now=NOW)
+    for prepared in (single, batch):
+        assert isinstance(prepared, Prepared)
+        where = prepared.answer["location"]
+        assert where["ground"] == "agl"
+        assert where["lat"] == pytest.approx(known.answer["location"]["lat"], abs=1e-5)
+        assert where["lon"] == pytest.approx(known.answer["location"]["lon"], abs=1e-5)
+        assert where["le90"] > 1.6449 * 500.0
+        event = parse_xml(prepared.record.cot_xml)
+        assert event.le == pytest.approx(where["le90"] / 1.6449, abs=0.01)
+        location = event.find("precisionlocation")
+        assert location is not None
+        assert location.attrs["altsrc"] == "???"
+    surveyed_event = parse_xml(known.record.cot_xml).find("precisionlocation")
+    assert surveyed_event is not None
+    assert surveyed_event.attrs["altsrc"] == "USER"

@@ -77,6 +77,8 @@ class _Ray:
     v: float
     point: geo.BoxPoint
     agl: float | None
+    absolute: bool
+    """False when the platform's HAE rests on an assumed 0 HAE ground (AGL, no terrain)."""
     ground: geo.GroundSource
     ground_height: float | None
     ground_msl: bool
@@ -192,7 +194,7 @@ class Pipeline:
             parent_type=self._platform_type(detection),
             image_url=self._image_url(detection_id) if image else None,
             image_mime=image.media_type if image else None,
-            alt_source=_ALT_SOURCE[fix.ground],
+            alt_source=_ALT_SOURCE[fix.ground] if fix.height_absolute else cot.SOURCE_UNKNOWN,
         )
         xml = cot.to_xml(event)
         # The answer's JSON form, built directly (the Answer model documents it): stored as is,
@@ -307,6 +309,7 @@ class Pipeline:
                 terrain=self.terrain,
                 geoid=self.geoid,
                 platform_agl=ray.agl,
+                platform_absolute=ray.absolute,
                 sigmas=self._sigmas(detection),
             )
         except geo.GeolocationError as exc:
@@ -406,6 +409,7 @@ class Pipeline:
             v=v,
             point=point,
             agl=height.agl,
+            absolute=height.absolute,
             ground=kind,
             ground_height=None if ground is None else ground.height,
             ground_msl=ground is not None and ground.height_ref == "msl",
@@ -463,6 +467,8 @@ class Pipeline:
                 ground=ray.ground,
                 sampled=bool(fixes.sampled[j]),
             )
+            if ray.ground == "agl" and not ray.absolute:
+                fix = geo.relative_height(fix)
             out.append(Located(fix, ray.point, ray.pose, ray.intrinsics))
         return out
 

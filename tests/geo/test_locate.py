@@ -347,6 +347,9 @@ def test_platform_height_resolves_msl_and_agl() -> None:
     assert agl.agl == 300.0
     blind = resolve_platform_hae(300.0, "agl", 41.14, -104.81)
     assert blind.hae == 300.0
+    assert agl.absolute
+    assert msl.absolute
+    assert not blind.absolute
     assert resolve_platform_hae(12.0, "hae", 0.0, 0.0).hae == 12.0
 
 
@@ -358,3 +361,34 @@ def test_fix_reports_cot_one_sigma_values() -> None:
         1.0, 2.0, 3.0, ce90=9_999_999.0, le90=9_999_999.0, slant_range=1.0, ground="ellipsoid"
     )
     assert unknown.ce == 9_999_999.0
+
+
+def test_agl_over_unknown_ground_keeps_the_position_and_widens_the_height() -> None:
+    # AGL with no terrain under the platform: the ground is assumed at 0 HAE. Where the point
+    # lies does not depend on that (the geometry is relative to the ground under the
+    # platform); its height does, so LE90 must own up to it instead of claiming metres.
+    intr = Intrinsics.from_request(1920, 1080, hfov=30.0)
+    pose = Pose(41.14, -104.81, 1200.0, gimbal_elevation=-40.0)
+    known = locate_pixel(intr, pose, 900, 600, platform_agl=1200.0)
+    blind = locate_pixel(intr, pose, 900, 600, platform_agl=1200.0, platform_absolute=False)
+    assert (blind.lat, blind.lon, blind.hae, blind.ce90) == (
+        known.lat,
+        known.lon,
+        known.hae,
+        known.ce90,
+    )
+    assert known.height_absolute
+    assert not blind.height_absolute
+    assert known.le90 < 50.0
+    assert blind.le90 == pytest.approx(math.hypot(known.le90, 1.6449 * 500.0))
+    # the same shot 1,840 m higher (true ground known): same place within a metre
+    high = Pose(41.14, -104.81, 1840.0 + 1200.0, gimbal_elevation=-40.0)
+    true = locate_pixel(intr, high, 900, 600, ground_height=1840.0)
+    assert _metres_apart(true, blind) < 1.0
+
+
+def _metres_apart(a: Fix, b: Fix) -> float:
+    d = np.array(geodetic_to_ecef(b.lat, b.lon, 0.0))
+    d -= np.array(geodetic_to_ecef(a.lat, a.lon, 0.0))
+    e, n, _ = enu_basis(a.lat, a.lon)
+    return math.hypot(float(e @ d), float(n @ d))

@@ -18,6 +18,7 @@ from copbridge.geo.locate import (
     locate_pixel,
     project,
     ray_ned,
+    relative_height,
     resolve_platform_hae,
 )
 from copbridge.geo.records import BoxPoint, CameraArrays, Fix, Pose, PoseArrays, box_point
@@ -71,5 +72,6 @@ __all__ = [
     "locate_pixel",
     "project",
     "ray_ned",
+    "relative_height",
     "resolve_platform_hae",
 ]

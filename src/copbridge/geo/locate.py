@@ -7,7 +7,7 @@ for batches and the benchmark; ``project`` the forward model (ground point -> pi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -24,6 +24,8 @@ from copbridge.geo.terrain import DEFAULT_MAX_RANGE_M, Terrain, intersect_terrai
 from copbridge.geo.uncertainty import (
     DEFAULT_GROUND_SIGMA_M,
     DEFAULT_SIGMAS,
+    LE90_PER_SIGMA,
+    UNKNOWN_CE,
     InputSigmas,
     SigmaArrays,
     propagate,
@@ -240,10 +242,28 @@ def ray_ned(camera: Intrinsics, pose: Pose, u: float, v: float) -> tuple[float, 
 
 @dataclass(frozen=True, slots=True)
 class PlatformHeight:
-    """Sensor height resolved to HAE, and its AGL when the request gave one."""
+    """Sensor height resolved to HAE, and its AGL when the request gave one. ``absolute`` is
+    False when the HAE is the AGL on top of an assumed 0 HAE ground (no terrain model under
+    the platform): heights located from it are only as good as that guess."""
 
     hae: float
     agl: float | None
+    absolute: bool = True
+
+
+UNKNOWN_DATUM_SIGMA_M = DEFAULT_GROUND_SIGMA_M["ellipsoid"]
+"""1-sigma of an absolute ground height nobody gave: the same 500 m as the ellipsoid fallback."""
+
+
+def relative_height(fix: Fix) -> Fix:
+    """``fix`` located from a platform height above a ground of unknown absolute height (AGL,
+    no terrain): the horizontal position is relative to the ground under the platform and
+    holds; the height is relative to the 0 HAE guess, so LE90 is widened by the unknown
+    ground height, as for the ellipsoid fallback."""
+    if fix.le90 >= UNKNOWN_CE:
+        return replace(fix, height_absolute=False)
+    le90 = math.hypot(fix.le90, LE90_PER_SIGMA * UNKNOWN_DATUM_SIGMA_M)
+    return replace(fix, le90=le90, height_absolute=False)
 
 
 def resolve_platform_hae(
@@ -256,9 +276,9 @@ def resolve_platform_hae(
     terrain: Terrain | None = None,
 ) -> PlatformHeight:
     """Platform altitude as HAE: ``msl`` through the geoid; ``agl`` on top of the terrain
-    under the platform when a model covers it, else on top of 0 HAE (absolute height then
-    unknown: the located point's HAE is relative to that assumption, its horizontal position
-    is not affected)."""
+    under the platform when a model covers it, else on top of 0 HAE (``absolute`` False: the
+    located point's HAE is relative to that assumption, see :func:`relative_height`; its
+    horizontal position is not affected)."""
     if not math.isfinite(alt):
         raise GeolocationError(f"platform.alt must be finite, got {alt}", field="platform.alt")
     if alt_ref == "hae":
@@ -274,7 +294,7 @@ def resolve_platform_hae(
         ground = float(terrain.height_msl(lat, lon)[0])
         if math.isfinite(ground):
             return PlatformHeight(ground + g.undulation_at(lat, lon) + alt, alt)
-    return PlatformHeight(alt, alt)
+    return PlatformHeight(alt, alt, absolute=False)
 
 
 def locate_pixel(
@@ -288,6 +308,7 @@ def locate_pixel(
     terrain: Terrain | None = None,
     geoid: Geoid | None = None,
     platform_agl: float | None = None,
+    platform_absolute: bool = True,
     sigmas: InputSigmas = DEFAULT_SIGMAS,
     with_uncertainty: bool = True,
     max_range_m: float = DEFAULT_MAX_RANGE_M,
@@ -297,7 +318,8 @@ def locate_pixel(
     1. ``ground_height`` from the request (``msl`` is converted with the geoid at the located
        point, one refinement) -> ``ground="request"``;
     2. else ``terrain``, if the ray meets it within its coverage -> ``"terrain"``;
-    3. else ``platform_agl``: ground = pose.hae - AGL -> ``"agl"``;
+    3. else ``platform_agl``: ground = pose.hae - AGL -> ``"agl"`` (when the platform height
+       is not ``platform_absolute``, the height is relative: :func:`relative_height`);
     4. else 0 HAE -> ``"ellipsoid"`` (with a wide ground-height sigma).
 
     Pure ``math`` except terrain marching and Monte Carlo at grazing views. Raises
@@ -357,7 +379,8 @@ def locate_pixel(
             sigmas.ground_sigma_m("agl"),
             follow=True,
         )
-        return _fix(f, "agl")
+        fix = _fix(f, "agl")
+        return fix if platform_absolute else relative_height(fix)
 
     f = scalar.locate_scalar(intrinsics, pose, u, v, 0.0, sig, sigmas.ground_sigma_m("ellipsoid"))
     return _fix(f, "ellipsoid")
@@ -384,5 +407,6 @@ __all__ = [
     "locate_pixel",
     "project",
     "ray_ned",
+    "relative_height",
     "resolve_platform_hae",
 ]

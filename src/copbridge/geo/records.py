@@ -200,6 +200,10 @@ class Fix:
     slant_range: float
     ground: GroundSource
     sampled: bool = False
+    height_absolute: bool = True
+    """False when ``hae`` rests on an assumed ground at 0 HAE (platform height given above the
+    ground, no terrain model under it): the horizontal position holds, the height is a guess
+    whose LE90 says so."""
 
     @property
     def ce(self) -> float:
