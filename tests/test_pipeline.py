@@ -167,3 +167,22 @@ def test_agl_without_terrain_owns_up_to_the_unknown_height(tmp_path: Path) -> No
     surveyed_event = parse_xml(known.record.cot_xml).find("precisionlocation")
     assert surveyed_event is not None
     assert surveyed_event.attrs["altsrc"] == "USER"
+
+
+def test_an_unbounded_ce90_stays_unknown_in_the_cot_event(tmp_path: Path) -> None:
+    # Nearly level at ~1 km: more than 10 % of the perturbed rays miss the ground, so CE90 is
+    # "unknown" (9999999.0); the event must say unknown, not a 4,660 km 1-sigma circle.
+    body = copy.deepcopy(EXAMPLE)
+    body["gimbal"]["elevation"] = -1.2
+    body["platform"].update(pitch=0.0, roll=0.0)
+    body["bbox"] = {"x": 948, "y": 530, "width": 24, "height": 20}
+    pipeline = _pipeline(tmp_path)
+    [single] = _one_by_one(pipeline, [body])
+    [batch] = pipeline.prepare_many([(Detection.model_validate(body), body, None)], now=NOW)
+    for prepared in (single, batch):
+        assert isinstance(prepared, Prepared)
+        assert prepared.answer["location"]["ce90"] == 9999999.0
+        event = parse_xml(prepared.record.cot_xml)
+        assert event.ce == 9999999.0
+        assert not event.ce_known
+        assert "CE90 unknown" in (event.remarks or "")

@@ -10,6 +10,7 @@ import pytest
 from copbridge.cot import (
     PLATFORM_TYPE_AIRBORNE,
     PLATFORM_TYPE_FIXED,
+    UNKNOWN_ERROR,
     StalePolicy,
     TypeMapping,
     ping_event,
@@ -38,9 +39,13 @@ def test_ce_le_are_one_sigma_from_the_90_percent_figures() -> None:
     assert b'ce="10.951"' in to_xml(event)
 
 
-def test_unknown_error_is_written_as_9999999() -> None:
-    event = detection(ce90=None, le90=None)
+@pytest.mark.parametrize("unknown", [None, UNKNOWN_ERROR])
+def test_unknown_error_is_written_as_9999999(unknown: float | None) -> None:
+    # geolocation reports an error it cannot bound as UNKNOWN_ERROR: it must not be divided
+    # into a 4,660 km 1-sigma that TAK would draw
+    event = detection(ce90=unknown, le90=unknown)
     assert event.ce is None
+    assert event.ce90 is None
     assert b'ce="9999999.0" le="9999999.0"' in to_xml(event)
     assert b"CE90 unknown" in to_xml(event)
 

@@ -70,6 +70,13 @@ def _optional_error(value: float | None, what: str) -> float | None:
     return value
 
 
+def _known_error(value: float | None, what: str) -> float | None:
+    """A 90 % error in metres, None when unknown: geolocation gives UNKNOWN_ERROR when it has
+    no bound, and that must stay "unknown" in CoT, not become a 4,660 km 1-sigma."""
+    value = _optional_error(value, what)
+    return None if value is None or value >= UNKNOWN_ERROR else value
+
+
 def _degrees_0_360(value: float, what: str) -> float:
     """Normalise an angle to [0, 360); -0.0 and float rounding at 360 both become 0."""
     value = _finite(value, what) % 360.0
@@ -341,11 +348,11 @@ def build_detection_event(
 ) -> DetectionEvent:
     """A detection's marker: uid per sensor track, type from label x affiliation, time = `now`,
     start = detection time, stale from the policy, ce/le = CE90/2.1460, LE90/1.6449 (1-sigma,
-    to the millimetre; unknown when the 90 % figure is None).
+    to the millimetre; unknown when the 90 % figure is None or UNKNOWN_ERROR).
     """
     start = _utc_ms(detection_time, "detection time")
-    ce90 = _optional_error(ce90, "ce90")
-    le90 = _optional_error(le90, "le90")
+    ce90 = _known_error(ce90, "ce90")
+    le90 = _known_error(le90, "le90")
     ce = None if ce90 is None else round(ce90 / CE90_PER_SIGMA, 3)
     le = None if le90 is None else round(le90 / LE90_PER_SIGMA, 3)
     short = _short_id(track_id, detection_id)
