@@ -45,15 +45,31 @@ def test_json_lines_keep_their_order_and_a_bad_one_is_named() -> None:
         json.dumps(example(id="broken", bbox={"x": 5000, "y": 0, "width": 10, "height": 10})),
         json.dumps(example(id="third")),
         "{not json",
+        # each of these once ended the run with a traceback, the lines after it never read
+        json.dumps(example(id="late", time="9999-12-31T23:59:59Z")),
+        '{"label": ' + "9" * 5000 + "}",
+        "[" * 1000 + "]" * 1000,
+        json.dumps(example(id="last")),
     ]
     result = _geolocate("\n".join(lines) + "\n")
     assert result.returncode == 1
+    assert "Traceback" not in result.stderr
     out = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [o.get("id") for o in out] == ["first", "broken", "third", None]
+    assert [o.get("id") for o in out] == [
+        "first",
+        "broken",
+        "third",
+        None,
+        "late",
+        None,
+        None,
+        "last",
+    ]
     assert out[1]["line"] == 2
     assert out[1]["errors"][0]["field"] == "bbox"
     assert "location" in out[2]
-    assert out[3]["errors"][0]["field"] == "body"
+    assert [o["errors"][0]["field"] for o in out[3:7]] == ["body", "time", "body", "body"]
+    assert "location" in out[7]
 
 
 def test_cot_format_prints_one_event_per_detection() -> None:

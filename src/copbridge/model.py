@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -57,6 +58,15 @@ ImageType = Literal["image/jpeg", "image/png"]
 
 MAX_PIXELS = 100_000
 MAX_FOCAL_PX = 1e7
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+"""Detection times outside these bounds are refused: stale times and CoT's millisecond times
+are computed from them, and a year-9999 frame would overflow them (a 500 before this bound)."""
+_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 class _Strict(BaseModel):
@@ -72,31 +82,31 @@ class Sensor(_Strict):
 class BBox(_Strict):
     """Pixels, origin top-left, x right, y down."""
 
-    x: float = Field(ge=0, le=MAX_PIXELS)
-    y: float = Field(ge=0, le=MAX_PIXELS)
-    width: float = Field(gt=0, le=MAX_PIXELS)
-    height: float = Field(gt=0, le=MAX_PIXELS)
+    x: float = Field(strict=True, ge=0, le=MAX_PIXELS)
+    y: float = Field(strict=True, ge=0, le=MAX_PIXELS)
+    width: float = Field(strict=True, gt=0, le=MAX_PIXELS)
+    height: float = Field(strict=True, gt=0, le=MAX_PIXELS)
 
 
 class Distortion(_Strict):
     """OpenCV Brown-Conrady coefficients."""
 
-    k1: float = Field(default=0.0, ge=-100, le=100)
-    k2: float = Field(default=0.0, ge=-100, le=100)
-    p1: float = Field(default=0.0, ge=-1, le=1)
-    p2: float = Field(default=0.0, ge=-1, le=1)
-    k3: float = Field(default=0.0, ge=-100, le=100)
+    k1: float = Field(strict=True, default=0.0, ge=-100, le=100)
+    k2: float = Field(strict=True, default=0.0, ge=-100, le=100)
+    p1: float = Field(strict=True, default=0.0, ge=-1, le=1)
+    p2: float = Field(strict=True, default=0.0, ge=-1, le=1)
+    k3: float = Field(strict=True, default=0.0, ge=-100, le=100)
 
 
 class Camera(_Strict):
     width: int = Field(gt=0, le=MAX_PIXELS)
     height: int = Field(gt=0, le=MAX_PIXELS)
-    hfov: float | None = Field(default=None, gt=0, lt=180)
-    vfov: float | None = Field(default=None, gt=0, lt=180)
-    fx: float | None = Field(default=None, gt=0, le=MAX_FOCAL_PX)
-    fy: float | None = Field(default=None, gt=0, le=MAX_FOCAL_PX)
-    cx: float | None = Field(default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
-    cy: float | None = Field(default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
+    hfov: float | None = Field(strict=True, default=None, gt=0, lt=180)
+    vfov: float | None = Field(strict=True, default=None, gt=0, lt=180)
+    fx: float | None = Field(strict=True, default=None, gt=0, le=MAX_FOCAL_PX)
+    fy: float | None = Field(strict=True, default=None, gt=0, le=MAX_FOCAL_PX)
+    cx: float | None = Field(strict=True, default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
+    cy: float | None = Field(strict=True, default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
     distortion: Distortion | None = None
 
     @model_validator(mode="after")
@@ -126,36 +136,36 @@ class Camera(_Strict):
 class Platform(_Strict):
     """Sensor position (WGS84) and platform attitude: MISB ST 0601 tags 13/14/15 and 5/6/7."""
 
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
-    alt: float = Field(ge=-1000, le=100_000)
+    lat: float = Field(strict=True, ge=-90, le=90)
+    lon: float = Field(strict=True, ge=-180, le=180)
+    alt: float = Field(strict=True, ge=-1000, le=100_000)
     alt_ref: Literal["hae", "msl", "agl"] = "hae"
-    heading: float = Field(default=0.0, ge=-360, le=360)
-    pitch: float = Field(default=0.0, ge=-90, le=90)
-    roll: float = Field(default=0.0, ge=-180, le=180)
+    heading: float = Field(strict=True, default=0.0, ge=-360, le=360)
+    pitch: float = Field(strict=True, default=0.0, ge=-90, le=90)
+    roll: float = Field(strict=True, default=0.0, ge=-180, le=180)
 
 
 class Gimbal(_Strict):
     """Sensor attitude relative to the platform: MISB ST 0601 tags 18/19/20."""
 
-    azimuth: float = Field(default=0.0, ge=-360, le=360)
-    elevation: float = Field(default=0.0, ge=-180, le=180)
-    roll: float = Field(default=0.0, ge=-180, le=180)
+    azimuth: float = Field(strict=True, default=0.0, ge=-360, le=360)
+    elevation: float = Field(strict=True, default=0.0, ge=-180, le=180)
+    roll: float = Field(strict=True, default=0.0, ge=-180, le=180)
 
 
 class Ground(_Strict):
-    height: float = Field(ge=-1000, le=10_000)
+    height: float = Field(strict=True, ge=-1000, le=10_000)
     height_ref: Literal["hae", "msl"] = "hae"
 
 
 class Uncertainty(_Strict):
     """1-sigma input errors; anything left out takes the server's documented default."""
 
-    horizontal_m: float | None = Field(default=None, ge=0, le=100_000)
-    vertical_m: float | None = Field(default=None, ge=0, le=100_000)
-    attitude_deg: float | None = Field(default=None, ge=0, le=45)
-    focal_rel: float | None = Field(default=None, ge=0, le=0.5)
-    ground_m: float | None = Field(default=None, ge=0, le=10_000)
+    horizontal_m: float | None = Field(strict=True, default=None, ge=0, le=100_000)
+    vertical_m: float | None = Field(strict=True, default=None, ge=0, le=100_000)
+    attitude_deg: float | None = Field(strict=True, default=None, ge=0, le=45)
+    focal_rel: float | None = Field(strict=True, default=None, ge=0, le=0.5)
+    ground_m: float | None = Field(strict=True, default=None, ge=0, le=10_000)
 
 
 class InlineImage(_Strict):
@@ -176,7 +186,7 @@ class Detection(_Strict):
     time: AwareDatetime
     sensor: Sensor
     label: Annotated[FreeText, StringConstraints(min_length=1, max_length=64)]
-    confidence: float = Field(ge=0, le=1)
+    confidence: float = Field(strict=True, ge=0, le=1)
     bbox: BBox
     track_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] | None = None
     affiliation: Affiliation = "unknown"
@@ -195,10 +205,27 @@ class Detection(_Strict):
             return str(value)
         return value
 
+    @field_validator("time", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        # pydantic would take 2026 or "20261128" as Unix seconds (1970-01-01T00:33:46Z): a
+        # timestamp in another format must be refused, not silently moved by decades.
+        if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+            raise ValueError("must be an RFC 3339 date-time with offset, e.g. 2026-11-28T03:51:20Z")
+        return value
+
     @field_validator("time")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+            utc = None
+        if utc is None or not EARLIEST_TIME <= utc < LATEST_TIME:
+            raise ValueError(
+                f"must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d} (UTC)"
+            )
+        return utc
 
     @model_validator(mode="after")
     def _box_inside_image(self) -> Detection:
@@ -261,11 +288,12 @@ def field_errors(errors: Iterable[Any], prefix: str = "") -> list[dict[str, str]
         message = message.removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
             field = "body"
-            message = f"body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
+            message = f"not valid JSON: {error.get('ctx', {}).get('error', message)}"
         elif loc:
             field = ".".join(loc)
-        else:
-            field = message.split(" ", 1)[0] or "body"
+        else:  # a model-level check names its field first; else the value as a whole is wrong
+            first = message.split(" ", 1)[0]
+            field = first if _FIELD_NAME.fullmatch(first) else "body"
         if prefix:
             field = f"{prefix}.{field}" if field != "body" else prefix
         out.append({"field": field, "message": f"{field}: {message}"})

@@ -33,7 +33,7 @@ def _documents(text: str) -> Iterator[tuple[int, str]]:
         return
     try:
         json.loads(stripped)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a 5,000-digit number, nested too deeply
         pass
     else:
         if "\n" not in stripped or not stripped.startswith("{") or _one_object(stripped):
@@ -71,7 +71,7 @@ def geolocate(text: str, pipeline: Pipeline, fmt: Format = "json") -> Iterator[L
 def _id_of(document: str) -> str | None:
     try:
         value = json.loads(document)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     found = value.get("id") if isinstance(value, dict) else None
     return found if isinstance(found, str) else None

@@ -107,6 +107,12 @@ FIELD_CASES = [
     ("time", "2026-11-28T03:51:20"),  # no offset
     ("time", "yesterday"),
     ("time", _DELETE),
+    ("time", "2026"),  # pydantic alone would read these as Unix seconds
+    ("time", "20261128"),
+    ("time", 1700000000),
+    ("time", "9999-12-31T23:59:59Z"),  # its stale time would overflow (was a 500)
+    ("time", "0001-01-01T00:00:00+14:00"),  # before year 1 in UTC (was a 500)
+    ("time", "1969-12-31T23:59:59Z"),
     ("sensor.id", "uav 7"),
     ("sensor.callsign", "c" * 65),
     ("sensor.model", "m" * 129),
@@ -115,6 +121,9 @@ FIELD_CASES = [
     ("confidence", 1.5),
     ("confidence", -0.1),
     ("confidence", "high"),
+    ("confidence", "0.5"),  # a number, not a string holding one
+    ("confidence", True),
+    ("camera.hfov", "60"),
     ("bbox.width", 0),
     ("bbox.x", -1),
     ("track_id", "track 17"),
@@ -162,10 +171,22 @@ def test_non_finite_numbers_are_422(client: TestClient, token: str) -> None:
     assert answer.json()["errors"][0]["field"] == "confidence"
 
 
-def test_malformed_json_is_422_naming_the_body(client: TestClient) -> None:
-    answer = client.post(URL, content=b'{"id": ', headers={"content-type": "application/json"})
-    assert answer.status_code == 422
-    assert answer.json()["errors"][0]["field"] == "body"
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"id": ',
+        b"[" * 1000 + b"]" * 1000,  # deeper than any parser here recurses (was a 500)
+        b'{"label": ' + b"9" * 5000 + b"}",  # past Python's int digit limit (was a 500)
+        b'{"label": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+    ],
+    ids=["cut", "deep", "long-int", "deep-field"],
+)
+def test_malformed_json_is_422_naming_the_body(client: TestClient, raw: bytes) -> None:
+    for url in (URL, f"{URL}/batch"):
+        answer = client.post(url, content=raw, headers={"content-type": "application/json"})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == "body"
+        assert answer.json()["errors"][0]["message"].startswith("body: ")
 
 
 def test_box_outside_the_image_is_422(client: TestClient) -> None:
@@ -307,6 +328,31 @@ def test_batch_gives_per_item_results_in_input_order(client: TestClient) -> None
     assert body["results"][3]["answer"]["duplicate"] is True
     assert body["results"][1]["error"]["errors"][0]["field"] == "detections[1].bbox"
     assert (body["accepted"], body["duplicates"], body["rejected"]) == (2, 1, 1)
+
+
+def test_batch_refuses_odd_items_alone_naming_them(client: TestClient) -> None:
+    # a year-9999 time once overflowed the stale time and failed the whole batch with a 500
+    items: list[Any] = [
+        example(id="ok1"),
+        example(id="late", time="9999-12-31T23:59:59Z"),
+        None,
+        1,
+        [],
+    ]
+    answer = client.post(f"{URL}/batch", json=items)
+    assert answer.status_code == 207, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == [202, 422, 422, 422, 422]
+    fields = [r["error"]["errors"][0]["field"] for r in results[1:]]
+    assert fields == ["detections[1].time", "detections[2]", "detections[3]", "detections[4]"]
+    assert client.get(f"{URL}/ok1").status_code == 200
+
+
+def test_batch_wrapper_with_an_unknown_field_is_422(client: TestClient) -> None:
+    answer = client.post(f"{URL}/batch", json={"detections": [example()], "dections": []})
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["field"] == "dections"
+    assert client.get(f"{URL}/{EXAMPLE['id']}").status_code == 404
 
 
 def test_batch_of_only_valid_items_is_202_and_accepts_a_bare_list(client: TestClient) -> None:

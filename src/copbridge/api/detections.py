@@ -206,6 +206,11 @@ def _batch_items(body: bytes) -> list[Any] | Response:
         parsed = _parse_json(body)
     except Rejection as exc:
         return unprocessable([exc.as_error()])
+    if isinstance(parsed, dict):
+        unknown = sorted(str(key) for key in parsed if key != "detections")
+        if unknown:
+            field = unknown[0]
+            return unprocessable([{"field": field, "message": f"{field}: unknown field"}])
     items = parsed.get("detections") if isinstance(parsed, dict) else parsed
     if not isinstance(items, list):
         return unprocessable(
@@ -451,7 +456,9 @@ def _parse_json(body: bytes) -> Any:
         pass
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise Rejection("body", "body: JSON nested too deeply", reason="contract") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit integer
         raise Rejection("body", f"body: not valid JSON: {exc}", reason="contract") from None
 
 
