@@ -51,7 +51,9 @@ def verify_image(data: bytes, declared: str | None, max_bytes: int) -> VerifiedI
         raise ImageRejected(
             f"image refused as a decompression bomb: {exc}", too_large=True
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the problem
+        raise ImageRejected("image cannot be decoded as JPEG or PNG") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"image cannot be decoded as JPEG or PNG: {exc}") from None
     media_type = _FORMATS.get(fmt)
     if media_type is None:

@@ -258,6 +258,61 @@ def test_multipart_image_is_stored_and_linked_from_the_cot(client: TestClient) -
     assert any(link.endswith(f"/api/v1/detections/{EXAMPLE['id']}/image") for link in links)
 
 
+def test_multipart_detection_may_come_as_a_file_part_beside_the_image(
+    client: TestClient,
+) -> None:
+    # curl -F detection=@det.json -F image=@frame.jpg: both parts are files (was 422 "Too
+    # many files"); a part type is a MIME type, so its case does not matter
+    image = _jpeg()
+    answer = client.post(
+        URL,
+        files={
+            "detection": ("det.json", json.dumps(EXAMPLE).encode(), "application/json"),
+            "image": ("frame.jpg", image, "IMAGE/JPEG"),
+        },
+    )
+    assert answer.status_code == 202, answer.text
+    assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == image
+
+
+@pytest.mark.parametrize(
+    ("parts", "field"),
+    [
+        (
+            [("detection", (None, json.dumps(example(id="one")))), ("detection", (None, "{}"))],
+            "detection",
+        ),
+        ([("detection", (None, json.dumps(EXAMPLE))), ("image", (None, "not a file"))], "image"),
+        (
+            [("detection", (None, json.dumps(EXAMPLE))), ("imgae", ("a.jpg", b"x", "image/jpeg"))],
+            "imgae",
+        ),
+    ],
+    ids=["two-detections", "image-as-text", "unknown-part"],
+)
+def test_multipart_parts_that_would_be_dropped_are_refused(
+    client: TestClient, parts: list[tuple[str, tuple[str | None, Any]]], field: str
+) -> None:
+    answer = client.post(URL, files=parts)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
+    assert client.get(f"{URL}/{EXAMPLE['id']}").status_code == 404
+    assert client.get(f"{URL}/one").status_code == 404
+
+
+def test_undecodable_image_says_so_plainly(client: TestClient) -> None:
+    answer = client.post(
+        URL,
+        files={
+            "detection": (None, json.dumps(EXAMPLE), "application/json"),
+            "image": ("frame.jpg", b"\xff\xd8 not really a jpeg", "image/jpeg"),
+        },
+    )
+    assert answer.status_code == 422
+    assert "cannot be decoded as JPEG or PNG" in answer.json()["detail"]
+    assert "BytesIO" not in answer.json()["detail"]
+
+
 def test_inline_image_round_trips(client: TestClient) -> None:
     image = _jpeg()
     body = example(image={"media_type": "image/jpeg", "data": base64.b64encode(image).decode()})

@@ -487,17 +487,26 @@ async def _read_multipart(
     request: Request, max_bytes: int
 ) -> tuple[dict[str, Any], bytes | None, str | None]:
     """The ``detection`` part as a JSON object, and the ``image`` part's bytes and type."""
-    form = await request.form(max_files=1, max_fields=2, max_part_size=max_bytes)
+    # Two parts at most, and either may come as a file (curl -F detection=@det.json).
+    form = await request.form(max_files=2, max_fields=2, max_part_size=max_bytes)
     try:
+        unknown = sorted(name for name in form if name not in ("detection", "image"))
+        if unknown:
+            raise Rejection(unknown[0], f"{unknown[0]}: unknown part (detection and image only)")
+        for name in ("detection", "image"):
+            if len(form.getlist(name)) > 1:
+                raise Rejection(name, f"{name}: the multipart body holds more than one")
         part = form.get("detection")
         if part is None:
             raise Rejection("detection", "detection: the multipart body needs a 'detection' part")
         text = part if isinstance(part, str) else await part.read()
         raw = _json_object(text.encode() if isinstance(text, str) else text)
         upload = form.get("image")
-        if upload is None or isinstance(upload, str):
+        if upload is None:
             return raw, None, None
-        declared = (upload.content_type or "").split(";")[0].strip() or None
+        if isinstance(upload, str):
+            raise Rejection("image", "image: the part must be a file with the image's bytes")
+        declared = (upload.content_type or "").split(";")[0].strip().lower() or None
         if declared not in (None, "image/jpeg", "image/png", "application/octet-stream"):
             raise ImageRejected(f"image part type {declared} is not accepted (JPEG or PNG only)")
         data = await upload.read()
