@@ -119,6 +119,14 @@ def test_nul_in_free_text_is_refused_naming_each_field_on_every_store(
     assert client.get("/api/v1/detections").json()["items"] == []
 
 
+def test_nul_in_a_key_name_is_refused_on_every_store(client: TestClient) -> None:
+    # PostgreSQL answered 503 "retry later" for it: a client would retry bad input forever
+    answer = client.post("/api/v1/keys", json={"name": "a\x00b", "scopes": ["audit:read"]})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == "name"
+    assert "NUL" in answer.json()["detail"]
+
+
 def test_lone_surrogates_are_not_text_and_are_refused_naming_the_fields(
     client: TestClient,
 ) -> None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from copbridge.api.auth import GuardDep, PrincipalDep
 from copbridge.api.errors import problem, unprocessable
+from copbridge.model import FreeText
 from copbridge.security.keys import SCOPES, mint_key, new_key_record, now_us
 from copbridge.store import ApiKeyRecord
 
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 
 class NewKey(BaseModel):
     model_config = {"extra": "forbid"}
-    name: str = Field(min_length=1, max_length=128)
+    name: FreeText = Field(min_length=1, max_length=128)  # no NUL: PostgreSQL text refuses it
     scopes: list[str] = Field(min_length=1, max_length=len(SCOPES))
     expires_in_s: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
 
