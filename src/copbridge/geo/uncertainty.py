@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -58,11 +59,13 @@ GRAZING_RATIO: Final = 0.05
 tan(incidence angle): the second-order term of the range error is sigma/tan(incidence) of the
 first-order one, so beyond ~5 % (about 10-17 deg incidence at default sigmas) linear CE90
 starts to under-estimate."""
-MC_SAMPLES: Final = 500
-"""Monte Carlo samples per ray when sampling."""
+MC_SAMPLES: Final = 2000
+"""Monte Carlo samples per ray when sampling (Latin hypercube: CE90 within ~2 % (1 sd) of a
+200,000-draw estimate at grazing views; 500 plain draws scattered by 5-10 %, and the set this
+used before read 5-21 % low)."""
 MC_SEED: Final = 20260601
-"""Seed of the Monte Carlo normal draws: common to every ray, so results are deterministic and
-the scalar and vectorised paths agree."""
+"""Seed of the Monte Carlo draws: common to every ray, so results are deterministic and the
+scalar and vectorised paths agree."""
 _MC_CHUNK_RAYS: Final = 32_768  # rays x samples per chunk: small enough to stay in cache
 
 N_PARAMS: Final = 11
@@ -322,8 +325,14 @@ def _ground_enu_in_ned(geo: RayGeometry) -> tuple[tuple[FloatArray, ...], ...]:
 
 @functools.cache
 def _mc_normals() -> FloatArray:
-    """(N_PARAMS, MC_SAMPLES) standard normal draws shared by every ray."""
-    return np.random.default_rng(MC_SEED).standard_normal((N_PARAMS, MC_SAMPLES))
+    """(N_PARAMS, MC_SAMPLES) standard normal draws shared by every ray: a Latin hypercube, so
+    each input's draws cover its distribution evenly (one in each of MC_SAMPLES equally
+    likely slices, randomly paired across inputs) and a fixed set cannot be lopsided."""
+    rng = np.random.default_rng(MC_SEED)
+    slices = np.array([rng.permutation(MC_SAMPLES) for _ in range(N_PARAMS)])
+    quantiles = (slices + rng.random((N_PARAMS, MC_SAMPLES))) / MC_SAMPLES
+    normal = statistics.NormalDist()
+    return np.array([[normal.inv_cdf(q) for q in row] for row in quantiles.tolist()])
 
 
 def sample_ce90(
