@@ -226,9 +226,7 @@ class Pipeline:
         )
         record = DetectionRecord(
             id=detection_id,
-            body_hash=body_hash(
-                raw if raw is not None else detection.model_dump(mode="json"), image
-            ),
+            body_hash=body_hash(detection, image),
             time_us=_us(detection.time),
             received_us=_us(now),
             sensor_id=detection.sensor.id,
@@ -579,10 +577,16 @@ def open_terrain(path: Path) -> geo.Terrain:
     return geo.SrtmTiles(path) if path.is_dir() else geo.GeoTiffTerrain(path)
 
 
-def body_hash(body: dict[str, Any], image: ImageBlob | None) -> str:
-    """Canonical hash of what the client sent, for idempotency: same id + same body = retry."""
+def body_hash(detection: Detection, image: ImageBlob | None) -> str:
+    """Hash of what the detection means, for idempotency: same id + same meaning = a retry.
+
+    Taken from the validated model, not the text sent, so that a retry written by another
+    JSON library (1920.0 for 1920, 0 for 0.0, +00:00 for Z, a default spelt out or left
+    out, track 17 for "17") is a duplicate, not a 409. The image counts by its SHA-256,
+    whether it came inline or as a multipart part."""
+    body = detection.model_dump(mode="json", exclude={"image"})
     if image is not None:
-        body = {**body, "_image_sha256": image.sha256}
+        body["_image_sha256"] = image.sha256
     return hashlib.sha256(jsontext.dumps_sorted(body)).hexdigest()
 
 

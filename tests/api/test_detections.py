@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import io
 import json
@@ -68,6 +69,35 @@ def test_same_id_same_body_returns_first_answer_as_duplicate(client: TestClient)
     again = client.post(URL, json=EXAMPLE)
     assert again.status_code == 202
     assert again.json() == {**first, "duplicate": True}
+
+
+def _respelt(body: dict[str, Any]) -> dict[str, Any]:
+    """The same detection as another JSON library or a tidier client would write it."""
+    again = copy.deepcopy(body)
+    again["camera"]["width"] = 1920.0  # an integer written as a float
+    again["gimbal"]["roll"] = 0  # a float written as an integer
+    again["time"] = again["time"].replace("Z", "+00:00")  # the same instant
+    again["affiliation"] = "unknown"  # the default, spelt out
+    again["camera"]["vfov"] = None  # an optional field, given as null
+    again["track_id"] = int(again["track_id"])  # a numeric track id as a number
+    return dict(reversed(list(again.items())))  # keys in another order
+
+
+def test_a_retry_spelt_differently_is_a_duplicate_not_a_conflict(client: TestClient) -> None:
+    # a 409 tells the client its detection clashed: it may give it up
+    body = example()
+    body.pop("affiliation", None)
+    body["camera"].pop("vfov", None)
+    body["gimbal"]["roll"] = 0.0
+    first = client.post(URL, json=body).json()
+    again = client.post(URL, json=_respelt(body))
+    assert again.status_code == 202, again.text
+    assert again.json() == {**first, "duplicate": True}
+    batch = client.post(f"{URL}/batch", json=[_respelt(body)]).json()
+    assert batch["duplicates"] == 1
+    moved = _respelt(body)
+    moved["bbox"]["x"] += 1
+    assert client.post(URL, json=moved).status_code == 409
 
 
 def test_reused_id_with_other_body_is_409(client: TestClient) -> None:
