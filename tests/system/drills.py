@@ -349,6 +349,15 @@ def black_hole_then_crash(
     return report
 
 
+def _accepts_again(chain: Rig, report: DrillReport, after: str) -> None:
+    """Wait (bounded) for a 202 once the fault is gone, note how long it took, let the load
+    run on for 2 s."""
+    healed = time.monotonic()
+    wait_until(lambda: _posts_again(chain.serve.url), 30, f"202 {after}")
+    report.notes.append(f"202 again {time.monotonic() - healed:.1f} s {after}")
+    time.sleep(2.0)
+
+
 def _posts_again(url: str) -> bool:
     body = detection_now(f"probe-{uuid.uuid4().hex[:12]}", "probe")
     try:
@@ -401,10 +410,7 @@ def pg_disk_full(workdir: Path, *, size_mb: int = 12, rate: float = 150) -> Dril
             if reads.status_code != 200:
                 report.failures.append(f"reads while full answered {reads.status_code}")
             disk.grow(size_mb * 8)
-            grown = time.monotonic()
-            wait_until(lambda: _posts_again(chain.serve.url), 30, "202 once the disk has room")
-            report.notes.append(f"202 again {time.monotonic() - grown:.1f} s after the disk grew")
-            time.sleep(2.0)
+            _accepts_again(chain, report, "after the disk grew")
         finally:
             load.stop()
         chain.settle(report, load, 60, started)
@@ -436,10 +442,7 @@ def pg_outage(workdir: Path, *, outage_s: float, rate: float = 60) -> DrillRepor
             time.sleep(outage_s)
             during = load.statuses[503] - before
             pg_lock_out(name, locked=False)
-            back = time.monotonic()
-            wait_until(lambda: _posts_again(chain.serve.url), 30, "202 after PostgreSQL is back")
-            report.notes.append(f"202 again {time.monotonic() - back:.1f} s after the cut ended")
-            time.sleep(2.0)
+            _accepts_again(chain, report, "after the cut ended")
         finally:
             load.stop()
         if during == 0:
