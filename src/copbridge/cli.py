@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from pydantic import SecretStr
 
 from copbridge import __version__
 from copbridge.config import Settings, SettingsError, load_settings
@@ -73,14 +74,19 @@ def serve(
     settings = settings_or_exit(config, host=host, port=port)
     configure_logging(settings.log_format, settings.log_level)
     _tune_garbage_collector()
+    # Checked before anything is stored or printed: a bad certificate is one line, not a
+    # traceback from inside uvicorn after a bootstrap key was minted.
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        fail("TLS needs both COPBRIDGE_TLS_CERT and COPBRIDGE_TLS_KEY", 2)
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        problem = _tls_problem(settings.tls_cert, settings.tls_key, settings.tls_key_password)
+        if problem is not None:
+            fail(f"COPBRIDGE_TLS_CERT / COPBRIDGE_TLS_KEY cannot be used: {problem}", 2)
     store = build_store(settings)
     _make_ready(settings, store)
     minted = _bootstrap_key(settings, store)
     if minted is not None:
         typer.echo(f"bootstrap admin key (shown once, store it now): {minted}")
-    if (settings.tls_cert is None) != (settings.tls_key is None):
-        store.close()
-        fail("TLS needs both COPBRIDGE_TLS_CERT and COPBRIDGE_TLS_KEY", 2)
     password = settings.tls_key_password
     server = uvicorn.Server(
         uvicorn.Config(
@@ -109,6 +115,18 @@ def serve(
         store.close()
     if not server.started:
         fail(f"could not listen on {settings.host}:{settings.port}")
+
+
+def _tls_problem(cert: Path, key: Path, password: SecretStr | None) -> str | None:
+    """Why the HTTPS certificate and key cannot be loaded (uvicorn would end in a traceback)."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key, password.get_secret_value() if password else None)
+    except (OSError, ssl.SSLError) as exc:
+        return str(exc)
+    return None
 
 
 @app.command()

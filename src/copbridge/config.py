@@ -7,6 +7,7 @@ never a stack trace half-way through serving.
 from __future__ import annotations
 
 import ipaddress
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -261,15 +262,18 @@ class Settings(BaseSettings):
         return self.database_url.startswith(("postgresql://", "postgres://"))
 
     def redacted_database_url(self) -> str:
-        """The store URL with any password replaced, safe for logs."""
-        head, sep, tail = self.database_url.partition("@")
+        """The store URL with any password replaced (``user:pw@`` and libpq's ``?password=``),
+        safe for logs."""
+        url = _QUERY_PASSWORD.sub(r"\1***", self.database_url)
+        head, sep, tail = url.partition("@")
         if not sep or ":" not in head.split("//", 1)[-1]:
-            return self.database_url
+            return url
         scheme, _, userinfo = head.partition("//")
         user = userinfo.split(":", 1)[0]
         return f"{scheme}//{user}:***@{tail}"
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 _SECRET_FIELDS = {"key_pepper", "bootstrap_key", "tls_key_password", "feed_password"}
 _PLACEHOLDERS = ("changeme", "change-me", "change_me", "secret", "password", "example", "xxxx")
 

@@ -152,6 +152,28 @@ def test_token_of_a_key_with_a_bad_api_key_is_401(client: TestClient) -> None:
     assert answer.headers["www-authenticate"].startswith("Bearer")
 
 
+def test_a_refusal_does_not_tell_whether_the_key_id_exists(
+    app: FastAPI, client: TestClient
+) -> None:
+    real_id = parse_key(h.make_key(app, "detections:read"))
+    assert real_id is not None
+    stranger, _ = mint_key()
+    answers = []
+    for key_id in (real_id.key_id, stranger.key_id):
+        guess = format_key(key_id, "W" * 32)
+        answers.append(client.get("/api/v1/detections", headers=h.bearer(guess)))
+        answers.append(client.post("/api/v1/auth/token", json={"api_key": guess}))
+    assert {a.status_code for a in answers} == {401}
+    assert len({a.json()["detail"] for a in answers}) == 1, [a.json() for a in answers]
+    # the audit, read by admins only, still tells the two apart (written without waiting)
+    reasons: set[str] = set()
+    deadline = time.monotonic() + 5
+    while not {"unknown key", "wrong secret"} <= reasons and time.monotonic() < deadline:
+        audit = client.get("/api/v1/audit", params={"kind": "auth.failed"}, headers=ADMIN_HEADERS)
+        reasons = {r["data"]["reason"] for r in audit.json()["items"]}
+    assert {"unknown key", "wrong secret"} <= reasons
+
+
 def test_revoked_key_stops_working_within_the_cache_ttl(app: FastAPI, client: TestClient) -> None:
     key = h.make_key(app, "detections:read")
     token = client.post("/api/v1/auth/token", json={"api_key": key}).json()["access_token"]

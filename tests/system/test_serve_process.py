@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import httpx
+import pytest
 
 from copbridge.store import open_store
 from tests.system.processes import run_copbridge, start_serve
@@ -35,14 +36,40 @@ def test_bad_port_setting_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_unreachable_postgres_is_one_clear_line(tmp_path: Path) -> None:
-    url = "postgresql://copbridge:secret-pw@127.0.0.1:1/copbridge"
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://copbridge:secret-pw@127.0.0.1:1/copbridge",
+        "postgresql://copbridge@127.0.0.1:1/copbridge?sslmode=disable&password=secret-pw",
+        "postgresql://copbridge@127.0.0.1:1/copbridge?PASSWORD=secret-pw",
+    ],
+    ids=["userinfo", "query", "query-upper"],
+)
+def test_unreachable_postgres_is_one_clear_line(tmp_path: Path, url: str) -> None:
     result = run_copbridge(["serve"], {"COPBRIDGE_DATABASE_URL": url}, tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "not usable" in lines[0]
     assert "secret-pw" not in result.stderr + result.stdout  # secrets are never printed
+
+
+@pytest.mark.parametrize("problem", ["missing", "not-a-pem", "half"])
+def test_unusable_https_certificate_is_one_clear_line(tmp_path: Path, problem: str) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    files = {
+        "missing": {"COPBRIDGE_TLS_CERT": str(tmp_path / "no.pem"), "COPBRIDGE_TLS_KEY": "x"},
+        "not-a-pem": {"COPBRIDGE_TLS_CERT": str(garbage), "COPBRIDGE_TLS_KEY": str(garbage)},
+        "half": {"COPBRIDGE_TLS_CERT": str(garbage)},
+    }[problem]
+    env = {"COPBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", **files}
+    result = run_copbridge(["serve"], env, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "COPBRIDGE_TLS_CERT" in lines[0]
+    assert "bootstrap" not in result.stdout  # nothing minted for a server that never starts
 
 
 def test_unknown_config_key_in_toml_is_refused(tmp_path: Path) -> None:

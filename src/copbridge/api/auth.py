@@ -162,7 +162,10 @@ class Guard:
                     },
                 )
             )
-        raise Unauthorized(reason, presented=credential is not None)
+        # The audit keeps the exact reason; the caller is not told whether the key id exists
+        # (the secret check already costs the same either way).
+        shown = _UNPROVEN if reason in ("unknown key", "wrong secret") else reason
+        raise Unauthorized(shown, presented=credential is not None)
 
     # -- credentials -------------------------------------------------------------------------------
     async def authenticate(self, credential: str) -> tuple[Principal | None, str]:
@@ -286,6 +289,9 @@ def _key_id_of(credential: str | None) -> str | None:
 
     parsed = parse_key(credential) if credential else None
     return parsed.key_id if parsed else None
+
+
+_UNPROVEN = "unknown key or wrong secret"
 
 
 def _reason_label(reason: str) -> str:
