@@ -267,19 +267,36 @@ def _tune_garbage_collector() -> None:
 
 
 @db_app.command("upgrade")
-def db_upgrade(config: ConfigOption = None) -> None:
-    """Apply pending schema migrations."""
+def db_upgrade(
+    config: ConfigOption = None,
+    serving_role: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL: the role serve runs as (COPBRIDGE_MIGRATE_ON_START=false), given "
+            "what it needs but no way to change or delete audit records."
+        ),
+    ] = None,
+) -> None:
+    """Apply pending schema migrations (as the role that owns the tables)."""
     from copbridge.store import open_store
+    from copbridge.store.postgres import PostgresStore
 
     settings = settings_or_exit(config)
     store = open_store(settings.database_url)
+    if serving_role is not None and not isinstance(store, PostgresStore):
+        store.close()
+        fail("--serving-role is for PostgreSQL stores", 2)
     try:
         version_now = store.upgrade()
+        if isinstance(store, PostgresStore) and serving_role is not None:
+            store.grant_serving_role(serving_role)
     except StoreError as exc:
         fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
     finally:
         store.close()
     typer.echo(f"schema at version {version_now}")
+    if serving_role is not None:
+        typer.echo(f"{serving_role} may serve; audit records are insert-only for it")
 
 
 # -- keys and audit ------------------------------------------------------------------------------
@@ -394,15 +411,40 @@ def keys_revoke(
 
 
 @audit_app.command("verify")
-def audit_verify(config: ConfigOption = None) -> None:
+def audit_verify(
+    config: ConfigOption = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="SEQ:HASH of a head printed earlier (kept elsewhere): that record must still "
+            "be there with that hash, which shows removed newest records or a re-chained trail."
+        ),
+    ] = None,
+) -> None:
     """Check the audit hash chain; name the first broken link and exit 1 if there is one."""
     settings = settings_or_exit(config)
+    expected = _parse_head(head) if head is not None else None
     with _opened_store(settings) as store:
         report = store.verify_audit()
-    if report.ok:
-        typer.echo(f"audit chain intact: {report.records} records")
-        return
-    fail(f"audit chain broken at record {report.first_broken_seq}: {report.reason}")
+        kept = store.audit_records(expected[0] - 1, 1) if expected is not None else []
+    if not report.ok:
+        fail(f"audit chain broken at record {report.first_broken_seq}: {report.reason}")
+    if expected is not None:
+        seq, digest = expected
+        if not kept or kept[0].seq != seq:
+            fail(f"audit record {seq} of the given head is gone: the newest records were removed")
+        if kept[0].hash != digest:
+            fail(f"audit record {seq} no longer has the given head's hash: the trail was rewritten")
+    typer.echo(f"audit chain intact: {report.records} records")
+    if report.head_seq is not None:
+        typer.echo(f"head {report.head_seq}:{report.head_hash}")
+
+
+def _parse_head(text: str) -> tuple[int, str]:
+    seq, _, digest = text.partition(":")
+    if not seq.isdigit() or int(seq) < 1 or len(digest) != 64:
+        fail("--head takes SEQ:HASH as printed by audit verify (e.g. 120:3fa4...)", 2)
+    return int(seq), digest.lower()
 
 
 def main() -> None:

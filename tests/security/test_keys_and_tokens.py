@@ -21,6 +21,7 @@ from copbridge.api.app import create_app
 from copbridge.config import SettingsError, load_settings
 from copbridge.security.keys import SCOPES, format_key, mint_key, parse_key
 from copbridge.security.signing import SigningKeys
+from copbridge.store.audit_chain import record_hash
 from tests.conftest import ADMIN_HEADERS, ADMIN_KEY
 from tests.security import helpers as h
 from tests.system.processes import COPBRIDGE, start_serve
@@ -350,3 +351,36 @@ def test_a_busy_key_is_reverified_in_the_background_before_its_entry_expires(
     assert calls[0] is False  # first sight: verified on the request's path
     assert len(calls) >= 3, calls  # then renewed about every 0.6 TTL …
     assert all(calls[1:]), calls  # … only ever in the background
+
+
+def test_a_head_kept_elsewhere_catches_removed_newest_records_and_a_rechained_trail(
+    tmp_path: Path,
+) -> None:
+    for name in ("a", "b", "c"):
+        assert _cli(["keys", "create", "--name", name, "--scope", "audit:read"], tmp_path).stdout
+    verified = _cli(["audit", "verify"], tmp_path)
+    head = verified.stdout.split("head ", 1)[1].split()[0]
+    seq = int(head.split(":")[0])
+    assert _cli(["audit", "verify", "--head", head], tmp_path).returncode == 0
+    with sqlite3.connect(tmp_path / "cli.db") as db:  # an intruder with file access
+        db.execute("DROP TRIGGER IF EXISTS audit_no_delete")
+        db.execute("DROP TRIGGER IF EXISTS audit_no_update")
+        db.execute("DELETE FROM audit WHERE seq = ?", (seq,))  # the newest record
+    truncated = _cli(["audit", "verify"], tmp_path)
+    assert truncated.returncode == 0  # what the chain alone cannot see...
+    caught = _cli(["audit", "verify", "--head", head], tmp_path)
+    assert caught.returncode == 1  # ...the kept head can
+    assert "removed" in caught.stderr
+    with sqlite3.connect(tmp_path / "cli.db") as db:  # re-chained: a forged, valid newest record
+        prev = db.execute("SELECT hash FROM audit WHERE seq = ?", (seq - 1,)).fetchone()[0]
+        forged = record_hash(seq, 1, "key.created", "mallory", "x", {}, prev)
+        db.execute(
+            "INSERT INTO audit (seq, at_us, kind, actor, subject, data, prev_hash, hash)"
+            " VALUES (?, 1, 'key.created', 'mallory', 'x', '{}', ?, ?)",
+            (seq, prev, forged),
+        )
+    assert _cli(["audit", "verify"], tmp_path).returncode == 0  # a chain that verifies...
+    rewritten = _cli(["audit", "verify", "--head", head], tmp_path)
+    assert rewritten.returncode == 1  # ...but not the one whose head was kept
+    assert "rewritten" in rewritten.stderr
+    assert _cli(["audit", "verify", "--head", "nonsense"], tmp_path).returncode == 2

@@ -43,11 +43,16 @@ async def list_audit(
 
 @router.get("/verify")
 async def verify_audit(store: StoreDep) -> dict[str, Any]:
-    """Walk the hash chain: ``ok``, the record count, and the first broken link if any."""
+    """Walk the hash chain: ``ok``, the record count, the first broken link if any, and the
+    newest record (``head``) to keep elsewhere and check later with ``copbridge audit verify
+    --head``."""
     report = await run_in_threadpool(store.verify_audit)
     return {
         "ok": report.ok,
         "records": report.records,
         "first_broken_seq": report.first_broken_seq,
         "reason": report.reason,
+        "head": None
+        if report.head_seq is None
+        else {"seq": report.head_seq, "hash": report.head_hash},
     }

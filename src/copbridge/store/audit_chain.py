@@ -105,4 +105,6 @@ def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
             )
         expected_prev = rec.hash
         expected_seq += 1
-    return ChainReport(True, count)
+    if count == 0:
+        return ChainReport(True, 0)
+    return ChainReport(True, count, head_seq=expected_seq - 1, head_hash=expected_prev)

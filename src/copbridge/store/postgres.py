@@ -6,9 +6,11 @@ Claims use ``FOR UPDATE SKIP LOCKED``; audit appends take a transaction-scoped a
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from copbridge.logs import get_logger
+from copbridge.store.errors import MigrationError
 from copbridge.store.sql import SqlStore
 from copbridge.store.stalls import StallWatch, WatchedConnection
 from copbridge.store.tx import Dialect
@@ -96,6 +98,29 @@ def _end_orphans(conn: WatchedConnection, stalls: StallWatch) -> None:
     _log.warning("ended backends of cut connections", ended=int(row[0]) if row else 0)
 
 
+def _grant_serving_role(conn: WatchedConnection, role: str) -> None:
+    row = conn.execute(
+        "SELECT current_user, current_schema(), EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)",
+        (role,),
+    ).fetchone()
+    if row is None or not row[2]:
+        raise MigrationError(f"there is no PostgreSQL role {role!r}")
+    if row[0] == role:
+        raise MigrationError(
+            f"{role!r} runs the migrations and owns the tables: serve with another role"
+        )
+    schema, who = sql.Identifier(str(row[1])), sql.Identifier(role)
+    for statement in (
+        "GRANT USAGE ON SCHEMA {schema} TO {who}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {who}",
+        "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {who}",
+        "REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON audit FROM {who}",
+        "REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER"
+        " ON schema_migrations FROM {who}",
+    ):
+        conn.execute(sql.SQL(statement).format(schema=schema, who=who))
+
+
 def _is_store_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.errors.InternalError_) or (
         isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.IntegrityError)
@@ -125,6 +150,13 @@ class PostgresStore(SqlStore):
             max_items=max_items,
             observe=observe,
         )
+
+    def grant_serving_role(self, role: str) -> None:
+        """Let ``role`` serve from this database without owning it: read and write every table
+        but ``audit`` (SELECT and INSERT only) and ``schema_migrations`` (SELECT only). The audit
+        trigger then binds it for good: only a table's owner (or a superuser) may disable a
+        trigger, and the owner is the role that ran the migrations, not ``role``."""
+        self._writer.run(lambda conn: _grant_serving_role(conn, role))
 
     def close(self) -> None:
         # A statement stuck on a silent path would outlive the writer's join: cut it first.

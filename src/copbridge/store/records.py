@@ -149,6 +149,10 @@ class ChainReport:
     records: int
     first_broken_seq: int | None = None
     reason: str | None = None
+    head_seq: int | None = None
+    """The newest record of an intact chain: kept elsewhere, it shows later whether records
+    were removed from the end or the chain rewritten (which the chain alone cannot show)."""
+    head_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
