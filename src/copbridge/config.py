@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     stale_seconds: float = Field(default=300.0, gt=0, le=7 * 86400)
     stale_seconds_by_label: dict[str, float] = Field(default_factory=dict)
     cot_types: dict[str, str] = Field(default_factory=dict)
-    platform_interval_s: float = Field(default=5.0, ge=0, le=3600)
+    platform_interval_s: float = Field(default=5.0, gt=0, le=3600)
 
     group_commit_max_delay_ms: float = Field(default=2.0, ge=0, le=100)
     group_commit_max_items: int = Field(default=512, ge=1, le=10_000)

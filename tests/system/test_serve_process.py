@@ -27,12 +27,16 @@ def test_serve_answers_livez_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
     assert "Traceback" not in output
 
 
-def test_bad_port_setting_is_one_clear_line(tmp_path: Path) -> None:
-    result = run_copbridge(["serve"], {"COPBRIDGE_PORT": "abc"}, tmp_path)
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("COPBRIDGE_PORT", "abc"), ("COPBRIDGE_PLATFORM_INTERVAL_S", "0")],  # 0: was a traceback
+)
+def test_bad_setting_is_one_clear_line(tmp_path: Path, name: str, value: str) -> None:
+    result = run_copbridge(["serve"], {name: value}, tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "COPBRIDGE_PORT" in lines[0]
+    assert name in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
 
 
