@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     stale_seconds_by_label: dict[str, float] = Field(default_factory=dict)
     cot_types: dict[str, str] = Field(default_factory=dict)
     platform_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    max_future_s: float = Field(default=300.0, ge=0, le=86400)
+    """How far ahead of this server's clock a detection's time may be (a sensor's clock is off
+    by that much at most); later frames are refused: one would hide a track's real ones."""
 
     group_commit_max_delay_ms: float = Field(default=2.0, ge=0, le=100)
     group_commit_max_items: int = Field(default=512, ge=1, le=10_000)

@@ -139,8 +139,10 @@ class Pipeline:
         ``raw`` is the JSON object the client sent, when the caller has it: the idempotency hash
         and the stored copy are taken from it, which is cheaper than dumping the model again.
         """
+        now = now or datetime.now(UTC)
+        self._check_time(detection, now)
         located = self.locate(detection)
-        return self._prepared(detection, located, raw, image, actor, now or datetime.now(UTC))
+        return self._prepared(detection, located, raw, image, actor, now)
 
     def prepare_many(
         self,
@@ -155,11 +157,30 @@ class Pipeline:
         located = self.locate_many([detection for detection, _, _ in items])
         out: list[Prepared | Rejection] = []
         for (detection, raw, image), where in zip(items, located, strict=True):
+            try:
+                self._check_time(detection, now)
+            except Rejection as exc:
+                out.append(exc)
+                continue
             if isinstance(where, Rejection):
                 out.append(where)
             else:
                 out.append(self._prepared(detection, where, raw, image, actor, now))
         return out
+
+    def _check_time(self, detection: Detection, now: datetime) -> None:
+        """A frame cannot be taken in the future: past the allowed clock skew it is refused.
+        Delivery keeps the newest frame of a track, so one stamped an hour ahead would hide
+        every real frame of that track for an hour."""
+        ahead = (detection.time - now).total_seconds()
+        if ahead > self.settings.max_future_s:
+            raise Rejection(
+                "time",
+                f"time: {ahead:.0f} s ahead of this server's clock (at most "
+                f"{self.settings.max_future_s:g} s allowed: COPBRIDGE_MAX_FUTURE_S)",
+                reason="contract",
+                subject=detection.id,
+            )
 
     def _prepared(
         self,

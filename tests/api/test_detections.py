@@ -7,6 +7,7 @@ import copy
 import hashlib
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -413,6 +414,27 @@ def test_batch_gives_per_item_results_in_input_order(client: TestClient) -> None
     assert body["results"][3]["answer"]["duplicate"] is True
     assert body["results"][1]["error"]["errors"][0]["field"] == "detections[1].bbox"
     assert (body["accepted"], body["duplicates"], body["rejected"]) == (2, 1, 1)
+
+
+def test_a_frame_from_the_future_is_refused_past_the_allowed_clock_skew(
+    client: TestClient,
+) -> None:
+    # delivery keeps a track's newest frame: one stamped an hour ahead hid every real frame
+    # of its track for that hour (found by a delivery probe)
+    def at(seconds: float) -> str:
+        return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+    ahead = client.post(URL, json=example(id="ahead", time=at(3600)))
+    assert ahead.status_code == 422
+    assert ahead.json()["errors"][0]["field"] == "time"
+    assert "COPBRIDGE_MAX_FUTURE_S" in ahead.json()["detail"]
+    assert client.post(URL, json=example(id="skewed", time=at(60))).status_code == 202
+    batch = client.post(
+        f"{URL}/batch", json=[example(id="b-now", time=at(0)), example(id="b-ahead", time=at(900))]
+    ).json()
+    assert [r["status"] for r in batch["results"]] == [202, 422]
+    assert batch["results"][1]["error"]["field"] == "time"
+    assert client.get(f"{URL}/ahead").status_code == 404
 
 
 def test_batch_refuses_odd_items_alone_naming_them(client: TestClient) -> None:
