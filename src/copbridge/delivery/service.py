@@ -24,6 +24,7 @@ from copbridge.store import Store
 
 _log = get_logger("copbridge.delivery")
 _STATS_EVERY_S = 2.0
+_EXPIRE_EVERY_S = 5.0  # stale rows of a link that is down stop counting as backlog this soon
 
 
 def worker_id() -> str:
@@ -95,6 +96,8 @@ class DeliveryService:
             self._spawn(self._refresh_stats(), "link monitor")
         if self.run_worker:
             self._spawn(self._purge_old_rows(), "retention")
+            if self.destinations:
+                self._spawn(self._expire_stale_rows(), "stale rows")
         _log.info(
             "delivery started",
             owner=self.owner,
@@ -152,6 +155,17 @@ class DeliveryService:
             except Exception as exc:  # the store may be down a moment; ingest health is elsewhere
                 _log.warning("cannot read outbox figures", error=str(exc))
             await asyncio.sleep(_STATS_EVERY_S)
+
+    async def _expire_stale_rows(self) -> None:
+        """Expire stale rows of every destination, link up or down: a courier expires its own
+        only when it claims, so a long outage would keep counting dead rows as backlog."""
+        names = [d.name for d in self.destinations]
+        while True:
+            try:
+                await asyncio.to_thread(self.store.expire_stale, time.time_ns() // 1000, names)
+            except Exception as exc:  # the store may be down a moment; the next round retries
+                _log.warning("cannot expire stale rows", error=str(exc))
+            await asyncio.sleep(_EXPIRE_EVERY_S)
 
     async def _purge_old_rows(self) -> None:
         keep_us = int(self.settings.retention_hours * 3600 * 1_000_000)

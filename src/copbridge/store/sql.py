@@ -370,6 +370,10 @@ class SqlStore:
 
         return self._read(job)
 
+    def expire_stale(self, now_us: int, destinations: Sequence[str]) -> int:
+        # One destination at a time: each is an index range of its pending rows, not a scan.
+        return self._write_now(lambda tx: sum(_expire(tx, now_us, d) for d in destinations))
+
     def purge(self, done_before_us: int, now_us: int, chunk: int = 5000) -> int:
         """Delete delivered/expired outbox rows and spent events, ``chunk`` rows per commit, so
         a large purge never holds the writer (or, in serve, the event loop) for long."""
@@ -609,12 +613,11 @@ class _Reader:
 # -- transaction bodies ---------------------------------------------------------------------------
 
 
-def _claim(
-    tx: Tx, destination: str, owner: str, limit: int, lease_us: int, now_us: int
-) -> list[OutboxItem]:
+def _expire(tx: Tx, now_us: int, destination: str) -> int:
+    """The destination's pending rows past their stale time become expired (one audit record)."""
     expired = tx.all(
         "UPDATE outbox SET state = 'expired', done_us = ?, claim_token = NULL "
-        "WHERE destination = ? AND state = 'pending' AND stale_us <= ? RETURNING id, uid",
+        "WHERE destination = ? AND state = 'pending' AND stale_us <= ? RETURNING uid",
         (now_us, destination, now_us),
     )
     if expired:
@@ -624,11 +627,18 @@ def _claim(
                 AuditEntry(
                     kind="delivery.expired",
                     subject=destination,
-                    data={"count": len(expired), "uids": sorted({str(r[1]) for r in expired})},
+                    data={"count": len(expired), "uids": sorted({str(r[0]) for r in expired})},
                 )
             ],
             now_us,
         )
+    return len(expired)
+
+
+def _claim(
+    tx: Tx, destination: str, owner: str, limit: int, lease_us: int, now_us: int
+) -> list[OutboxItem]:
+    _expire(tx, now_us, destination)
     token = f"{owner}:{uuid.uuid4().hex}"
     ids: list[int] = []
     # Bounded: each round either claims rows or retires a whole batch of superseded ones.
