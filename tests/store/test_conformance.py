@@ -215,6 +215,9 @@ def test_feed_snapshot_holds_newest_non_stale_event_per_uid(store: SqlStore) -> 
     snapshot = store.feed_snapshot(t0 + SECOND_US)
     assert [(e.uid, e.time_us) for e in snapshot] == [("u.a", t0 + 10)]
     assert [e.uid for e in store.feed_since(0, t0)] == ["u.a", "u.a", "u.b"]
+    everything = store.feed_since(0, 0)
+    picked = [everything[2].seq, everything[0].seq, 10**12]  # any order, unknown ones skipped
+    assert store.feed_events(picked) == [everything[0], everything[2]]  # stale ones too
 
 
 def test_purge_removes_done_rows_after_retention(store: SqlStore) -> None:

@@ -28,6 +28,12 @@ _PING = b'type="t-x-c-t"'
 _QUEUE = 10_000  # a client further behind than this is dropped; it reconnects to a fresh replay
 _WRITE_TIMEOUT_S = 30.0
 _PAGE = 1000
+_HOLE_WAIT_S = 60.0
+"""How long a skipped sequence number is looked for again. On PostgreSQL a number is handed out
+before its transaction commits, so another replica's event can land below the pump's cursor a
+moment later; a number still missing after this long belonged to a transaction that rolled
+back (writes end within the silence limit, 35 s by default)."""
+_MAX_HOLES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,7 @@ class CotFeed:
         self._tls = (cert, key, password, client_ca)
         self._clients: set[_Client] = set()
         self._cursor = 0
+        self._holes: dict[int, float] = {}  # skipped seq -> when it was first missed
         self._wake = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -161,14 +168,43 @@ class CotFeed:
             self._wake.clear()
             try:
                 while True:
-                    events = await asyncio.to_thread(
-                        self._store.feed_since, self._cursor, time.time_ns() // 1000, _PAGE
-                    )
+                    # Stale ones too (each client skips them): a stale event left out would
+                    # look like a sequence number not committed yet.
+                    events = await asyncio.to_thread(self._store.feed_since, self._cursor, 0, _PAGE)
+                    self._note_holes(events)
                     self._broadcast(events)
                     if len(events) < _PAGE:
                         break
+                if self._holes:
+                    await self._fill_holes()
             except Exception as exc:  # the store may be down a moment; the next poll retries
                 _log.warning("feed cannot read events", error=str(exc))
+
+    def _note_holes(self, events: Sequence[FeedEvent]) -> None:
+        expected, now = self._cursor + 1, time.monotonic()
+        for event in events:
+            for missing in range(expected, min(event.seq, expected + _MAX_HOLES)):
+                if len(self._holes) < _MAX_HOLES:
+                    self._holes.setdefault(missing, now)
+            expected = max(expected, event.seq + 1)
+
+    async def _fill_holes(self) -> None:
+        """Send the events that committed below the cursor since it passed them."""
+        now = time.monotonic()
+        for seq in [s for s, since in self._holes.items() if now - since > _HOLE_WAIT_S]:
+            del self._holes[seq]  # rolled back: it will never come
+        if not self._holes:
+            return
+        late = await asyncio.to_thread(self._store.feed_events, sorted(self._holes))
+        for event in late:
+            self._holes.pop(event.seq, None)
+        now_us = time.time_ns() // 1000
+        bodies = [event_body(e.payload) + b"\n" for e in late if e.stale_us > now_us]
+        for client in list(self._clients):
+            # as bytes: below each client's cursor, yet never sent to it
+            if not all(client.offer(body) for body in bodies):
+                _log.warning("feed client too slow; dropped")
+                self._drop(client)
 
     def _broadcast(self, events: Sequence[FeedEvent]) -> None:
         if not events:

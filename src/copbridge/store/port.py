@@ -108,6 +108,10 @@ class Store(Protocol):
 
     def feed_since(self, after_seq: int, now_us: int, limit: int = 1000) -> list[FeedEvent]: ...
 
+    def feed_events(self, seqs: Sequence[int]) -> list[FeedEvent]:
+        """The stored events of these sequence numbers (stale or not), in sequence order."""
+        ...
+
     def feed_snapshot(self, now_us: int) -> list[FeedEvent]:
         """The newest non-stale event of every uid, for replay to a newly connected client."""
         ...

@@ -415,6 +415,20 @@ class SqlStore:
         )
         return [_feed(r) for r in rows]
 
+    def feed_events(self, seqs: Sequence[int]) -> list[FeedEvent]:
+        def job(tx: Tx) -> list[FeedEvent]:
+            found = []
+            for start in range(0, len(seqs), 500):
+                chunk = list(seqs[start : start + 500])
+                found += tx.all(
+                    "SELECT seq, uid, time_us, stale_us, payload FROM events "
+                    f"WHERE seq IN ({placeholders(len(chunk))}) ORDER BY seq",
+                    chunk,
+                )
+            return [_feed(r) for r in found]
+
+        return self._read(job)
+
     def feed_snapshot(self, now_us: int) -> list[FeedEvent]:
         rows = self._read(
             lambda tx: tx.all(
