@@ -202,19 +202,18 @@ class CotFeed:
         for event in late:
             self._holes.pop(event.seq, None)
         now_us = time.time_ns() // 1000
-        bodies = [event_body(e.payload) + b"\n" for e in late if e.stale_us > now_us]
-        for client in list(self._clients):
-            # as bytes: below each client's cursor, yet never sent to it
-            if not all(client.offer(body) for body in bodies):
-                _log.warning("feed client too slow; dropped")
-                self._drop(client)
+        # as bytes: below each client's cursor, yet never sent to it
+        self._offer_all([event_body(e.payload) + b"\n" for e in late if e.stale_us > now_us])
 
     def _broadcast(self, events: Sequence[FeedEvent]) -> None:
         if not events:
             return
         self._cursor = max(self._cursor, events[-1].seq)
+        self._offer_all(events)
+
+    def _offer_all(self, items: Sequence[bytes | FeedEvent]) -> None:
         for client in list(self._clients):
-            if not all(client.offer(e) for e in events):
+            if not all(client.offer(item) for item in items):
                 _log.warning("feed client too slow; dropped")
                 self._drop(client)
 
