@@ -9,7 +9,7 @@ busy event loop each time; measured here, 6 detections written one statement at 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from copbridge.store.records import (
     ImageBlob,
     QueuedEvent,
 )
-from copbridge.store.tx import Tx, placeholders
+from copbridge.store.tx import Tx, chunks, placeholders
 
 _ROWS_PER_STATEMENT = 64  # 10 columns x 64 rows stays far below every bound-parameter limit
 
@@ -97,11 +97,6 @@ def insert_images(tx: Tx, images: Sequence[ImageBlob], at_us: int, *, keep_bytes
     )
 
 
-def _chunks(items: Sequence[Any], size: int = _ROWS_PER_STATEMENT) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _compact(value: object) -> str:
     return jsontext.dumps(value).decode()
 
@@ -109,7 +104,7 @@ def _compact(value: object) -> str:
 def _insert_detections(tx: Tx, records: list[DetectionRecord]) -> set[str]:
     """Insert the records whose id is new; return those ids (ON CONFLICT keeps the first)."""
     inserted: set[str] = set()
-    for chunk in _chunks(records):
+    for chunk in chunks(records, _ROWS_PER_STATEMENT):
         params: list[object] = []
         for r in chunk:
             params += [
@@ -136,7 +131,7 @@ def _insert_detections(tx: Tx, records: list[DetectionRecord]) -> set[str]:
 
 def _stored_answers(tx: Tx, ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
     found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for chunk in _chunks(ids, 500):
+    for chunk in chunks(ids, 500):
         marks = placeholders(len(chunk))
         for row in tx.all(
             f"SELECT id, body_hash, answer FROM detections WHERE id IN ({marks})", chunk
@@ -171,7 +166,7 @@ def _queue_events(
     """Insert the events, then one outbox row per event and destination."""
     audits: list[AuditEntry] = []
     outbox: list[tuple[object, ...]] = []
-    for chunk in _chunks(queued):
+    for chunk in chunks(queued, _ROWS_PER_STATEMENT):
         params: list[object] = []
         for record, event, _ in chunk:
             params += [
@@ -205,7 +200,7 @@ def _queue_events(
                     data={"event_seq": seq, "kind": event.kind, "destinations": list(destinations)},
                 )
             )
-    for chunk in _chunks(outbox, 150):
+    for chunk in chunks(outbox, 150):
         tx.execute(
             "INSERT INTO outbox (event_seq, destination, uid, time_us, stale_us, created_us) "
             "VALUES " + ",".join([f"({placeholders(6)})"] * len(chunk)),

@@ -33,7 +33,7 @@ from copbridge.store.records import (
     RefreshTokenRecord,
     StoredDetection,
 )
-from copbridge.store.tx import Dialect, Tx, placeholders
+from copbridge.store.tx import Dialect, Tx, chunks, placeholders
 from copbridge.store.writer import BatchObserver, GroupWriter
 
 T = TypeVar("T")
@@ -418,12 +418,11 @@ class SqlStore:
     def feed_events(self, seqs: Sequence[int]) -> list[FeedEvent]:
         def job(tx: Tx) -> list[FeedEvent]:
             found = []
-            for start in range(0, len(seqs), 500):
-                chunk = list(seqs[start : start + 500])
+            for chunk in chunks(seqs, 500):
                 found += tx.all(
                     "SELECT seq, uid, time_us, stale_us, payload FROM events "
                     f"WHERE seq IN ({placeholders(len(chunk))}) ORDER BY seq",
-                    chunk,
+                    list(chunk),
                 )
             return [_feed(r) for r in found]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,3 +51,9 @@ class Tx:
 
 def placeholders(count: int) -> str:
     return ",".join("?" * count)
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of at most ``size``: statements stay below every parameter limit."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
