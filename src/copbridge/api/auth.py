@@ -22,7 +22,13 @@ from prometheus_client import Counter
 from copbridge.api.scopes import PUBLIC, route_index, scope_table, served_routes, undeclared_routes
 from copbridge.config import Settings
 from copbridge.logs import get_logger
-from copbridge.security.keys import KeyRing, is_usable, load_pepper, now_us
+from copbridge.security.keys import (
+    UNPROVEN_REFUSALS,
+    KeyRing,
+    is_usable,
+    load_pepper,
+    now_us,
+)
 from copbridge.security.ratelimit import RateLimits, Verdict
 from copbridge.security.signing import SigningKeys
 from copbridge.security.tokens import TokenAuthority, TokenRejected, family_mark
@@ -164,7 +170,7 @@ class Guard:
             )
         # The audit keeps the exact reason; the caller is not told whether the key id exists
         # (the secret check already costs the same either way).
-        shown = _UNPROVEN if reason in ("unknown key", "wrong secret") else reason
+        shown = _UNPROVEN if reason in UNPROVEN_REFUSALS else reason
         raise Unauthorized(shown, presented=credential is not None)
 
     # -- credentials -------------------------------------------------------------------------------

@@ -153,11 +153,18 @@ def is_usable(record: ApiKeyRecord, at_us: int) -> bool:
     return record.revoked_us is None and (record.expires_us is None or record.expires_us > at_us)
 
 
+UNKNOWN_KEY = "unknown key"
+WRONG_SECRET = "wrong secret"  # noqa: S105 - a refusal reason, not a secret
+UNPROVEN_REFUSALS = frozenset({UNKNOWN_KEY, WRONG_SECRET})
+"""Refusals before the caller proved it holds the key: the audit may tell them apart, the
+caller may not (that would say whether a key id exists)."""
+
+
 def _refusal(record: ApiKeyRecord | None, matches: bool, at_us: int) -> str | None:
     if record is None:
-        return "unknown key"
+        return UNKNOWN_KEY
     if not matches:
-        return "wrong secret"
+        return WRONG_SECRET
     if record.revoked_us is not None:
         return "revoked key"
     if record.expires_us is not None and record.expires_us <= at_us:
@@ -229,7 +236,7 @@ class KeyRing:
             # found revoked or expired leaves the cache only now.
             with self._lock:
                 self._verified.pop(self.digest(text), None)
-            return record if matches else None, reason or "unknown key"
+            return record if matches else None, reason or UNKNOWN_KEY
         with self._lock:
             self._verified[self.digest(text)] = (record, time.monotonic())
         self.store.touch_key(record.key_id, at)
