@@ -18,6 +18,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -67,6 +68,18 @@ _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
+
+
+def _rfc3339(value: Any) -> Any:
+    # pydantic would take 2026 or "20261128" as Unix seconds (1970-01-01T00:33:46Z): a
+    # timestamp in another format must be refused, not silently moved by decades.
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 date-time with offset, e.g. 2026-11-28T03:51:20Z")
+    return value
+
+
+#: A date-time written as RFC 3339 text with an offset; numbers and other formats are refused.
+Rfc3339Time = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
 
 class _Strict(BaseModel):
@@ -183,7 +196,7 @@ class Detection(_Strict):
     """One detection: a box in an image plus the camera's intrinsics and pose at capture time."""
 
     id: IdText | None = None
-    time: AwareDatetime
+    time: Rfc3339Time
     sensor: Sensor
     label: Annotated[FreeText, StringConstraints(min_length=1, max_length=64)]
     confidence: float = Field(strict=True, ge=0, le=1)
@@ -203,15 +216,6 @@ class Detection(_Strict):
         # Trackers often emit integers; they name the same track as their decimal string.
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
-        return value
-
-    @field_validator("time", mode="before")
-    @classmethod
-    def _rfc3339(cls, value: Any) -> Any:
-        # pydantic would take 2026 or "20261128" as Unix seconds (1970-01-01T00:33:46Z): a
-        # timestamp in another format must be refused, not silently moved by decades.
-        if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
-            raise ValueError("must be an RFC 3339 date-time with offset, e.g. 2026-11-28T03:51:20Z")
         return value
 
     @field_validator("time")

@@ -519,6 +519,12 @@ def test_list_filters_and_paginates(client: TestClient) -> None:
     window = {"since": "2026-11-28T03:51:00Z", "until": "2026-11-28T03:53:00Z"}
     assert [d["id"] for d in client.get(URL, params=window).json()["items"]] == ["l1", "l2"]
     assert client.get(URL, params={"since": "yesterday"}).status_code == 422
+    # A Unix number is not read as seconds since 1970: the filter would silently match nothing
+    # (or everything), so it is refused like the body's time.
+    for bad in ({"since": "1764301860"}, {"until": "20261128"}):
+        refused = client.get(URL, params=bad)
+        assert refused.status_code == 422, bad
+        assert "RFC 3339" in refused.text
 
 
 def test_detection_row_outbox_rows_and_audit_are_one_transaction(client: TestClient) -> None:

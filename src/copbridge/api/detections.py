@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, ValidationError
+from pydantic import ValidationError
 from pydantic_core import from_json
 
 from copbridge.api.deps import StoreDep
@@ -26,6 +26,7 @@ from copbridge.model import (
     Answer,
     BatchAnswer,
     Detection,
+    Rfc3339Time,
     field_errors,
 )
 from copbridge.pipeline import Pipeline, Prepared, Rejection
@@ -337,8 +338,8 @@ async def _commit_items(
 @router.get("/detections", responses={422: {"description": "bad filter"}})
 async def list_detections(
     store: StoreDep,
-    since: Annotated[AwareDatetime | None, Query(description="detection time ≥ since")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="detection time < until")] = None,
+    since: Annotated[Rfc3339Time | None, Query(description="detection time ≥ since")] = None,
+    until: Annotated[Rfc3339Time | None, Query(description="detection time < until")] = None,
     sensor: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] = None,
     label: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
     # At most 18 digits: every cursor fits the store's 64-bit sequence numbers.
