@@ -54,6 +54,8 @@ def _varied(count: int, seed: int = 7) -> list[dict[str, Any]]:
                 "cy": 545.0,
                 "distortion": {"k1": -0.12, "k2": 0.03, "p1": 0.001},
             }
+        if i % 7 == 0:
+            body["camera"]["pixel_centres"] = "half-integer"
         if i % 11 == 0:
             body["gimbal"]["elevation"] = 12.0  # above the horizon: refused
         if i % 13 == 0:
@@ -186,3 +188,46 @@ def test_an_unbounded_ce90_stays_unknown_in_the_cot_event(tmp_path: Path) -> Non
         assert event.ce == 9999999.0
         assert not event.ce_known
         assert "CE90 unknown" in (event.remarks or "")
+
+
+def test_half_integer_pixel_centres_move_the_located_pixel_by_half_a_pixel(
+    tmp_path: Path,
+) -> None:
+    """geolocation.md: pixel centres are at integer + 0.5 only if the client says so. Saying so
+    locates exactly what the default locates for a box half a pixel right and down."""
+    pipeline = _pipeline(tmp_path)
+    half = copy.deepcopy(EXAMPLE)
+    half["camera"]["pixel_centres"] = "half-integer"
+    shifted = copy.deepcopy(EXAMPLE)
+    shifted["bbox"] = {**EXAMPLE["bbox"], "x": EXAMPLE["bbox"]["x"] + 0.5}
+    shifted["bbox"]["y"] = EXAMPLE["bbox"]["y"] + 0.5
+    [as_given, said, moved] = _one_by_one(pipeline, [EXAMPLE, half, shifted])
+    [batched] = pipeline.prepare_many([(Detection.model_validate(half), half, None)], now=NOW)
+    assert isinstance(as_given, Prepared)
+    assert isinstance(said, Prepared)
+    assert isinstance(moved, Prepared)
+    assert isinstance(batched, Prepared)
+    assert said.answer["location"] == moved.answer["location"]
+    assert batched.answer["location"] == said.answer["location"]
+    assert said.answer["location"]["lat"] != as_given.answer["location"]["lat"]
+
+
+def test_the_default_pixel_centres_leave_the_idempotency_hash_as_it_was(tmp_path: Path) -> None:
+    """Detections stored before the field existed keep matching their retries: the default is
+    not part of the hashed dump, and a detection spelling the default out is the same one."""
+    pipeline = _pipeline(tmp_path)
+    spelt = copy.deepcopy(EXAMPLE)
+    spelt["camera"]["pixel_centres"] = "integer"
+    half = copy.deepcopy(EXAMPLE)
+    half["camera"]["pixel_centres"] = "half-integer"
+    assert "pixel_centres" not in Detection.model_validate(EXAMPLE).model_dump()["camera"]
+    [plain, spelt_out, other] = _one_by_one(pipeline, [EXAMPLE, spelt, half])
+    assert isinstance(plain, Prepared)
+    assert isinstance(spelt_out, Prepared)
+    assert isinstance(other, Prepared)
+    assert spelt_out.record.body_hash == plain.record.body_hash
+    assert other.record.body_hash != plain.record.body_hash
+    refused = copy.deepcopy(EXAMPLE)
+    refused["camera"]["pixel_centres"] = "corner"
+    with pytest.raises(ValueError, match="pixel_centres"):
+        Detection.model_validate(refused)

@@ -56,6 +56,7 @@ Affiliation = Literal[
 GroundKind = Literal["request", "terrain", "agl", "ellipsoid"]
 BoxPoint = Literal["bbox-bottom-centre", "bbox-centre"]
 ImageType = Literal["image/jpeg", "image/png"]
+PixelCentres = Literal["integer", "half-integer"]
 
 MAX_PIXELS = 100_000
 MAX_FOCAL_PX = 1e7
@@ -121,6 +122,11 @@ class Camera(_Strict):
     cx: float | None = Field(strict=True, default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
     cy: float | None = Field(strict=True, default=None, ge=-MAX_PIXELS, le=2 * MAX_PIXELS)
     distortion: Distortion | None = None
+    #: Where pixel centres lie (an addition to the contract, geolocation.md "Pixel centres are at
+    #: integer + 0.5 only if the client says so"): "integer" (the default) takes (u, v) as given;
+    #: "half-integer" adds 0.5 px to both before the ray is formed. Left out of dumps while it is
+    #: the default, so the idempotency hash of every detection that does not use it is unchanged.
+    pixel_centres: PixelCentres = Field(default="integer", exclude_if=lambda v: v == "integer")
 
     @model_validator(mode="after")
     def _focal_given(self) -> Camera:

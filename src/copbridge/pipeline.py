@@ -413,6 +413,8 @@ class Pipeline:
         u, v, point = geo.box_point(
             box.x, box.y, box.width, box.height, detection.label.lower() in self.ground_labels
         )
+        if cam.pixel_centres == "half-integer":
+            u, v = u + 0.5, v + 0.5
         ground = detection.ground
         if ground is not None:
             kind: geo.GroundSource = "request"
