@@ -227,7 +227,29 @@ def test_purge_removes_done_rows_after_retention(store: SqlStore) -> None:
     assert (
         store.purge(done_before_us=now_us() + 10 * SECOND_US, now_us=now_us() + 10 * SECOND_US) == 2
     )
-    assert store.outbox_stats(DESTS[:1])[0].sent == 0
+    # The rows are gone, the totals are not: a purge must not make "sent" go down.
+    assert store.outbox_stats(DESTS[:1])[0].sent == 1
+
+
+def test_sent_and_expired_totals_never_go_down_across_purges(store: SqlStore) -> None:
+    t0 = now_us()
+    store.accept_detections(
+        [detection("s1", uid="u.s1"), detection("s2", uid="u.s2")]
+        + [detection(f"x{i}", uid=f"u.x{i}", stale_in_s=0.001) for i in range(3)],
+        DESTS,
+    )
+    expired_at = t0 + SECOND_US
+    assert store.expire_stale(expired_at, DESTS) == 6
+    store.mark_sent(store.claim(DESTS[0], "w", 10, SECOND_US, expired_at), expired_at)
+    before = {s.destination: (s.sent, s.expired, s.pending) for s in store.outbox_stats(DESTS)}
+    assert before == {DESTS[0]: (2, 3, 0), DESTS[1]: (0, 3, 2)}
+    later = expired_at + 10 * SECOND_US
+    assert store.purge(done_before_us=later, now_us=later) > 0
+    store.mark_sent(store.claim(DESTS[1], "w", 10, SECOND_US, later), later)
+    after = {s.destination: (s.sent, s.expired, s.pending) for s in store.outbox_stats(DESTS)}
+    assert after == {DESTS[0]: (2, 3, 0), DESTS[1]: (2, 3, 0)}
+    assert store.purge(done_before_us=later + 10 * SECOND_US, now_us=later + 10 * SECOND_US) > 0
+    assert [(s.sent, s.expired) for s in store.outbox_stats(DESTS)] == [(2, 3), (2, 3)]
 
 
 def test_audit_chain_verifies_after_mixed_work(store: SqlStore) -> None:
@@ -389,5 +411,5 @@ def test_purge_works_in_chunks_and_removes_everything_due(store: SqlStore) -> No
     # 23 outbox rows and 23 events, deleted five at a time.
     assert store.purge(done_before_us=later, now_us=later, chunk=5) == 46
     assert store.purge(done_before_us=later, now_us=later, chunk=5) == 0
-    assert store.outbox_stats(DESTS[:1])[0].sent == 0
+    assert store.outbox_stats(DESTS[:1])[0].sent == 23  # counted, though the rows are gone
     assert store.feed_since(0, 0) == []

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -343,12 +344,13 @@ class SqlStore:
         def job(tx: Tx) -> list[OutboxStats]:
             out = []
             for name in destinations:
-                counts = dict(
-                    tx.all(
-                        "SELECT state, COUNT(*) FROM outbox WHERE destination = ? GROUP BY state",
-                        (name,),
-                    )
-                )
+                counts: Counter[str] = Counter()
+                for state, total in tx.all(
+                    "SELECT state, COUNT(*) FROM outbox WHERE destination = ? GROUP BY state "
+                    "UNION ALL SELECT state, total FROM outbox_purged WHERE destination = ?",
+                    (name, name),
+                ):
+                    counts[str(state)] += int(total)
                 oldest = tx.one(
                     "SELECT MIN(created_us) FROM outbox "
                     "WHERE destination = ? AND state = 'pending'",
@@ -379,13 +381,20 @@ class SqlStore:
         a large purge never holds the writer (or, in serve, the event loop) for long."""
 
         def outbox(tx: Tx) -> int:
-            return len(
-                tx.all(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state <> "
-                    "'pending' AND done_us < ? LIMIT ?) RETURNING id",
-                    (done_before_us, chunk),
-                )
+            gone = tx.all(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state <> "
+                "'pending' AND done_us < ? LIMIT ?) RETURNING destination, state",
+                (done_before_us, chunk),
             )
+            # Counted where they went, in the same transaction: totals survive the rows.
+            tally = Counter((str(r[0]), str(r[1])) for r in gone)
+            tx.many(
+                "INSERT INTO outbox_purged (destination, state, total) VALUES (?, ?, ?) "
+                "ON CONFLICT (destination, state) "
+                "DO UPDATE SET total = outbox_purged.total + excluded.total",
+                [(d, state, n) for (d, state), n in tally.items()],
+            )
+            return len(gone)
 
         def events(tx: Tx) -> int:
             return len(
