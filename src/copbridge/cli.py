@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -185,11 +186,11 @@ def geolocate(
         fail(f"--format must be json or cot, not {fmt!r}", 2)
     settings = settings_or_exit(config)
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
         fail(f"cannot read {source}: {exc}", 2)
     failed = 0
-    for line in locate_all(text, Pipeline(settings), "cot" if fmt == "cot" else "json"):
+    for line in locate_all(data, Pipeline(settings), "cot" if fmt == "cot" else "json"):
         typer.echo(line.text)
         failed += not line.ok
     if failed:
@@ -198,7 +199,10 @@ def geolocate(
 
 @app.command()
 def send(
-    files: Annotated[list[Path], typer.Argument(help="JSON or JSON-lines files of detections.")],
+    files: Annotated[
+        list[str],
+        typer.Argument(help="Files of detections (JSON object, array, JSON lines); - for stdin."),
+    ],
     url: Annotated[
         str, typer.Option(envvar="COPBRIDGE_URL", help="The service's base URL.")
     ] = "http://127.0.0.1:9000",
@@ -207,42 +211,100 @@ def send(
         typer.Option(envvar="COPBRIDGE_API_KEY", help="Credential (cpb_… key or access token)."),
     ] = None,
 ) -> None:
-    """Post detections to a running service; print accepted / rejected with reasons."""
+    """Post detections to a running service; print accepted / rejected with reasons and lines.
+
+    A detection without an id gets one made from its text, so that a retry or a second run is
+    answered as a duplicate instead of being stored twice. Exit status: 0 every detection was
+    stored (now or before), 1 some were refused, 2 bad arguments or unreadable files (nothing
+    sent), 3 the service stopped taking them (unreachable, or the credential was refused).
+    """
     import httpx
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from copbridge.sender import Summary, read_detections
-    from copbridge.sender import send as send_all
+    from copbridge.documents import Item, read
+    from copbridge.sender import Pending, Sender, Stopped, Summary, pending
 
     console = Console(stderr=True)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client_url = _service_url(url)
+    headers = {"Authorization": f"Bearer {_credential(api_key)}"} if api_key else {}
+    sources = _readable(files)
     summary = Summary()
+    stopped: str | None = None
     with (
-        httpx.Client(base_url=url, headers=headers, timeout=60) as client,
+        httpx.Client(base_url=client_url, headers=headers, timeout=60) as client,
         Progress(console=console, transient=True) as bar,
     ):
-        for path in files:
-            if not path.is_file():
-                fail(f"{path} is not a file", 2)
-            items = list(read_detections(path))
-            task = bar.add_task(str(path), total=len(items))
 
-            def advance(count: int, task: TaskID = task) -> None:
-                bar.advance(task, count)
+        def waiting(seconds: float, why: str) -> None:
+            bar.console.print(f"{why}: waiting {seconds:.1f} s")
+
+        sender = Sender(client, summary, on_wait=waiting)
+        for name, load in sources:
+            length, found = read(load())
+            task = bar.add_task(name, total=max(length, 1))
+
+            def detections(
+                name: str = name, found: Iterator[Item] = found, task: TaskID = task
+            ) -> Iterator[Pending]:
+                for item in found:
+                    if item.end:
+                        bar.update(task, completed=item.end)
+                    ready = pending(name, item, summary)
+                    if ready is not None:
+                        yield ready
 
             try:
-                send_all(client, iter(items), summary, advance)
-            except httpx.HTTPError as exc:
-                fail(f"cannot reach {url}: {exc}")
-    typer.echo(
-        f"accepted {summary.accepted}, duplicates {summary.duplicates}, "
-        f"rejected {summary.rejected} of {summary.total}"
-    )
-    for reason, count in summary.reasons.most_common(20):
-        typer.echo(f"  {count} x {reason}")
+                sender.send(detections())
+            except Stopped as exc:
+                stopped = str(exc)
+                break
+            bar.update(task, completed=max(length, 1))
+    for line in summary.lines():
+        typer.echo(line)
+    if stopped is not None:
+        fail(f"stopped: {stopped}", 3)
     if summary.rejected:
         raise typer.Exit(1)
+
+
+def _service_url(url: str) -> str:
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        fail(f"--url {url!r} is not a URL: {exc}", 2)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        fail(f"--url {url!r} must be http:// or https:// and name a host", 2)
+    return url
+
+
+def _credential(key: str) -> str:
+    """The key as sent; refused (without printing it) when it cannot be an HTTP header value."""
+    key = key.strip()
+    if not key or not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        fail("the API key holds spaces or characters that are not ASCII: check it", 2)
+    return key
+
+
+def _readable(files: list[str]) -> list[tuple[str, Callable[[], bytes]]]:
+    """Every source checked before anything is sent: a typo in the last name must not leave a
+    run half done."""
+    sources: list[tuple[str, Callable[[], bytes]]] = []
+    for name in files:
+        if name == "-":
+            sources.append(("stdin", sys.stdin.buffer.read))
+            continue
+        path = Path(name)
+        if not path.exists():
+            fail(f"{name}: no such file", 2)
+        if not path.is_file():
+            fail(f"{name} is not a file", 2)
+        if not os.access(path, os.R_OK):
+            fail(f"{name}: not readable", 2)
+        sources.append((name, path.read_bytes))
+    return sources
 
 
 def _make_ready(settings: Settings, store: Store) -> None:

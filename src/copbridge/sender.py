@@ -1,23 +1,44 @@
-"""``copbridge send``: post JSON / JSON-lines detections to a running service in batches.
+"""``copbridge send``: post detections from files to a running service in batches.
 
-Retries what the service asks to be retried (503, 429 with Retry-After) a bounded number of
-times, and sums up what was accepted, duplicated and rejected, with the reasons.
+What a user can count on:
+- Every detection is sent as written (its exact JSON text), and one without an ``id`` gets one
+  made from its text (``sent-`` + SHA-256), so a retry after a lost answer, or a second run of
+  the same file, is answered as a duplicate and never stored twice.
+- Batches hold at most :data:`BATCH_ITEMS` detections and :data:`BATCH_BYTES` bytes; a batch the
+  service finds too large (413) is split in two until it fits or one detection is left.
+- 429 and 503 are retried after the service's ``Retry-After`` (seconds or an HTTP date), lost
+  connections with a growing pause, each a bounded number of times.
+- Every refusal is counted with its reason and the first places (``file:line``) it happened.
+- When the service cannot go on (unreachable, or refusing the credential) sending stops with
+  :class:`Stopped`, and the summary still says exactly what was stored before.
 """
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import json
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-BATCH_SIZE = 500
+from copbridge.documents import Document, Item, Unreadable
+
+BATCH_ITEMS = 500
+BATCH_BYTES = 4_000_000  # a third of the service's default 12 MiB body limit
 MAX_ATTEMPTS = 5
+MAX_WAIT_S = 60.0
+PLACES_KEPT = 5
+
+
+@dataclass
+class Reason:
+    count: int = 0
+    places: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -25,110 +46,206 @@ class Summary:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
+    #: Duplicates answered to a retry after a lost connection: the lost attempt may have stored
+    #: them (this run) or an earlier run did; either way they are stored once.
+    duplicates_after_retry: int = 0
+    reasons: dict[str, Reason] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return self.accepted + self.duplicates + self.rejected
 
+    def refuse(self, reason: str, place: str, count: int = 1) -> None:
+        self.rejected += count
+        entry = self.reasons.setdefault(reason, Reason())
+        entry.count += count
+        if len(entry.places) < PLACES_KEPT:
+            entry.places.append(place)
 
-def read_detections(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, value) for each detection: a JSON object, a JSON array, or JSON lines."""
-    text = path.read_text("utf-8")
-    stripped = text.strip()
-    try:
-        whole = json.loads(stripped) if stripped else []
-    except json.JSONDecodeError:
-        whole = None
-    if isinstance(whole, dict):
-        yield f"{path}", whole
-        return
-    if isinstance(whole, list):
-        for index, item in enumerate(whole):
-            yield f"{path}[{index}]", item
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield f"{path}:{number}", _Unparsable(str(exc))
-
-
-@dataclass(frozen=True)
-class _Unparsable:
-    error: str
+    def lines(self) -> list[str]:
+        head = (
+            f"accepted {self.accepted}, duplicates {self.duplicates}, "
+            f"rejected {self.rejected} of {self.total}"
+        )
+        out = [head]
+        if self.duplicates_after_retry:
+            out.append(
+                f"  {self.duplicates_after_retry} of the duplicates were answered to a retry "
+                "after a lost connection (stored once, by that lost attempt or an earlier run)"
+            )
+        ranked = sorted(self.reasons.items(), key=lambda kv: -kv[1].count)
+        for reason, entry in ranked[:20]:
+            more = ", ..." if entry.count > len(entry.places) else ""
+            out.append(f"  {entry.count} x {reason} (at {', '.join(entry.places)}{more})")
+        if len(ranked) > 20:
+            out.append(f"  ... and {len(ranked) - 20} other reasons")
+        return out
 
 
-def send(
-    client: httpx.Client,
-    items: Iterator[tuple[str, Any]],
-    summary: Summary,
-    progress: Callable[[int], None] = lambda _: None,
-    batch_size: int = BATCH_SIZE,
-) -> None:
-    batch: list[tuple[str, Any]] = []
-    for where, value in items:
-        if isinstance(value, _Unparsable):
-            summary.rejected += 1
-            summary.reasons[f"not JSON: {value.error}"] += 1
-            progress(1)
-            continue
-        batch.append((where, value))
-        if len(batch) >= batch_size:
-            _post(client, batch, summary)
-            progress(len(batch))
-            batch = []
-    if batch:
-        _post(client, batch, summary)
-        progress(len(batch))
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One detection ready to post: where it came from and the JSON text to send."""
+
+    place: str
+    text: str
 
 
-def _post(client: httpx.Client, batch: list[tuple[str, Any]], summary: Summary) -> None:
-    answer = _with_retries(client, [value for _, value in batch])
-    if answer.status_code not in (202, 207):
-        summary.rejected += len(batch)
-        summary.reasons[f"HTTP {answer.status_code}: {_detail(answer)}"] += len(batch)
-        return
-    body = answer.json()
-    for result in body["results"]:
+class Stopped(Exception):
+    """The service cannot take more detections from this run; the message says why."""
+
+
+def pending(source: str, item: Item, summary: Summary) -> Pending | None:
+    """The detection to send for one item of a file, or None (and a refusal counted)."""
+    place = f"{source}:{item.line}"
+    if isinstance(item, Unreadable):
+        summary.refuse(f"not JSON: {item.error}", place)
+        return None
+    if not isinstance(item.value, dict):
+        summary.refuse(f"not a JSON object but {_kind(item.value)}", place)
+        return None
+    if "id" in item.value:
+        return Pending(place, item.text)
+    return Pending(place, with_id(item, content_id(item.text)))
+
+
+def content_id(text: str) -> str:
+    """The id given to a detection sent without one: the same text always gets the same id."""
+    return "sent-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def with_id(item: Document, detection_id: str) -> str:
+    """The object's text with ``"id"`` put first (the rest kept byte for byte)."""
+    body = item.text[1:].lstrip()
+    separator = "" if body.startswith("}") else ","
+    return '{"id":' + json.dumps(detection_id) + separator + body
+
+
+class Sender:
+    """Posts detections in batches through ``client`` and sums the answers up in ``summary``."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        summary: Summary,
+        *,
+        on_wait: Callable[[float, str], None] = lambda _s, _why: None,
+        sleep: Callable[[float], None] = time.sleep,
+        batch_items: int = BATCH_ITEMS,
+        batch_bytes: int = BATCH_BYTES,
+    ) -> None:
+        self.client = client
+        self.summary = summary
+        self.on_wait = on_wait
+        self.sleep = sleep
+        self.batch_items = batch_items
+        self.batch_bytes = batch_bytes
+
+    def send(self, detections: Iterable[Pending]) -> None:
+        for batch in self.batches(detections):
+            try:
+                self.post(batch)
+            except Stopped as exc:
+                raise Stopped(f"{exc}; not sent: {batch[0].place} and all after it") from None
+
+    def batches(self, detections: Iterable[Pending]) -> Iterator[list[Pending]]:
+        batch: list[Pending] = []
+        size = 0
+        for detection in detections:
+            cost = len(detection.text.encode()) + 1
+            if batch and (len(batch) >= self.batch_items or size + cost > self.batch_bytes):
+                yield batch
+                batch, size = [], 0
+            batch.append(detection)
+            size += cost
+        if batch:
+            yield batch
+
+    def post(self, batch: list[Pending]) -> None:
+        answer, retried = self._with_retries(batch)
+        status = answer.status_code
+        if status == 413 and len(batch) > 1:
+            half = len(batch) // 2
+            self.post(batch[:half])
+            self.post(batch[half:])
+            return
+        if status in (401, 403):
+            raise Stopped(f"the service refused the credential ({status}: {_detail(answer)})")
+        if status not in (202, 207):
+            for detection in batch:
+                self.summary.refuse(f"HTTP {status}: {_detail(answer)}", detection.place)
+            return
+        results = answer.json()["results"]
+        for result in results:
+            self._count(result, batch[int(result["index"])], retried)
+
+    def _count(self, result: dict[str, Any], detection: Pending, retried: bool) -> None:
         if result["status"] == 202:
             if result["answer"]["duplicate"]:
-                summary.duplicates += 1
+                self.summary.duplicates += 1
+                self.summary.duplicates_after_retry += retried
             else:
-                summary.accepted += 1
-            continue
-        summary.rejected += 1
+                self.summary.accepted += 1
+            return
         error = result.get("error") or {}
         errors = error.get("errors") or [error]
         message = str(errors[0].get("message", "rejected"))
-        # Reasons are grouped without the item index so a summary stays short.
-        summary.reasons[f"{result['status']}: {_without_index(message)}"] += 1
+        # Grouped without the item's batch index, so that equal reasons add up.
+        self.summary.refuse(f"{result['status']}: {_without_index(message)}", detection.place)
+
+    def _with_retries(self, batch: list[Pending]) -> tuple[httpx.Response, bool]:
+        body = ('{"detections":[' + ",".join(d.text for d in batch) + "]}").encode()
+        headers = {"Content-Type": "application/json"}
+        lost = False
+        pause = 0.5
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                answer = self.client.post("/api/v1/detections/batch", content=body, headers=headers)
+            except httpx.TransportError as exc:
+                if attempt == MAX_ATTEMPTS:
+                    raise Stopped(f"cannot reach {self.client.base_url}: {exc}") from None
+                lost = True
+                why = f"no answer from the service ({type(exc).__name__})"
+            else:
+                if answer.status_code not in (429, 503) or attempt == MAX_ATTEMPTS:
+                    return answer, lost
+                pause = retry_after(answer.headers.get("retry-after"), pause)
+                why = "rate limited (429)" if answer.status_code == 429 else "store busy (503)"
+            wait = min(pause, MAX_WAIT_S)
+            self.on_wait(wait, why)
+            self.sleep(wait)
+            pause *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _with_retries(client: httpx.Client, values: list[Any]) -> httpx.Response:
-    delay = 0.5
-    for attempt in range(MAX_ATTEMPTS):
-        try:
-            answer = client.post("/api/v1/detections/batch", json={"detections": values})
-        except httpx.TransportError:
-            if attempt == MAX_ATTEMPTS - 1:
-                raise
-        else:
-            if answer.status_code not in (429, 503) or attempt == MAX_ATTEMPTS - 1:
-                return answer
-            delay = float(answer.headers.get("retry-after", delay))
-        time.sleep(min(delay, 30.0))
-        delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
+def retry_after(header: str | None, default: float) -> float:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
+    if not header:
+        return default
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return default
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 def _detail(answer: httpx.Response) -> str:
     try:
-        return str(answer.json().get("detail", answer.text))[:200]
-    except ValueError:
-        return answer.text[:200]
+        detail = answer.json().get("detail", answer.text)
+    except (ValueError, AttributeError):
+        detail = answer.text
+    return " ".join(str(detail).split())[:200]
 
 
 def _without_index(message: str) -> str:

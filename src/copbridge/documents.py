@@ -1,0 +1,185 @@
+"""Detections in a file, as users write them: one JSON object, a JSON array of objects, JSON
+lines, or objects one after another (pretty-printed, as ``jq`` writes them), in UTF-8 with or
+without a byte-order mark, LF or CRLF.
+
+Each item comes with the line it starts on and its exact text, so that a tool can name the line
+of every refusal and forward the bytes as written (no float re-formatting, no 64-bit limit). A
+part that cannot be read (bad JSON, bytes that are not UTF-8, NaN, a number too long for Python)
+is one :class:`Unreadable` item naming its line; reading goes on at the next line that starts an
+object or an array, so one bad line never hides the rest of the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+_BLANK = " \t\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One JSON value of the file: where it starts, its text and its value."""
+
+    line: int
+    text: str
+    value: Any
+    end: int  # offset in the decoded text just past this item, for progress
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A part of the file that is not a JSON value."""
+
+    line: int
+    error: str
+    end: int
+
+
+Item = Document | Unreadable
+
+
+def read(data: bytes) -> tuple[int, Iterator[Item]]:
+    """The length of the decoded text (what ``end`` counts up to) and every item of a file's
+    bytes in file order, the lines that are not UTF-8 included."""
+    text, bad = decode(data)
+    return len(text), _merged(items(text), bad)
+
+
+def _merged(found: Iterator[Item], bad: list[Unreadable]) -> Iterator[Item]:
+    pending = iter(bad)
+    next_bad = next(pending, None)
+    for item in found:
+        while next_bad is not None and next_bad.line <= item.line:
+            yield next_bad
+            next_bad = next(pending, None)
+        yield item
+    if next_bad is not None:
+        yield next_bad
+        yield from pending
+
+
+def decode(data: bytes) -> tuple[str, list[Unreadable]]:
+    """UTF-8 text without its byte-order mark. A line holding bytes that are not UTF-8 is blanked
+    (line numbers stay right) and reported, instead of failing the whole file."""
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff"), []
+    except UnicodeDecodeError:
+        pass
+    lines, bad = [], []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            lines.append("")
+            bad.append(Unreadable(number, f"not UTF-8 (byte {exc.start + 1} of the line)", 0))
+    return "\n".join(lines).removeprefix("\ufeff"), bad
+
+
+def items(text: str) -> Iterator[Item]:
+    """Every JSON value of ``text`` in order; an array at the top is read item by item."""
+    return _Reader(text).items()
+
+
+class _Reader:
+    """A forward-only walk over the text, with the line number of where it stands."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self._counted = 0
+        self._line = 1
+
+    def items(self) -> Iterator[Item]:
+        self.skip_blank()
+        if self.pos < len(self.text) and self.text[self.pos] == "[":
+            yield from self.array()
+            self.skip_blank()
+        while self.pos < len(self.text):
+            try:
+                value, end = _DECODER.raw_decode(self.text, self.pos)
+            except (ValueError, RecursionError) as exc:
+                after = _next_object(self.text, self.pos)
+                yield Unreadable(self.line(), _reason(exc), after)
+                self.pos = after
+            else:
+                yield Document(self.line(), self.text[self.pos : end], value, end)
+                self.pos = end
+            self.skip_blank()
+
+    def array(self) -> Iterator[Item]:
+        text = self.text
+        self.pos += 1
+        self.skip_blank()
+        if self.pos < len(text) and text[self.pos] == "]":
+            self.pos += 1
+            return
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(text, self.pos)
+            except (ValueError, RecursionError) as exc:
+                # The rest of the array cannot be split reliably: one refusal for all of it.
+                yield Unreadable(self.line(), f"{_reason(exc)} (the rest of the array)", len(text))
+                self.pos = len(text)
+                return
+            yield Document(self.line(), text[self.pos : end], value, end)
+            self.pos = end
+            self.skip_blank()
+            if self.pos < len(text) and text[self.pos] == ",":
+                self.pos += 1
+                self.skip_blank()
+                continue
+            if self.pos < len(text) and text[self.pos] == "]":
+                self.pos += 1
+                return
+            yield Unreadable(self.line(), "expected , or ] in the array", len(text))
+            self.pos = len(text)
+            return
+
+    def skip_blank(self) -> None:
+        text, pos = self.text, self.pos
+        while pos < len(text) and text[pos] in _BLANK:
+            pos += 1
+        self.pos = pos
+
+    def line(self) -> int:
+        self._line += self.text.count("\n", self._counted, self.pos)
+        self._counted = self.pos
+        return self._line
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)  # NaN, Infinity: not JSON
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(";")[0]  # "Exceeds the limit (4300 digits) for integer string ..."
+
+
+def _next_object(text: str, pos: int) -> int:
+    """The start of the first line after ``pos`` whose first non-blank character opens an
+    object or an array: the next JSON line, or the next top-level object of a pretty-printed
+    file (whose inner lines start with a key or a closing bracket)."""
+    while True:
+        newline = text.find("\n", pos)
+        if newline < 0:
+            return len(text)
+        pos = newline + 1
+        first = _skip_blank_in_line(text, pos)
+        if first < len(text) and text[first] in "{[":
+            return first
+
+
+def _skip_blank_in_line(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r":
+        pos += 1
+    return pos
