@@ -201,7 +201,7 @@ class Sender:
             try:
                 answer = self.client.post("/api/v1/detections/batch", content=body, headers=headers)
             except httpx.TransportError as exc:
-                if attempt == MAX_ATTEMPTS:
+                if attempt == MAX_ATTEMPTS or _certificate_refused(exc):
                     raise Stopped(f"cannot reach {self.client.base_url}: {exc}") from None
                 lost = True
                 why = f"no answer from the service ({type(exc).__name__})"
@@ -240,11 +240,25 @@ def _kind(value: Any) -> str:
     )
 
 
+def _certificate_refused(exc: httpx.TransportError) -> bool:
+    """A TLS certificate that does not verify will not verify on a retry either."""
+    return isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
 def _detail(answer: httpx.Response) -> str:
+    """The service's reason: its ``detail``, or the first item's error of a batch answer."""
     try:
-        detail = answer.json().get("detail", answer.text)
-    except (ValueError, AttributeError):
-        detail = answer.text
+        body = answer.json()
+    except ValueError:
+        body = None
+    detail: Any = answer.text
+    if isinstance(body, dict):
+        results = body.get("results")
+        first = results[0] if isinstance(results, list) and results else None
+        if isinstance(first, dict) and isinstance(first.get("error"), dict):
+            detail = first["error"].get("message", detail)
+        else:
+            detail = body.get("detail", detail)
     return " ".join(str(detail).split())[:200]
 
 
