@@ -165,6 +165,55 @@ def test_coalescing_reaches_past_a_batch_full_of_older_versions(store: SqlStore)
     assert store.outbox_stats(DESTS[:1])[0].superseded == 6
 
 
+TRACK = "copbridge.uav-7.track-1"
+
+
+def _store_position(store: SqlStore, name: str, time_us: int) -> None:
+    store.accept_detections([detection(name, uid=TRACK, time_us=time_us)], DESTS[:1])
+
+
+def test_a_newer_position_waits_while_an_older_one_of_its_uid_is_in_flight(
+    store: SqlStore,
+) -> None:
+    # Replica A holds the older position; had B sent the newer one meanwhile, A's late write
+    # would leave the older position last on the receiver's map.
+    t0, now = now_us(), now_us()
+    _store_position(store, "older", t0)
+    [older] = store.claim(DESTS[0], "A", 10, 5 * SECOND_US, now)
+    _store_position(store, "newer", t0 + 1)
+    store.accept_detections([detection("elsewhere")], DESTS[:1])
+    meanwhile = store.claim(DESTS[0], "B", 10, 5 * SECOND_US, now + 1)
+    assert [i.uid for i in meanwhile] == ["copbridge.uav-7.elsewhere"]  # other uids still flow
+    assert store.mark_sent([older], now + 2) == 1
+    [newer] = store.claim(DESTS[0], "B", 10, 5 * SECOND_US, now + 3)
+    assert (newer.uid, newer.time_us) == (TRACK, t0 + 1)
+
+
+def test_a_newer_position_goes_once_the_older_ones_claim_is_released(store: SqlStore) -> None:
+    t0, now = now_us(), now_us()
+    _store_position(store, "older", t0)
+    older = store.claim(DESTS[0], "A", 10, 5 * SECOND_US, now)
+    _store_position(store, "newer", t0 + 1)
+    assert store.claim(DESTS[0], "B", 10, 5 * SECOND_US, now + 1) == []
+    assert store.release(older, "connection refused", now + 5 * SECOND_US, now + 2) == 1
+    [newer] = store.claim(DESTS[0], "B", 10, 5 * SECOND_US, now + 3)
+    assert newer.time_us == t0 + 1
+
+
+def test_a_lapsed_lease_frees_the_uid_and_the_newest_position_goes(store: SqlStore) -> None:
+    t0, now = now_us(), now_us()
+    _store_position(store, "older", t0)
+    older = store.claim(DESTS[0], "A", 10, 5 * SECOND_US, now)
+    _store_position(store, "newer", t0 + 1)
+    assert store.claim(DESTS[0], "B", 10, 5 * SECOND_US, now + 4 * SECOND_US) == []
+    later = now + 6 * SECOND_US
+    [newer] = store.claim(DESTS[0], "B", 10, 5 * SECOND_US, later)
+    assert newer.time_us == t0 + 1
+    assert store.mark_sent(older, later) == 0  # A's lease ran out: its late "sent" is refused
+    stats = store.outbox_stats(DESTS[:1])[0]
+    assert (stats.pending, stats.superseded) == (1, 1)
+
+
 def test_release_hides_rows_until_their_next_attempt(store: SqlStore) -> None:
     store.accept_detections([detection("d1")], DESTS)
     now = now_us()

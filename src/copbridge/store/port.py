@@ -80,7 +80,9 @@ class Store(Protocol):
     def claim(
         self, destination: str, owner: str, limit: int, lease_us: int, now_us: int
     ) -> list[OutboxItem]:
-        """Lease up to ``limit`` due rows; expire stale ones and supersede older ones per uid."""
+        """Lease up to ``limit`` due rows; expire stale ones and supersede older ones per uid.
+        A row whose uid has another row leased (for this destination) waits for that lease to
+        end, so one uid's rows are never in flight twice."""
         ...
 
     def mark_sent(self, items: Sequence[OutboxItem], now_us: int) -> int:

@@ -1,6 +1,7 @@
 """PostgreSQL adapter (psycopg 3) for several replicas sharing one store.
 
-Claims use ``FOR UPDATE SKIP LOCKED``; audit appends take a transaction-scoped advisory lock.
+Claims use ``FOR UPDATE SKIP LOCKED`` under a transaction-scoped advisory lock per destination;
+audit appends take one of their own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ DIALECT = Dialect(
     begin_write="BEGIN",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     audit_lock="SELECT pg_advisory_xact_lock(7461002)",
+    # Claims of one destination take turns, so none misses a lease another has just set (READ
+    # COMMITTED would show the row unleased, SKIP LOCKED would pass over it, and a newer row of
+    # its uid would go out beside it). Only tried, never waited for: the group commit may hold
+    # the audit lock already, and a replica holding this one may be waiting for that.
+    claim_lock="SELECT pg_try_advisory_xact_lock(7461003, hashtext(?))",
 )
 
 _log = get_logger("copbridge.store")

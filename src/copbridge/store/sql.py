@@ -42,6 +42,7 @@ T = TypeVar("T")
 _DETECTION_COLUMNS = (
     "id, seq, time_us, received_us, sensor_id, label, detection, answer, cot_xml, image_sha256"
 )
+_CLAIM_LOCK_WAIT_S = 1.0
 _KEY_COLUMNS = "key_id, name, secret_hash, scopes, created_us, expires_us, last_used_us, revoked_us"
 _REFRESH_COLUMNS = "jti, family, key_id, issued_us, expires_us, used_us, revoked_us"
 
@@ -265,7 +266,19 @@ class SqlStore:
     def claim(
         self, destination: str, owner: str, limit: int, lease_us: int, now_us: int
     ) -> list[OutboxItem]:
-        return self._write_now(lambda tx: _claim(tx, destination, owner, limit, lease_us, now_us))
+        # Another replica's claim of this destination holds its lock until it commits, a matter
+        # of milliseconds: try again shortly, and past _CLAIM_LOCK_WAIT_S answer as an empty
+        # outbox would (the courier polls again).
+        give_up = time.monotonic() + _CLAIM_LOCK_WAIT_S
+        pause = 0.001
+        while True:
+            claimed = self._write_now(
+                lambda tx: _claim(tx, destination, owner, limit, lease_us, now_us)
+            )
+            if claimed is not None or time.monotonic() >= give_up:
+                return claimed or []
+            time.sleep(pause)
+            pause = min(2 * pause, 0.02)
 
     def mark_sent(self, items: Sequence[OutboxItem], now_us: int) -> int:
         batch = list(items)
@@ -659,17 +672,27 @@ def _expire(tx: Tx, now_us: int, destination: str) -> int:
 
 def _claim(
     tx: Tx, destination: str, owner: str, limit: int, lease_us: int, now_us: int
-) -> list[OutboxItem]:
+) -> list[OutboxItem] | None:
+    """Lease the destination's due rows; None while another claim of it is in progress."""
+    if tx.dialect.claim_lock is not None:
+        granted = tx.one(tx.dialect.claim_lock, (destination,))
+        if granted is None or not granted[0]:
+            return None
     _expire(tx, now_us, destination)
     token = f"{owner}:{uuid.uuid4().hex}"
     ids: list[int] = []
     # Bounded: each round either claims rows or retires a whole batch of superseded ones.
     for _ in range(8):
+        # At most one claim in flight per uid: a row waits while another row of its uid is
+        # leased. Otherwise a replica could claim a newer position while another still holds an
+        # older one, write it first, and the late older one would be left on the map.
         candidates = tx.all(
             "SELECT id FROM outbox WHERE destination = ? AND state = 'pending' "
             "AND next_attempt_us <= ? AND (lease_until_us IS NULL OR lease_until_us < ?) "
+            "AND NOT EXISTS (SELECT 1 FROM outbox f WHERE f.destination = outbox.destination "
+            "AND f.uid = outbox.uid AND f.state = 'pending' AND f.lease_until_us >= ?) "
             f"ORDER BY id LIMIT ?{tx.dialect.skip_locked}",
-            (destination, now_us, now_us, limit),
+            (destination, now_us, now_us, now_us, limit),
         )
         if not candidates:
             break

@@ -29,7 +29,9 @@ from copbridge.store.sql import SqlStore
 from copbridge.store.tx import Dialect
 from copbridge.store.writer import BatchObserver
 
-DIALECT = Dialect(name="sqlite", begin_write="BEGIN IMMEDIATE", skip_locked="", audit_lock=None)
+DIALECT = Dialect(
+    name="sqlite", begin_write="BEGIN IMMEDIATE", skip_locked="", audit_lock=None, claim_lock=None
+)
 
 BUSY_TIMEOUT_MS = 5000
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024

@@ -19,6 +19,9 @@ class Dialect:
     begin_write: str
     skip_locked: str
     audit_lock: str | None
+    #: Taken by a claim before it reads leases, with the destination as its one parameter;
+    #: answers whether it was granted (None: writers are serialised anyway, as in SQLite).
+    claim_lock: str | None
 
     def sql(self, text: str) -> str:
         # Our SQL uses "?" placeholders and never a literal question mark.
