@@ -142,6 +142,20 @@ def test_stale_rows_expire_instead_of_being_sent(store: SqlStore) -> None:
     assert "delivery.expired" in kinds
 
 
+def test_sweep_expires_stale_rows_of_every_destination_in_the_outbox(store: SqlStore) -> None:
+    removed = "tcp://10.0.0.9:8087"  # no longer configured anywhere: nobody claims its rows
+    store.accept_detections([detection("old", stale_in_s=1)], [*DESTS, removed])
+    store.accept_detections([detection("fresh")], [*DESTS, removed])
+    assert store.expire_stale(now_us() + 5 * SECOND_US) == 3
+    stats = store.outbox_stats([*DESTS, removed])
+    assert [(s.pending, s.expired) for s in stats] == [(1, 1)] * 3
+    expired = [r for r in store.audit_records(limit=1000) if r.kind == "delivery.expired"]
+    assert sorted((r.subject, r.data["count"]) for r in expired) == sorted(
+        (d, 1) for d in [*DESTS, removed]
+    )
+    assert store.verify_audit().ok
+
+
 def test_backlog_for_one_uid_sends_only_the_newest(store: SqlStore) -> None:
     t0 = now_us()
     store.accept_detections(
@@ -288,7 +302,7 @@ def test_sent_and_expired_totals_never_go_down_across_purges(store: SqlStore) ->
         DESTS,
     )
     expired_at = t0 + SECOND_US
-    assert store.expire_stale(expired_at, DESTS) == 6
+    assert store.expire_stale(expired_at) == 6
     store.mark_sent(store.claim(DESTS[0], "w", 10, SECOND_US, expired_at), expired_at)
     before = {s.destination: (s.sent, s.expired, s.pending) for s in store.outbox_stats(DESTS)}
     assert before == {DESTS[0]: (2, 3, 0), DESTS[1]: (0, 3, 2)}

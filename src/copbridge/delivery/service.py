@@ -96,8 +96,7 @@ class DeliveryService:
             self._spawn(self._refresh_stats(), "link monitor")
         if self.run_worker:
             self._spawn(self._purge_old_rows(), "retention")
-            if self.destinations:
-                self._spawn(self._expire_stale_rows(), "stale rows")
+            self._spawn(self._expire_stale_rows(), "stale rows")
         _log.info(
             "delivery started",
             owner=self.owner,
@@ -157,12 +156,12 @@ class DeliveryService:
             await asyncio.sleep(_STATS_EVERY_S)
 
     async def _expire_stale_rows(self) -> None:
-        """Expire stale rows of every destination, link up or down: a courier expires its own
-        only when it claims, so a long outage would keep counting dead rows as backlog."""
-        names = [d.name for d in self.destinations]
+        """Expire stale rows of every destination, link up or down, configured or removed: a
+        courier expires its own only when it claims, so a long outage would keep counting dead
+        rows as backlog, and a removed destination's rows would stay pending for good."""
         while True:
             try:
-                await asyncio.to_thread(self.store.expire_stale, time.time_ns() // 1000, names)
+                await asyncio.to_thread(self.store.expire_stale, time.time_ns() // 1000)
             except Exception as exc:  # the store may be down a moment; the next round retries
                 _log.warning("cannot expire stale rows", error=str(exc))
             await asyncio.sleep(_EXPIRE_EVERY_S)

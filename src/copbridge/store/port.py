@@ -101,9 +101,10 @@ class Store(Protocol):
 
     def outbox_stats(self, destinations: Sequence[str]) -> list[OutboxStats]: ...
 
-    def expire_stale(self, now_us: int, destinations: Sequence[str]) -> int:
-        """Mark the pending rows of ``destinations`` whose stale time passed as expired
-        (audited), whatever the state of their links; how many."""
+    def expire_stale(self, now_us: int) -> int:
+        """Mark the pending rows whose stale time passed as expired (audited per destination),
+        for every destination in the outbox, configured or no longer, whatever the state of
+        their links; how many."""
         ...
 
     def purge(self, done_before_us: int, now_us: int, chunk: int = 5000) -> int: ...

@@ -385,9 +385,18 @@ class SqlStore:
 
         return self._read(job)
 
-    def expire_stale(self, now_us: int, destinations: Sequence[str]) -> int:
-        # One destination at a time: each is an index range of its pending rows, not a scan.
-        return self._write_now(lambda tx: sum(_expire(tx, now_us, d) for d in destinations))
+    def expire_stale(self, now_us: int) -> int:
+        def job(tx: Tx) -> int:
+            # Every destination with stale rows, not only the configured ones: rows of a
+            # destination taken out of the settings are never claimed, so only this expires
+            # them. Both reads are ranges of the stale pending rows (index outbox_stale).
+            stale = tx.all(
+                "SELECT DISTINCT destination FROM outbox WHERE state = 'pending' AND stale_us <= ?",
+                (now_us,),
+            )
+            return sum(_expire(tx, now_us, name) for name in sorted(str(r[0]) for r in stale))
+
+        return self._write_now(job)
 
     def purge(self, done_before_us: int, now_us: int, chunk: int = 5000) -> int:
         """Delete delivered/expired outbox rows and spent events, ``chunk`` rows per commit, so
