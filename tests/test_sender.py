@@ -3,7 +3,6 @@ reads them, and a certificate that does not verify stopping the run without retr
 
 from __future__ import annotations
 
-import datetime
 import socket
 import ssl
 import threading
@@ -12,12 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from copbridge.sender import Pending, Sender, Stopped, Summary, _detail
+from tests.tls import self_signed
 
 
 def test_a_batch_refused_whole_reads_as_its_first_items_reason() -> None:
@@ -41,29 +37,9 @@ def test_a_batch_refused_whole_reads_as_its_first_items_reason() -> None:
 @pytest.fixture
 def self_signed_https(tmp_path: Path) -> Iterator[int]:
     """A TLS listener on loopback whose certificate no client trusts."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert, key = self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    context.load_cert_chain(cert, key)
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()

@@ -3,8 +3,6 @@ and HTTPS with HSTS from ``serve`` when a certificate is configured."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import signal
 import ssl
@@ -14,16 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 
 from copbridge.api.app import create_app
 from tests.conftest import ADMIN_HEADERS, ADMIN_KEY
 from tests.security.helpers import secured_settings
 from tests.system.processes import COPBRIDGE, free_port
+from tests.tls import self_signed
 
 
 def test_every_answer_carries_the_hardening_headers(tmp_path: Path) -> None:
@@ -74,38 +69,8 @@ def test_oversized_body_is_413_before_it_is_read_or_authenticated(tmp_path: Path
         assert answer.status_code == 413
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_serve_terminates_tls_and_sends_hsts(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     port = free_port()
     env = {
         **os.environ,
