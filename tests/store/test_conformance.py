@@ -228,6 +228,25 @@ def test_a_lapsed_lease_frees_the_uid_and_the_newest_position_goes(store: SqlSto
     assert (stats.pending, stats.superseded) == (1, 1)
 
 
+def test_a_row_going_stale_in_flight_keeps_its_uid_until_its_holder_answers(
+    store: SqlStore,
+) -> None:
+    t0 = now_us()
+    store.accept_detections([detection("older", uid=TRACK, time_us=t0, stale_in_s=1)], DESTS[:1])
+    [older] = store.claim(DESTS[0], "A", 10, 5 * SECOND_US, t0)
+    _store_position(store, "newer", t0 + 1)
+    stale = t0 + 2 * SECOND_US  # past the older row's stale time, inside A's lease
+    assert store.expire_stale(stale) == 0
+    assert store.claim(DESTS[0], "B", 10, 5 * SECOND_US, stale) == []
+    assert store.mark_sent([older], stale) == 1  # A's write is counted as what it was: sent
+    [newer] = store.claim(DESTS[0], "B", 10, 5 * SECOND_US, stale)
+    assert newer.time_us == t0 + 1
+    # Past the lease, a stale row nobody answered for expires as before.
+    store.accept_detections([detection("lost", uid="u.lost", time_us=t0, stale_in_s=3)], DESTS[:1])
+    assert len(store.claim(DESTS[0], "C", 10, SECOND_US, stale)) == 1  # leased to t0 + 3 s
+    assert store.expire_stale(t0 + 5 * SECOND_US) == 1
+
+
 def test_release_hides_rows_until_their_next_attempt(store: SqlStore) -> None:
     store.accept_detections([detection("d1")], DESTS)
     now = now_us()

@@ -658,11 +658,16 @@ class _Reader:
 
 
 def _expire(tx: Tx, now_us: int, destination: str) -> int:
-    """The destination's pending rows past their stale time become expired (one audit record)."""
+    """The destination's pending rows past their stale time become expired (one audit record).
+
+    A row in flight (leased) waits for its holder's answer or the end of its lease: expiring it
+    under the holder would free its uid, and a newer position could go out before the holder's
+    late write of this older one (and a row that was sent would read as expired)."""
     expired = tx.all(
         "UPDATE outbox SET state = 'expired', done_us = ?, claim_token = NULL "
-        "WHERE destination = ? AND state = 'pending' AND stale_us <= ? RETURNING uid",
-        (now_us, destination, now_us),
+        "WHERE destination = ? AND state = 'pending' AND stale_us <= ? "
+        "AND (lease_until_us IS NULL OR lease_until_us < ?) RETURNING uid",
+        (now_us, destination, now_us, now_us),
     )
     if expired:
         audit_log.append(
