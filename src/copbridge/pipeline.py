@@ -136,8 +136,9 @@ class Pipeline:
     ) -> Prepared:
         """Locate the detection and build its events; raise :class:`Rejection` when it can't be.
 
-        ``raw`` is the JSON object the client sent, when the caller has it: the idempotency hash
-        and the stored copy are taken from it, which is cheaper than dumping the model again.
+        ``raw`` is the JSON object the client sent, when the caller has it: the stored copy is
+        taken from it, which is cheaper than dumping the model again. (The idempotency hash is
+        not: it comes from the validated model, see :func:`body_hash`.)
         """
         now = now or datetime.now(UTC)
         self._check_time(detection, now)

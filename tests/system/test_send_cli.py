@@ -27,13 +27,9 @@ from tests.system.processes import COPBRIDGE, Serve, run_copbridge, start_serve
 def _send(
     serve: Serve, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COPBRIDGE, "send", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **serve.client_env(), **(env or {})},
+    """``copbridge send ARGS`` against ``serve``, from its working directory."""
+    return run_copbridge(
+        ["send", *args], {**serve.client_env(), **(env or {})}, serve.log.parent, timeout=120
     )
 
 
