@@ -22,6 +22,7 @@ from copbridge.api import (
 )
 from copbridge.api.auth import AUTHORIZE, open_guard
 from copbridge.api.body_limit import BodyLimit
+from copbridge.api.ingest_route import IngestRoutes
 from copbridge.api.middleware import RequestContext
 from copbridge.config import Settings
 from copbridge.delivery import DeliveryService
@@ -89,6 +90,7 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(IngestRoutes, api=app)  # innermost: everything below wraps it too
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)
     security_headers.install(app, settings)
