@@ -36,6 +36,7 @@ from tests.api.conftest import EXAMPLE
 
 from bench.ceiling_app import app as ceiling_app
 from copbridge.api.app import create_app
+from copbridge.cli import tune_garbage_collector
 from copbridge.config import load_settings
 from copbridge.logs import configure_logging
 from copbridge.security.keys import mint_key
@@ -141,6 +142,7 @@ async def main(requests: int, rounds: int) -> None:
     single: list[tuple[float, float]] = []
     batch: list[tuple[float, float]] = []
     async with ours.router.lifespan_context(ours):
+        tune_garbage_collector()  # as `copbridge serve` does before it serves
         await cpu_per_request(ours, "/api/v1/detections", one("warm"), authed, 1000)
         for r in range(rounds):  # alternated, so drift hits both sides alike
             ceiling, _ = await cpu_per_request(ceiling_app, "/echo", one(f"c{r}"), plain, requests)

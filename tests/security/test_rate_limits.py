@@ -63,3 +63,16 @@ def test_guessing_keys_is_locked_out_and_audits_stay_bounded(tmp_path: Path) -> 
     assert len(failed) == 10
     assert {f["data"]["ip"] for f in failed} == {"203.0.113.9"}
     assert all("guess" not in str(f) for f in failed)  # what was presented is not recorded
+
+
+def test_each_limit_and_hardening_header_is_sent_once(tmp_path: Path) -> None:
+    app = create_app(h.secured_settings(tmp_path, rate_limit_credential="1/minute"))
+    with TestClient(app) as client:
+        writer = h.bearer(h.make_key(app, "detections:write"))
+        answers = [client.post("/api/v1/detections", json={}, headers=writer) for _ in range(2)]
+    assert [a.status_code for a in answers] == [422, 429]
+    for answer in answers:
+        names = [name.lower() for name, _ in answer.headers.multi_items()]
+        for field in ("ratelimit-limit", "ratelimit-reset", "cache-control", "x-frame-options"):
+            assert names.count(field) == 1, (answer.status_code, field, names)
+    assert answers[1].headers["retry-after"] == answers[1].headers["ratelimit-reset"]

@@ -176,11 +176,11 @@ class Guard:
     # -- credentials -------------------------------------------------------------------------------
     async def authenticate(self, credential: str) -> tuple[Principal | None, str]:
         if credential.startswith("cpb_"):
-            record = self.keyring.cached(credential)
+            record, due = self.keyring.lookup(credential)
             reason = "ok"
             if record is None:
                 record, reason = await self._verify_key(credential, refresh=False)
-            elif self.keyring.due_for_refresh(credential):
+            elif due:
                 # Re-checked while the cached answer still serves: a busy key never waits for
                 # the store (which a whole burst of requests did, each time the entry expired).
                 self._verify_key_soon(credential)
@@ -278,7 +278,8 @@ def presented_credential(request: Request) -> str | None:
 
 
 def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    client = request.scope.get("client")  # as request.client, without building an Address
+    return str(client[0]) if client else "unknown"
 
 
 def _credential_kind(credential: str | None) -> str | None:

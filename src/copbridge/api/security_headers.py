@@ -27,34 +27,43 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp, hsts: bool = False) -> None:
         self.app = app
         self.hsts = hsts
+        # The fixed headers of each kind of path, built once: this runs on every answer.
+        self._fixed = {kind: self._fixed_headers(kind) for kind in ("api", "docs", "other")}
+
+    def _fixed_headers(self, kind: str) -> tuple[tuple[bytes, bytes], ...]:
+        fixed = [
+            *_ALWAYS,
+            (b"content-security-policy", _CSP_DOCS if kind == "docs" else _CSP_API),
+        ]
+        if kind == "api":
+            fixed.append((b"cache-control", b"no-store"))
+        if self.hsts:
+            fixed.append((b"strict-transport-security", _HSTS))
+        return tuple(fixed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
+        if path.startswith(_DOCS):
+            fixed = self._fixed["docs"]
+        elif path.startswith(("/api/", "/.well-known/")):
+            fixed = self._fixed["api"]
+        else:
+            fixed = self._fixed["other"]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {bytes(k).lower() for k, _ in headers}
-
-                def add(name: bytes, value: bytes) -> None:
-                    if name not in present:
-                        headers.append((name, value))
-                        present.add(name)
-
-                for name, value in _ALWAYS:
-                    add(name, value)
-                add(b"content-security-policy", _CSP_DOCS if path.startswith(_DOCS) else _CSP_API)
-                if path.startswith(("/api/", "/.well-known/")):
-                    add(b"cache-control", b"no-store")
-                if self.hsts:
-                    add(b"strict-transport-security", _HSTS)
+                # A header the route set itself (an image's Cache-Control) is left as it is.
+                headers.extend(pair for pair in fixed if pair[0] not in present)
                 verdict = scope.get("state", {}).get("ratelimit")
                 if isinstance(verdict, Verdict):
-                    for field, text in verdict.headers().items():
-                        add(field.lower().encode(), text.encode())
+                    headers.extend(
+                        pair for pair in verdict.header_pairs() if pair[0] not in present
+                    )
                 message["headers"] = headers
             await send(message)
 

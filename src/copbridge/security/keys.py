@@ -200,19 +200,23 @@ class KeyRing:
 
     def cached(self, text: str) -> ApiKeyRecord | None:
         """A key verified in the last ``ttl_s`` and still usable, without touching the store."""
-        with self._lock:
-            entry = self._verified.get(self.digest(text))
-        if entry is None:
-            return None
-        record = entry[0]
-        return record if is_usable(record, now_us()) else None
+        return self.lookup(text)[0]
 
     def due_for_refresh(self, text: str) -> bool:
         """True once a cached verification is older than ``refresh_after_s``: re-verify it in
         the background so that busy keys never wait for the store when the entry expires."""
+        return self.lookup(text)[1]
+
+    def lookup(self, text: str) -> tuple[ApiKeyRecord | None, bool]:
+        """:meth:`cached` and :meth:`due_for_refresh` at once: one digest, one look in the
+        cache (every authenticated request asks both)."""
         with self._lock:
             entry = self._verified.get(self.digest(text))
-        return entry is not None and time.monotonic() - entry[1] >= self.refresh_after_s
+        if entry is None:
+            return None, False
+        record, verified_at = entry
+        due = time.monotonic() - verified_at >= self.refresh_after_s
+        return (record if is_usable(record, now_us()) else None), due
 
     def verify(self, text: str, *, refresh: bool = False) -> tuple[ApiKeyRecord | None, str]:
         """(record, "ok") for a usable key, else (record or None, reason). Blocking: store I/O.

@@ -39,15 +39,25 @@ class Verdict:
 
     def headers(self) -> dict[str, str]:
         """IETF draft ``RateLimit-*`` fields, plus ``Retry-After`` when refused."""
-        reset = max(1, math.ceil(self.reset_s))
-        out = {
-            "RateLimit-Limit": str(self.limit),
-            "RateLimit-Remaining": str(max(0, self.remaining)),
-            "RateLimit-Reset": str(reset),
-        }
+        return {_FIELD_NAMES[name]: value.decode() for name, value in self.header_pairs()}
+
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """:meth:`headers` as raw ASGI pairs with lower-case names (every answer carries them)."""
+        reset = b"%d" % max(1, math.ceil(self.reset_s))
+        pairs = [
+            (b"ratelimit-limit", b"%d" % self.limit),
+            (b"ratelimit-remaining", b"%d" % max(0, self.remaining)),
+            (b"ratelimit-reset", reset),
+        ]
         if not self.allowed:
-            out["Retry-After"] = str(reset)
-        return out
+            pairs.append((b"retry-after", reset))
+        return pairs
+
+
+_FIELD_NAMES = {
+    name.lower().encode(): name
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After")
+}
 
 
 def storage_uri(url: str) -> str:
