@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     """How far ahead of this server's clock a detection's time may be (a sensor's clock is off
     by that much at most); later frames are refused: one would hide a track's real ones."""
 
-    group_commit_max_delay_ms: float = Field(default=2.0, ge=0, le=100)
+    group_commit_max_delay_ms: float = Field(default=0.5, ge=0, le=100)
     group_commit_max_items: int = Field(default=512, ge=1, le=10_000)
     sqlite_checkpoint_s: float = Field(default=30.0, gt=0)
     sqlite_max_pages: int | None = Field(

@@ -23,7 +23,7 @@ from copbridge.store.records import (
     StoredDetection,
 )
 from copbridge.store.sql import SqlStore
-from copbridge.store.writer import BatchObserver
+from copbridge.store.writer import DEFAULT_MAX_DELAY_S, BatchObserver
 
 __all__ = [
     "Acceptance",
@@ -53,7 +53,7 @@ def open_store(
     url: str,
     *,
     checkpoint_every_s: float = 30.0,
-    max_delay_s: float = 0.002,
+    max_delay_s: float = DEFAULT_MAX_DELAY_S,
     max_items: int = 512,
     observe: BatchObserver | None = None,
     sqlite_max_pages: int | None = None,

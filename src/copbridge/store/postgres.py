@@ -15,7 +15,7 @@ from copbridge.store.errors import MigrationError
 from copbridge.store.sql import SqlStore
 from copbridge.store.stalls import StallWatch, WatchedConnection
 from copbridge.store.tx import Dialect
-from copbridge.store.writer import BatchObserver
+from copbridge.store.writer import DEFAULT_MAX_DELAY_S, BatchObserver
 
 DIALECT = Dialect(
     name="postgresql",
@@ -140,7 +140,7 @@ class PostgresStore(SqlStore):
         self,
         url: str,
         *,
-        max_delay_s: float = 0.002,
+        max_delay_s: float = DEFAULT_MAX_DELAY_S,
         max_items: int = 512,
         observe: BatchObserver | None = None,
         silence_limit_s: float = SILENCE_LIMIT_S,

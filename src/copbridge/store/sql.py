@@ -35,7 +35,7 @@ from copbridge.store.records import (
     StoredDetection,
 )
 from copbridge.store.tx import Dialect, Tx, chunks, placeholders
-from copbridge.store.writer import BatchObserver, GroupWriter
+from copbridge.store.writer import DEFAULT_MAX_DELAY_S, BatchObserver, GroupWriter
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ class SqlStore:
         connect: Callable[[], Any],
         is_store_error: Callable[[BaseException], bool],
         is_stale: Callable[[Any], bool] = lambda _: False,
-        max_delay_s: float = 0.002,
+        max_delay_s: float = DEFAULT_MAX_DELAY_S,
         max_items: int = 512,
         observe: BatchObserver | None = None,
     ) -> None:

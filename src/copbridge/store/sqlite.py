@@ -27,7 +27,7 @@ from copbridge.store.errors import StoreUnavailable
 from copbridge.store.records import ImageBlob
 from copbridge.store.sql import SqlStore
 from copbridge.store.tx import Dialect
-from copbridge.store.writer import BatchObserver
+from copbridge.store.writer import DEFAULT_MAX_DELAY_S, BatchObserver
 
 DIALECT = Dialect(
     name="sqlite", begin_write="BEGIN IMMEDIATE", skip_locked="", audit_lock=None, claim_lock=None
@@ -138,7 +138,7 @@ class SqliteStore(SqlStore):
         path: Path,
         *,
         checkpoint_every_s: float = 30.0,
-        max_delay_s: float = 0.002,
+        max_delay_s: float = DEFAULT_MAX_DELAY_S,
         max_items: int = 512,
         max_page_count: int | None = None,
         observe: BatchObserver | None = None,

@@ -23,6 +23,11 @@ from copbridge.store.errors import StoreUnavailable
 T = TypeVar("T")
 C = TypeVar("C")
 
+DEFAULT_MAX_DELAY_S = 0.0005
+"""How long a write waits for others to share its commit. Under load the commit in flight is
+the window others join in; a longer wait only left the loop idle (at 32 requests in flight,
+SQLite on this machine: 1,920 detections/s at 2 ms against 2,200-2,380/s at 0.5 ms)."""
+
 _POLL_S = 1.0
 """How often the idle writer thread looks whether the store was closed."""
 
@@ -58,7 +63,7 @@ class GroupWriter(Generic[C]):
         is_store_error: Callable[[BaseException], bool],
         close: Callable[[C], None],
         is_stale: Callable[[C], bool] = lambda _: False,
-        max_delay_s: float = 0.002,
+        max_delay_s: float = DEFAULT_MAX_DELAY_S,
         max_items: int = 512,
         observe: BatchObserver | None = None,
         name: str = "copbridge-writer",
@@ -182,8 +187,10 @@ class GroupWriter(Generic[C]):
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                if self._max_delay_s and len(self._pending) < self._max_items:
-                    await asyncio.sleep(self._max_delay_s)  # let concurrent requests join
+                if len(self._pending) < self._max_items:
+                    # Let concurrent requests join: those already runnable get one turn of the
+                    # loop (sleep(0)), or they get max_delay_s when one is set.
+                    await asyncio.sleep(self._max_delay_s)
                 jobs = [
                     self._pending.popleft() for _ in range(min(self._max_items, len(self._pending)))
                 ]
