@@ -186,11 +186,13 @@ class GroupWriter(Generic[C]):
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
+            delay = self._max_delay_s
             while self._pending:
                 if len(self._pending) < self._max_items:
-                    # Let concurrent requests join: those already runnable get one turn of the
-                    # loop (sleep(0)), or they get max_delay_s when one is set.
-                    await asyncio.sleep(self._max_delay_s)
+                    # Let concurrent requests join: max_delay_s when the writer was idle; after a
+                    # commit, those that queued during it are here and the rest get one turn.
+                    await asyncio.sleep(delay)
+                delay = 0.0
                 jobs = [
                     self._pending.popleft() for _ in range(min(self._max_items, len(self._pending)))
                 ]
