@@ -5,9 +5,10 @@ Plain ASGI (not BaseHTTPMiddleware) so streaming and the hot path pay no extra t
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 import time
-import uuid
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +18,10 @@ from copbridge.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 _log = get_logger("copbridge.http")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# A request id needs to be unique, not secret: a random prefix per process and a counter cost a
+# fraction of uuid4's urandom call (~4 % of a single detection's CPU on the event loop).
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
 
 
 class RequestContext:
@@ -29,7 +34,11 @@ class RequestContext:
             return
         started = time.perf_counter()
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        request_id = (
+            incoming
+            if incoming and _SAFE_ID.match(incoming)
+            else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+        )
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 500
 
