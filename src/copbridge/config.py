@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     by that much at most); later frames are refused: one would hide a track's real ones."""
 
     group_commit_max_delay_ms: float = Field(default=0.5, ge=0, le=100)
+    prepare_process: bool = True
+    """Prepare single JSON detections in a helper process (api/prepare_process.py), so that
+    the event loop only authenticates, stores and answers; off: all in the serving process."""
     group_commit_max_items: int = Field(default=512, ge=1, le=10_000)
     sqlite_checkpoint_s: float = Field(default=30.0, gt=0)
     sqlite_max_pages: int | None = Field(

@@ -116,6 +116,8 @@ class Pipeline:
         self.ground_labels = frozenset(label.lower() for label in settings.ground_labels)
         self.sigmas = geo.InputSigmas()
         self._platform_schedule = cot.PlatformSchedule(settings.platform_interval_s)
+        #: Where each geolocation's duration goes (a helper process sends it home instead).
+        self.observe_geolocation: Callable[[float], None] = GEOLOCATION_SECONDS.observe
 
     @property
     def store(self) -> SqlStore:
@@ -335,7 +337,7 @@ class Pipeline:
         except geo.GeolocationError as exc:
             raise _geometry_rejection(exc, detection) from None
         finally:
-            GEOLOCATION_SECONDS.observe(time.perf_counter() - started)
+            self.observe_geolocation(time.perf_counter() - started)
         return Located(fix, ray.point, ray.pose, ray.intrinsics)
 
     def locate_many(self, detections: Sequence[Detection]) -> list[Located | Rejection]:
@@ -371,7 +373,7 @@ class Pipeline:
         if detections:
             share = (time.perf_counter() - started) / len(detections)
             for _ in detections:
-                GEOLOCATION_SECONDS.observe(share)
+                self.observe_geolocation(share)
         return [r for r in out if r is not None]
 
     def _ray_inputs(self, detection: Detection, index: int = 0) -> _Ray:

@@ -41,7 +41,9 @@ def app_settings(tmp_path: Path, url: str | None = None, **overrides: Any) -> Se
         feed="off",
         destinations=DESTINATIONS,
         run_worker=False,
-        **{"bootstrap_key": ADMIN_KEY, **overrides},
+        # The helper process costs each app a second of start-up; tests/api/test_prepare_process.py
+        # holds its answers to these, and the system tests run serve with it on.
+        **{"bootstrap_key": ADMIN_KEY, "prepare_process": False, **overrides},
     )
 
 

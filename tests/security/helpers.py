@@ -35,6 +35,7 @@ def secured_settings(tmp_path: Path, url: str | None = None, **overrides: Any) -
         "rate_limit_credential": "100000/second",
         "rate_limit_auth": "100000/minute",
         "rate_limit_prefix": f"t{uuid.uuid4().hex[:12]}",
+        "prepare_process": False,  # a second of start-up per app; its own tests cover it
     }
     values.update(overrides)
     return load_settings(**values)

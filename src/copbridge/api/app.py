@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from copbridge.api.auth import AUTHORIZE, open_guard
 from copbridge.api.body_limit import BodyLimit
 from copbridge.api.ingest_route import IngestRoutes
 from copbridge.api.middleware import RequestContext
+from copbridge.api.prepare_process import PrepareProcess
 from copbridge.config import Settings
 from copbridge.delivery import DeliveryService
 from copbridge.logs import get_logger
@@ -69,11 +71,21 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
             [d.url for d in settings.destination_settings()],
             on_stored=delivery.notify,
         )
+        # Helper processes prepare single detections and batches, one each: a single one never
+        # waits behind a 1,000-item batch (api/prepare_process.py).
+        helpers = (
+            PrepareProcess(settings, app.state.pipeline.destinations, "single"),
+            (PrepareProcess(settings, app.state.pipeline.destinations, "batch")),
+        )
+        if settings.prepare_process:
+            app.state.prepare_process, app.state.batch_prepare_process = helpers
+            await asyncio.gather(*(helper.start() for helper in helpers))
         await active.attach_loop()
         _log.info("started", store=settings.redacted_database_url(), version=__version__)
         try:
             yield
         finally:
+            await asyncio.gather(*(helper.close() for helper in helpers))
             await delivery.stop()
             await active.detach_loop()
             await guard.close()
@@ -89,6 +101,8 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
         dependencies=[AUTHORIZE],  # every route: rate limits, credential, scope (api/scopes.py)
     )
     app.state.settings = settings
+    app.state.prepare_process = None  # set at start-up when the helpers are on
+    app.state.batch_prepare_process = None
     errors.install(app)
     app.add_middleware(IngestRoutes, api=app)  # innermost: everything below wraps it too
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -19,6 +19,7 @@ from pydantic_core import from_json
 
 from copbridge.api.deps import StoreDep
 from copbridge.api.errors import FastJSONResponse, problem, unprocessable
+from copbridge.api.prepare_process import InvalidFields, PrepareProcess
 from copbridge.config import Settings
 from copbridge.images import ImageRejected, VerifiedImage, verify_image
 from copbridge.model import (
@@ -118,20 +119,27 @@ async def post_detection(request: Request) -> Response:
     actor = _actor(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     image: ImageBlob | None = None
+    helper: PrepareProcess | None = request.app.state.prepare_process
     try:
+        prepared: Prepared | None = None
         if content_type == "multipart/form-data":
             raw, part_bytes, part_type = await _read_multipart(request, settings.max_body_bytes)
             detection = Detection.model_validate(raw)
             image_bytes, declared = _one_image(detection, part_bytes, part_type)
         else:
-            raw = _json_object(await request.body())
-            detection = Detection.model_validate(raw)
-            image_bytes, declared = _inline_image(detection)
-        if image_bytes is not None:
-            image = await _keep_image(pipeline, image_bytes, declared, settings.max_image_bytes)
-        prepared = pipeline.prepare(detection, raw=raw, image=image, actor=actor)
-    except ValidationError as exc:
-        errors = field_errors(exc.errors())
+            body = await request.body()
+            # The helper process reads, validates and prepares it when it can (None: here).
+            prepared = None if helper is None else await helper.prepare(body, actor)
+            if prepared is None:
+                raw = json_object(body)
+                detection = Detection.model_validate(raw)
+                image_bytes, declared = _inline_image(detection)
+        if prepared is None:
+            if image_bytes is not None:
+                image = await _keep_image(pipeline, image_bytes, declared, settings.max_image_bytes)
+            prepared = pipeline.prepare(detection, raw=raw, image=image, actor=actor)
+    except (ValidationError, InvalidFields) as exc:
+        errors = exc.errors if isinstance(exc, InvalidFields) else field_errors(exc.errors())
         pipeline.reject("contract", None, {"errors": errors[:5]}, actor)
         return unprocessable(errors)
     except Rejection as exc:
@@ -160,28 +168,16 @@ async def post_batch(request: Request) -> Response:
     pipeline: Pipeline = request.app.state.pipeline
     settings: Settings = request.app.state.settings
     actor = _actor(request)
-    items = _batch_items(await request.body())
-    if isinstance(items, Response):
-        return items
-
-    results: list[dict[str, Any] | None] = [None] * len(items)
-    checked = await _check_items(items, results)
-    images = await _keep_images(pipeline, settings.max_image_bytes, checked, results)
-    valid = [c for c in checked if results[c.index] is None]
-    located: list[Prepared | Rejection] = []
-    now = datetime.now(UTC)
-    for start in range(0, len(valid), _CHUNK):
-        chunk = valid[start : start + _CHUNK]
-        located += pipeline.prepare_many(
-            [(c.detection, c.raw, images.get(c.index)) for c in chunk], actor=actor, now=now
-        )
-        await asyncio.sleep(0)
-    prepared: list[tuple[int, Prepared]] = []
-    for item, ready in zip(valid, located, strict=True):
-        if isinstance(ready, Rejection):
-            results[item.index] = _item(item.index, 422, error=ready.as_error())
-        else:
-            prepared.append((item.index, ready))
+    body = await request.body()
+    helper: PrepareProcess | None = request.app.state.batch_prepare_process
+    # The helper process reads, validates and prepares a batch without images (None: here).
+    sorted_out = None if helper is None else await helper.prepare_batch(body, actor)
+    if sorted_out is None:
+        items = _batch_items(body)
+        if isinstance(items, Response):
+            return items
+        sorted_out = await _prepare_batch_here(pipeline, settings, items, actor)
+    results, prepared = sorted_out
     rejected = sum(1 for r in results if r is not None)
     if rejected:
         pipeline.reject("contract", None, {"batch_items_rejected": rejected}, actor)
@@ -199,6 +195,67 @@ async def post_batch(request: Request) -> Response:
     else:
         status = 207 if failed else 202
     return FastJSONResponse(batch, status_code=status)
+
+
+SortedBatch = tuple[list[dict[str, Any] | None], list[tuple[int, Prepared]]]
+"""A batch's refusals by index (None where the item is prepared) and its prepared items."""
+
+
+async def _prepare_batch_here(
+    pipeline: Pipeline, settings: Settings, items: list[Any], actor: str | None
+) -> SortedBatch:
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    checked = await _check_items(items, results)
+    images = await _keep_images(pipeline, settings.max_image_bytes, checked, results)
+    valid = [c for c in checked if results[c.index] is None]
+    located: list[Prepared | Rejection] = []
+    now = datetime.now(UTC)
+    for start in range(0, len(valid), _CHUNK):
+        chunk = valid[start : start + _CHUNK]
+        located += pipeline.prepare_many(
+            [(c.detection, c.raw, images.get(c.index)) for c in chunk], actor=actor, now=now
+        )
+        await asyncio.sleep(0)
+    return results, _sort_located(valid, located, results)
+
+
+def prepare_batch_without_images(
+    pipeline: Pipeline, body: bytes, actor: str | None
+) -> SortedBatch | None:
+    """:func:`post_batch`'s preparation in one go, for the helper process; None for a body
+    the route must answer itself (a refused body, or an item with an image to keep)."""
+    items = _batch_items(body)
+    if isinstance(items, Response):
+        return None
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    valid: list[_Checked] = []
+    for index, raw in enumerate(items):
+        outcome = _validate_item(index, raw)
+        if isinstance(outcome, dict):
+            results[index] = outcome
+        elif outcome.image is not None:
+            return None
+        else:
+            valid.append(outcome)
+    located = pipeline.prepare_many(
+        [(c.detection, c.raw, None) for c in valid], actor=actor, now=datetime.now(UTC)
+    )
+    return results, _sort_located(valid, located, results)
+
+
+def _sort_located(
+    valid: list[_Checked],
+    located: list[Prepared | Rejection],
+    results: list[dict[str, Any] | None],
+) -> list[tuple[int, Prepared]]:
+    """The prepared items by index; a geometry or time refusal goes into ``results``."""
+    prepared: list[tuple[int, Prepared]] = []
+    for item, ready in zip(valid, located, strict=True):
+        if isinstance(ready, Rejection):
+            results[item.index] = _item(item.index, 422, error=ready.as_error())
+        else:
+            prepared.append((item.index, ready))
+    return prepared
 
 
 def _batch_items(body: bytes) -> list[Any] | Response:
@@ -429,7 +486,7 @@ def _view(row: StoredDetection) -> dict[str, Any]:
     }
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a refusal naming the body."""
     value = _parse_json(body)
     if not isinstance(value, dict):
@@ -501,7 +558,7 @@ async def _read_multipart(
         if part is None:
             raise Rejection("detection", "detection: the multipart body needs a 'detection' part")
         text = part if isinstance(part, str) else await part.read()
-        raw = _json_object(text.encode() if isinstance(text, str) else text)
+        raw = json_object(text.encode() if isinstance(text, str) else text)
         upload = form.get("image")
         if upload is None:
             return raw, None, None

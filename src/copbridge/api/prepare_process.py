@@ -1,0 +1,347 @@
+"""Single detections validated, located and turned into CoT in a second process.
+
+Why: the event loop is the bottleneck of single-detection ingest, and reading, validating and
+preparing a detection (`Pipeline.prepare`) was ~40 % of its CPU (py-spy on `serve` under load).
+A second process does that part on the other core while the loop authenticates, stores and
+answers. The store, images, idempotency and the answer stay where they were: the helper only
+computes. Anything it does not take (an inline image, an error of its own, a helper that is
+down) is prepared in the serving process exactly as before, so an answer never depends on it.
+
+Frames on the pipes: 4-byte big-endian length, then a pickle. Both ends are our own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import pickle
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from pydantic import ValidationError
+
+from copbridge.config import Settings
+from copbridge.logs import get_logger
+from copbridge.metrics import GEOLOCATION_SECONDS
+from copbridge.model import Detection, field_errors
+from copbridge.pipeline import Pipeline, Prepared, Rejection
+
+if TYPE_CHECKING:
+    from copbridge.api.detections import SortedBatch
+
+_log = get_logger("copbridge.prepare")
+_LENGTH = struct.Struct(">I")
+_START_TIMEOUT_S = 60.0
+_RESTART_AFTER_S = 1.0
+_MAX_FRAME = 256 * 1024 * 1024
+_STREAM_EVERY_S = 0.0003
+
+
+class InvalidFields(Exception):
+    """The helper's contract refusal: the same field errors ``field_errors`` gives here."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(e["message"] for e in errors[:5]))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    body: bytes
+    actor: str | None
+    batch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What the helper made of one body: ``prepared`` (``batch`` for a batch), or ``errors`` /
+    ``rejection``, or none of them (the serving process prepares it itself); ``locate_s``, the
+    geolocations' durations, for the metrics."""
+
+    prepared: Prepared | None = None
+    errors: list[dict[str, str]] | None = None
+    rejection: tuple[str, str, str, str | None] | None = None
+    batch: SortedBatch | None = None
+    locate_s: tuple[float, ...] = ()
+
+
+# -- the serving process's side ---------------------------------------------------------------
+
+
+class PrepareProcess:
+    """The helper process and the requests waiting for it; one per serving process."""
+
+    def __init__(self, settings: Settings, destinations: tuple[str, ...], name: str) -> None:
+        self.name = name
+        self._settings = settings
+        self._destinations = destinations
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._restart: asyncio.TimerHandle | None = None
+        self._respawning: asyncio.Task[None] | None = None
+        self._queued: list[tuple[_Job, asyncio.Future[_Outcome]]] = []
+        self._in_flight: collections.deque[asyncio.Future[_Outcome]] = collections.deque()
+        self._flush_scheduled = False
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._reader is not None and not self._reader.done()
+
+    async def start(self) -> None:
+        """Start the helper and wait until it is ready; on failure the service runs without."""
+        try:
+            await asyncio.wait_for(self._spawn(), _START_TIMEOUT_S)
+        except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as exc:
+            _log.warning(
+                "prepare helper did not start; preparing in process",
+                helper=self.name,
+                error=str(exc),
+            )
+            await self._stop_process()
+            self._schedule_restart()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._restart is not None:
+            self._restart.cancel()
+        await self._stop_process()
+
+    async def prepare(self, body: bytes, actor: str | None) -> Prepared | None:
+        """The prepared detection; None when this process has to prepare it. Raises
+        :class:`InvalidFields` or :class:`Rejection` as preparing here would."""
+        outcome = await self._submit(_Job(body, actor))
+        if outcome.errors is not None:
+            raise InvalidFields(outcome.errors)
+        if outcome.rejection is not None:
+            field, message, reason, subject = outcome.rejection
+            raise Rejection(field, message, reason=reason, subject=subject)
+        return outcome.prepared
+
+    async def prepare_batch(self, body: bytes, actor: str | None) -> SortedBatch | None:
+        """A batch body's refusals and prepared items (``detections.post_batch``); None when
+        this process has to prepare it."""
+        return (await self._submit(_Job(body, actor, batch=True))).batch
+
+    async def _submit(self, job: _Job) -> _Outcome:
+        if not self.running:
+            return _Outcome()
+        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self._queued.append((job, future))
+        if not self._flush_scheduled:
+            # Every request that reaches this point in the same turn of the loop shares a frame.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        outcome = await future
+        for seconds in outcome.locate_s:
+            GEOLOCATION_SECONDS.observe(seconds)
+        return outcome
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, []
+        proc = self._proc
+        if not queued:
+            return
+        if proc is None or proc.stdin is None or not self.running:
+            _settle_here([f for _, f in queued])
+            return
+        frame = pickle.dumps([job for job, _ in queued], protocol=pickle.HIGHEST_PROTOCOL)
+        self._in_flight.extend(f for _, f in queued)
+        proc.stdin.write(_LENGTH.pack(len(frame)) + frame)
+
+    async def _spawn(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "copbridge.api.prepare_process",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=_MAX_FRAME,
+        )
+        self._proc = proc
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        setup = pickle.dumps((self._settings, self._destinations), pickle.HIGHEST_PROTOCOL)
+        proc.stdin.write(_LENGTH.pack(len(setup)) + setup)
+        await proc.stdin.drain()
+        if pickle.loads(await _read_frame(proc.stdout)) != "ready":
+            raise EOFError("the prepare helper answered its setup wrongly")
+        self._reader = asyncio.get_running_loop().create_task(self._read(proc))
+        _log.info("prepare helper started", helper=self.name, pid=proc.pid)
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        try:
+            while True:
+                # Outcomes come back in the order the jobs went, a few at a time.
+                outcomes: list[_Outcome] = pickle.loads(await _read_frame(proc.stdout))
+                for outcome in outcomes:
+                    future = self._in_flight.popleft()
+                    if not future.done():
+                        future.set_result(outcome)
+        except Exception as exc:  # whatever broke, the requests are answered here
+            if not self._closed:
+                _log.warning(
+                    "prepare helper stopped; preparing in process",
+                    helper=self.name,
+                    error=repr(exc),
+                )
+        finally:
+            waiting = list(self._in_flight)
+            self._in_flight.clear()
+            _settle_here(waiting)
+            if not self._closed:
+                self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+
+        def restart() -> None:
+            self._restart = None
+            self._respawning = loop.create_task(self._respawn())
+
+        self._restart = loop.call_later(_RESTART_AFTER_S, restart)
+
+    async def _respawn(self) -> None:
+        await self._stop_process()
+        await self.start()
+
+    async def _stop_process(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the helper's read ends: it exits
+        try:
+            await asyncio.wait_for(proc.wait(), 5.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._reader = None
+
+
+def _settle_here(futures: list[asyncio.Future[_Outcome]]) -> None:
+    """Answer waiting requests with "prepare it yourself"."""
+    for future in futures:
+        if not future.done():
+            future.set_result(_Outcome())
+
+
+async def _read_frame(stream: asyncio.StreamReader) -> bytes:
+    (length,) = _LENGTH.unpack(await stream.readexactly(_LENGTH.size))
+    if length > _MAX_FRAME:
+        raise EOFError(f"frame of {length} bytes from the prepare helper")
+    return await stream.readexactly(length)
+
+
+# -- the helper process -------------------------------------------------------------------------
+
+
+def _read_blocking(stream: BinaryIO) -> bytes | None:
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    data = stream.read(length)
+    return data if len(data) == length else None
+
+
+def _write_blocking(stream: BinaryIO, value: Any) -> None:
+    frame = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(frame)) + frame)
+    stream.flush()
+
+
+def prepare_body(pipeline: Pipeline, job: _Job, timer: Callable[[], tuple[float, ...]]) -> _Outcome:
+    """One body as the ingest route would prepare it (``api.detections``), or an empty
+    outcome for what the serving process must do itself."""
+    from copbridge.api.detections import json_object, prepare_batch_without_images
+
+    if job.batch:
+        batch = prepare_batch_without_images(pipeline, job.body, job.actor)
+        return _Outcome(batch=batch, locate_s=timer())
+    try:
+        raw = json_object(job.body)
+        detection = Detection.model_validate(raw)
+        if detection.image is not None:
+            return _Outcome()  # images are verified and kept by the serving process
+        prepared = pipeline.prepare(detection, raw=raw, actor=job.actor, now=datetime.now(UTC))
+    except ValidationError as exc:
+        return _Outcome(errors=field_errors(exc.errors()))
+    except Rejection as exc:
+        return _Outcome(
+            rejection=(exc.field, exc.message, exc.reason, exc.subject), locate_s=timer()
+        )
+    return _Outcome(prepared=prepared, locate_s=timer())
+
+
+def main() -> None:
+    """Serve frames of jobs from stdin until it closes."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print must never corrupt a frame
+    stdin = sys.stdin.buffer
+    setup = _read_blocking(stdin)
+    if setup is None:
+        return
+    settings, destinations = pickle.loads(setup)
+    from copbridge.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    pipeline = Pipeline(settings, None, destinations)
+    import copbridge.api.detections  # noqa: F401  # imported before the first body, not during it
+
+    last: list[float] = []
+
+    def observe(seconds: float) -> None:
+        last.append(seconds)
+
+    def timer() -> tuple[float, ...]:
+        taken = tuple(last)
+        last.clear()
+        return taken
+
+    pipeline.observe_geolocation = observe
+    _write_blocking(out, "ready")
+    while True:
+        frame = _read_blocking(stdin)
+        if frame is None:
+            return
+        jobs: list[_Job] = pickle.loads(frame)
+        outcomes: list[_Outcome] = []
+        sent = time.perf_counter()
+        for job in jobs:
+            try:
+                outcomes.append(prepare_body(pipeline, job, timer))
+            except Exception as exc:  # the serving process prepares it and answers for it
+                _log.warning("prepare helper failed on a body", error=repr(exc))
+                timer()
+                outcomes.append(_Outcome())
+            if time.perf_counter() - sent >= _STREAM_EVERY_S:
+                # The first of a long frame go home early: their commit overlaps the rest.
+                _write_blocking(out, outcomes)
+                outcomes = []
+                sent = time.perf_counter()
+        if outcomes:
+            _write_blocking(out, outcomes)
+
+
+if __name__ == "__main__":
+    # Run under the module's real name, so that what it pickles unpickles on the other side.
+    from copbridge.api.prepare_process import main as serve_frames
+
+    serve_frames()

@@ -1,0 +1,204 @@
+"""Single detections prepared in the helper process are answered exactly as when the serving
+process prepares them, and the service keeps answering when the helper dies."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from copbridge.api.app import create_app
+from copbridge.api.prepare_process import PrepareProcess
+from copbridge.model import Detection
+from copbridge.pipeline import Pipeline
+from tests.api.conftest import app_settings, example
+
+
+def _jpeg() -> str:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(out, format="JPEG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def _bodies() -> list[tuple[str, bytes | dict[str, Any]]]:
+    """What a mixed feed sends: good detections and every kind of refusal the route gives."""
+    far_future = "2099-01-01T00:00:00Z"
+    horizon = example(id="h-1", gimbal={"azimuth": 0.0, "elevation": 10.0, "roll": 0.0})
+    return [
+        ("the contract example", example(id="p-1")),
+        ("another track", example(id="p-2", track_id="9", label="car")),
+        ("no id: the server makes one", {k: v for k, v in example().items() if k != "id"}),
+        ("a field out of range", example(id="p-3", confidence=1.5)),
+        ("an unknown field", example(id="p-4", colour="red")),
+        ("NaN", b'{"id": "p-5", "confidence": NaN}'),
+        ("not JSON", b"{not json"),
+        ("a list, not an object", b"[1, 2]"),
+        (
+            "a box outside the image",
+            example(id="p-6", bbox={"x": 1900, "y": 10, "width": 60, "height": 60}),
+        ),
+        ("above the horizon", horizon),
+        ("from the future", example(id="p-7", time=far_future)),
+        ("an inline image", example(id="p-8", image={"media_type": "image/jpeg", "data": _jpeg()})),
+        ("a retry of the first", example(id="p-1")),
+        ("the first id with another body", example(id="p-1", confidence=0.5)),
+    ]
+
+
+def _post(client: TestClient, body: bytes | dict[str, Any]) -> tuple[int, Any]:
+    if isinstance(body, bytes):
+        answer = client.post(
+            "/api/v1/detections", content=body, headers={"Content-Type": "application/json"}
+        )
+    else:
+        answer = client.post("/api/v1/detections", json=body)
+    return answer.status_code, answer.json()
+
+
+@pytest.fixture
+def helped(tmp_path: Path, auth_headers: dict[str, str]) -> Iterator[TestClient]:
+    app = create_app(app_settings(tmp_path / "helped", prepare_process=True))
+    with TestClient(app, headers=auth_headers) as client:
+        helper: PrepareProcess = app.state.prepare_process
+        assert helper.running
+        yield client
+
+
+def _pid(client: TestClient) -> int:
+    helper: PrepareProcess = client.app.state.prepare_process  # type: ignore[attr-defined]
+    proc = helper._proc
+    assert proc is not None
+    return proc.pid
+
+
+def test_the_helper_answers_every_body_as_the_serving_process_does(
+    helped: TestClient, tmp_path: Path, auth_headers: dict[str, str]
+) -> None:
+    alone = create_app(app_settings(tmp_path / "alone", prepare_process=False))
+    with TestClient(alone, headers=auth_headers) as reference:
+        for what, body in _bodies():
+            ours, theirs = _post(helped, body), _post(reference, body)
+            if what.startswith("no id"):  # each store makes its own id (and so its own uid)
+                assert ours[0] == theirs[0] == 202
+                for key in ("id", "uid"):
+                    ours[1].pop(key)
+                    theirs[1].pop(key)
+            assert ours == theirs, what
+
+
+def test_the_helper_prepares_what_it_can_and_the_rest_is_prepared_here(
+    helped: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here: list[Detection] = []
+    pipeline: Pipeline = helped.app.state.pipeline  # type: ignore[attr-defined]
+    original = pipeline.prepare
+
+    def counted(detection: Detection, **kwargs: Any) -> Any:
+        here.append(detection)
+        return original(detection, **kwargs)
+
+    monkeypatch.setattr(pipeline, "prepare", counted)
+    assert _post(helped, example(id="q-1"))[0] == 202
+    assert here == []  # the helper did it
+    image = {"media_type": "image/jpeg", "data": _jpeg()}
+    assert _post(helped, example(id="q-2", image=image))[0] == 202
+    assert [d.id for d in here] == ["q-2"]  # images stay with the serving process
+    stored = helped.get("/api/v1/detections/q-1").json()
+    assert stored["answer"]["id"] == "q-1"
+    assert b"<event" in helped.get("/api/v1/detections/q-1/cot").content
+
+
+def _batch_items() -> list[Any]:
+    """A batch of everything `_bodies` holds that is an object (a list cannot be an item)."""
+    items = [b for _, b in _bodies() if isinstance(b, dict) and "image" not in b]
+    return [*items, "not an object", {"id": "b-x", "confidence": "high"}]
+
+
+def test_the_batch_helper_answers_every_batch_as_the_serving_process_does(
+    helped: TestClient, tmp_path: Path, auth_headers: dict[str, str]
+) -> None:
+    alone = create_app(app_settings(tmp_path / "alone", prepare_process=False))
+    image = example(id="b-img", image={"media_type": "image/jpeg", "data": _jpeg()})
+    batches: list[tuple[str, Any]] = [
+        ("a mixed batch", _batch_items()),
+        ("the wrapper form", {"detections": _batch_items()[:3]}),
+        ("a wrapper with an unknown field", {"detections": [], "extra": 1}),
+        ("not a list", {"detections": 5}),
+        ("with an image", [example(id="b-a"), image]),
+        ("the same batch again", _batch_items()),
+    ]
+    with TestClient(alone, headers=auth_headers) as reference:
+        for what, batch in batches:
+            ours = helped.post("/api/v1/detections/batch", json=batch)
+            theirs = reference.post("/api/v1/detections/batch", json=batch)
+            assert ours.status_code == theirs.status_code, what
+            mine, other = ours.json(), theirs.json()
+            for body in (mine, other):  # the id-less item gets a different id in each store
+                for result in body.get("results", []):
+                    if result["answer"] is not None and result["answer"]["id"].count("-") > 2:
+                        result["answer"].pop("id")
+                        result["answer"].pop("uid")
+            assert mine == other, what
+
+
+def test_batches_go_to_the_batch_helper_and_images_stay_here(
+    helped: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here: list[int] = []
+    pipeline: Pipeline = helped.app.state.pipeline  # type: ignore[attr-defined]
+    original = pipeline.prepare_many
+
+    def counted(items: Any, **kwargs: Any) -> Any:
+        here.append(len(items))
+        return original(items, **kwargs)
+
+    monkeypatch.setattr(pipeline, "prepare_many", counted)
+    batch = [example(id=f"bb-{i}", track_id=str(i)) for i in range(50)]
+    answer = helped.post("/api/v1/detections/batch", json=batch)
+    assert answer.status_code == 202
+    assert answer.json()["accepted"] == 50
+    assert here == []  # the batch helper did it
+    image = {"media_type": "image/jpeg", "data": _jpeg()}
+    with_image = [example(id="bi-1"), example(id="bi-2", image=image)]
+    assert helped.post("/api/v1/detections/batch", json=with_image).status_code == 202
+    assert here == [2]
+    assert helped.get("/api/v1/detections/bi-2/image").status_code == 200
+
+
+def test_a_killed_helper_leaves_no_request_unanswered_and_comes_back(helped: TestClient) -> None:
+    first = _pid(helped)
+    os.kill(first, signal.SIGKILL)
+    statuses = [_post(helped, example(id=f"k-{i}"))[0] for i in range(20)]
+    assert statuses == [202] * 20
+    helper: PrepareProcess = helped.app.state.prepare_process  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (helper.running and _pid(helped) != first):
+        time.sleep(0.1)
+        helped.get("/livez")  # lets the app's loop run the restart
+    assert helper.running
+    assert _pid(helped) != first
+    assert _post(helped, example(id="k-after"))[0] == 202
+    listed = helped.get("/api/v1/detections", params={"limit": 1000}).json()["items"]
+    assert {f"k-{i}" for i in range(20)} | {"k-after"} <= {item["id"] for item in listed}
+
+
+def test_the_helper_stops_with_the_app(tmp_path: Path, auth_headers: dict[str, str]) -> None:
+    app = create_app(app_settings(tmp_path, prepare_process=True))
+    with TestClient(app, headers=auth_headers) as client:
+        pid = _pid(client)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_switched_off_there_is_no_helper(client: TestClient) -> None:
+    assert client.app.state.prepare_process is None  # type: ignore[attr-defined]
+    assert _post(client, example(id="off-1"))[0] == 202
