@@ -79,3 +79,20 @@ def observe_commit(size: int, seconds: float, ok: bool) -> None:
     COMMIT_SECONDS.observe(seconds)
     if not ok:
         STORE_ERRORS.inc()
+
+
+PREPARE_HELPER_UP = Gauge(
+    "copbridge_prepare_helper_up",
+    "1 while the helper process that prepares detections runs (0: serve prepares them itself).",
+    ["helper"],
+)
+PREPARED_HERE = Counter(
+    "copbridge_prepared_in_serve_total",
+    "Detection bodies meant for a helper process that serve prepared itself, by reason.",
+    ["helper", "reason"],
+)
+PREPARE_HELPER_RESTARTS = Counter(
+    "copbridge_prepare_helper_restarts_total",
+    "Helper processes started again after one stopped, hung or failed to start.",
+    ["helper"],
+)

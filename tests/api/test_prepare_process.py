@@ -191,6 +191,26 @@ def test_a_killed_helper_leaves_no_request_unanswered_and_comes_back(helped: Tes
     assert {f"k-{i}" for i in range(20)} | {"k-after"} <= {item["id"] for item in listed}
 
 
+def test_a_hung_helper_is_stopped_and_what_waited_is_answered(helped: TestClient) -> None:
+    helper: PrepareProcess = helped.app.state.prepare_process  # type: ignore[attr-defined]
+    helper._answer_timeout_s = 0.5
+    hung = _pid(helped)
+    os.kill(hung, signal.SIGSTOP)  # alive, holding its pipe, answering nothing
+    started = time.monotonic()
+    assert _post(helped, example(id="hung-1"))[0] == 202
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (helper.running and _pid(helped) != hung):
+        time.sleep(0.1)
+        helped.get("/livez")
+    assert _pid(helped) != hung
+    with pytest.raises(ProcessLookupError):
+        os.kill(hung, 0)
+    metrics = helped.get("/metrics").text
+    assert 'copbridge_prepare_helper_up{helper="single"} 1.0' in metrics
+    assert 'copbridge_prepare_helper_restarts_total{helper="single"}' in metrics
+
+
 def test_the_helper_stops_with_the_app(tmp_path: Path, auth_headers: dict[str, str]) -> None:
     app = create_app(app_settings(tmp_path, prepare_process=True))
     with TestClient(app, headers=auth_headers) as client:

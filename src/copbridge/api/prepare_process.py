@@ -29,7 +29,12 @@ from pydantic import ValidationError
 
 from copbridge.config import Settings
 from copbridge.logs import get_logger
-from copbridge.metrics import GEOLOCATION_SECONDS
+from copbridge.metrics import (
+    GEOLOCATION_SECONDS,
+    PREPARE_HELPER_RESTARTS,
+    PREPARE_HELPER_UP,
+    PREPARED_HERE,
+)
 from copbridge.model import Detection, field_errors
 from copbridge.pipeline import Pipeline, Prepared, Rejection
 
@@ -39,7 +44,11 @@ if TYPE_CHECKING:
 _log = get_logger("copbridge.prepare")
 _LENGTH = struct.Struct(">I")
 _START_TIMEOUT_S = 60.0
-_RESTART_AFTER_S = 1.0
+_RESTART_AFTER_S = (1.0, 60.0)
+"""The first wait before starting a helper again, and the longest (it doubles each time)."""
+_ANSWER_TIMEOUT_S = {"single": 10.0, "batch": 60.0}
+"""A helper that has not answered a body in this long is taken as hung: it is stopped, and
+serve prepares what waited for it."""
 _MAX_FRAME = 256 * 1024 * 1024
 _STREAM_EVERY_S = 0.0003
 
@@ -90,6 +99,9 @@ class PrepareProcess:
         self._in_flight: collections.deque[asyncio.Future[_Outcome]] = collections.deque()
         self._flush_scheduled = False
         self._closed = False
+        self._restart_after_s = _RESTART_AFTER_S[0]
+        self._answer_timeout_s = _ANSWER_TIMEOUT_S.get(name, max(_ANSWER_TIMEOUT_S.values()))
+        PREPARE_HELPER_UP.labels(name).set(0)
 
     @property
     def running(self) -> bool:
@@ -113,6 +125,7 @@ class PrepareProcess:
         if self._restart is not None:
             self._restart.cancel()
         await self._stop_process()
+        PREPARE_HELPER_UP.labels(self.name).set(0)
 
     async def prepare(self, body: bytes, actor: str | None) -> Prepared | None:
         """The prepared detection; None when this process has to prepare it. Raises
@@ -132,6 +145,7 @@ class PrepareProcess:
 
     async def _submit(self, job: _Job) -> _Outcome:
         if not self.running:
+            PREPARED_HERE.labels(self.name, "helper down").inc()
             return _Outcome()
         future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._queued.append((job, future))
@@ -139,7 +153,19 @@ class PrepareProcess:
             # Every request that reaches this point in the same turn of the loop shares a frame.
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        outcome = await future
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(future), self._answer_timeout_s)
+        except TimeoutError:
+            _log.warning("prepare helper hung; stopping it", helper=self.name)
+            self._kill()  # its reader then answers everything in flight with "prepare here"
+            outcome = await future
+        if (
+            outcome.prepared is None
+            and outcome.batch is None
+            and outcome.errors is None
+            and (outcome.rejection is None)
+        ):
+            PREPARED_HERE.labels(self.name, "not taken").inc()
         for seconds in outcome.locate_s:
             GEOLOCATION_SECONDS.observe(seconds)
         return outcome
@@ -175,6 +201,7 @@ class PrepareProcess:
         if pickle.loads(await _read_frame(proc.stdout)) != "ready":
             raise EOFError("the prepare helper answered its setup wrongly")
         self._reader = asyncio.get_running_loop().create_task(self._read(proc))
+        PREPARE_HELPER_UP.labels(self.name).set(1)
         _log.info("prepare helper started", helper=self.name, pid=proc.pid)
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
@@ -183,6 +210,7 @@ class PrepareProcess:
             while True:
                 # Outcomes come back in the order the jobs went, a few at a time.
                 outcomes: list[_Outcome] = pickle.loads(await _read_frame(proc.stdout))
+                self._restart_after_s = _RESTART_AFTER_S[0]  # it works: a later stop waits 1 s
                 for outcome in outcomes:
                     future = self._in_flight.popleft()
                     if not future.done():
@@ -201,16 +229,28 @@ class PrepareProcess:
             if not self._closed:
                 self._schedule_restart()
 
+    def _kill(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
     def _schedule_restart(self) -> None:
-        if self._closed:
+        PREPARE_HELPER_UP.labels(self.name).set(0)
+        if self._closed or self._restart is not None:
             return
         loop = asyncio.get_running_loop()
+        wait, self._restart_after_s = (
+            self._restart_after_s,
+            min(self._restart_after_s * 2, _RESTART_AFTER_S[1]),
+        )
 
         def restart() -> None:
             self._restart = None
+            PREPARE_HELPER_RESTARTS.labels(self.name).inc()
             self._respawning = loop.create_task(self._respawn())
 
-        self._restart = loop.call_later(_RESTART_AFTER_S, restart)
+        self._restart = loop.call_later(wait, restart)
 
     async def _respawn(self) -> None:
         await self._stop_process()
