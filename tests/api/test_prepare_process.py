@@ -222,3 +222,16 @@ def test_the_helper_stops_with_the_app(tmp_path: Path, auth_headers: dict[str, s
 def test_switched_off_there_is_no_helper(client: TestClient) -> None:
     assert client.app.state.prepare_process is None  # type: ignore[attr-defined]
     assert _post(client, example(id="off-1"))[0] == 202
+
+
+def test_what_crosses_the_pipe_comes_back_equal(tmp_path: Path) -> None:
+    import pickle
+
+    from copbridge.api import prepare_process  # registers the compact pickles
+
+    pipeline = Pipeline(app_settings(tmp_path))
+    prepared = pipeline.prepare(Detection.model_validate(example(id="pipe-1")))
+    outcome = prepare_process._Outcome(prepared=prepared, locate_s=(0.001,))
+    back = pickle.loads(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == outcome
+    assert back.prepared.record.events == prepared.record.events

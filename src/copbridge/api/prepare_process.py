@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copyreg
+import dataclasses
 import os
 import pickle
 import struct
@@ -37,6 +39,7 @@ from copbridge.metrics import (
 )
 from copbridge.model import Detection, field_errors
 from copbridge.pipeline import Pipeline, Prepared, Rejection
+from copbridge.store import DetectionRecord, ImageBlob, QueuedEvent
 
 if TYPE_CHECKING:
     from copbridge.api.detections import SortedBatch
@@ -79,6 +82,22 @@ class _Outcome:
     rejection: tuple[str, str, str, str | None] | None = None
     batch: SortedBatch | None = None
     locate_s: tuple[float, ...] = ()
+
+
+def _by_fields(cls: type[Any]) -> None:
+    """Pickle ``cls`` as its constructor and field values: the dataclass default for slotted
+    classes runs ``fields()`` and a Python loop per object on both ends (a tenth of a helper's
+    time on a batch, measured with py-spy)."""
+    names = tuple(field.name for field in dataclasses.fields(cls))
+
+    def reduce(obj: Any) -> tuple[type[Any], tuple[Any, ...]]:
+        return cls, tuple([getattr(obj, name) for name in names])
+
+    copyreg.pickle(cls, reduce)
+
+
+for _cls in (Prepared, DetectionRecord, QueuedEvent, ImageBlob, _Job, _Outcome):
+    _by_fields(_cls)
 
 
 # -- the serving process's side ---------------------------------------------------------------
