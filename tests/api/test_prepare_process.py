@@ -73,6 +73,20 @@ def helped(tmp_path: Path, auth_headers: dict[str, str]) -> Iterator[TestClient]
         yield client
 
 
+def _calls_here(client: TestClient, method: str, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The first argument of every call the serving process's pipeline gets to ``method``."""
+    pipeline: Pipeline = client.app.state.pipeline  # type: ignore[attr-defined]
+    original = getattr(pipeline, method)
+    calls: list[Any] = []
+
+    def counted(first: Any, **kwargs: Any) -> Any:
+        calls.append(first)
+        return original(first, **kwargs)
+
+    monkeypatch.setattr(pipeline, method, counted)
+    return calls
+
+
 def _pid(client: TestClient) -> int:
     helper: PrepareProcess = client.app.state.prepare_process  # type: ignore[attr-defined]
     proc = helper._proc
@@ -98,15 +112,7 @@ def test_the_helper_answers_every_body_as_the_serving_process_does(
 def test_the_helper_prepares_what_it_can_and_the_rest_is_prepared_here(
     helped: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    here: list[Detection] = []
-    pipeline: Pipeline = helped.app.state.pipeline  # type: ignore[attr-defined]
-    original = pipeline.prepare
-
-    def counted(detection: Detection, **kwargs: Any) -> Any:
-        here.append(detection)
-        return original(detection, **kwargs)
-
-    monkeypatch.setattr(pipeline, "prepare", counted)
+    here = _calls_here(helped, "prepare", monkeypatch)
     assert _post(helped, example(id="q-1"))[0] == 202
     assert here == []  # the helper did it
     image = {"media_type": "image/jpeg", "data": _jpeg()}
@@ -153,15 +159,7 @@ def test_the_batch_helper_answers_every_batch_as_the_serving_process_does(
 def test_batches_go_to_the_batch_helper_and_images_stay_here(
     helped: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    here: list[int] = []
-    pipeline: Pipeline = helped.app.state.pipeline  # type: ignore[attr-defined]
-    original = pipeline.prepare_many
-
-    def counted(items: Any, **kwargs: Any) -> Any:
-        here.append(len(items))
-        return original(items, **kwargs)
-
-    monkeypatch.setattr(pipeline, "prepare_many", counted)
+    here = _calls_here(helped, "prepare_many", monkeypatch)
     batch = [example(id=f"bb-{i}", track_id=str(i)) for i in range(50)]
     answer = helped.post("/api/v1/detections/batch", json=batch)
     assert answer.status_code == 202
@@ -170,7 +168,7 @@ def test_batches_go_to_the_batch_helper_and_images_stay_here(
     image = {"media_type": "image/jpeg", "data": _jpeg()}
     with_image = [example(id="bi-1"), example(id="bi-2", image=image)]
     assert helped.post("/api/v1/detections/batch", json=with_image).status_code == 202
-    assert here == [2]
+    assert [len(items) for items in here] == [2]
     assert helped.get("/api/v1/detections/bi-2/image").status_code == 200
 
 
