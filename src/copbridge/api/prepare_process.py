@@ -19,6 +19,7 @@ import copyreg
 import dataclasses
 import os
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -353,6 +354,9 @@ def main() -> None:
     """Serve frames of jobs from stdin until it closes."""
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print must never corrupt a frame
+    # Ctrl-C in a terminal reaches the whole process group; serve decides when this one ends
+    # (it closes the pipe), so the helper never dies mid-frame with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin = sys.stdin.buffer
     setup = _read_blocking(stdin)
     if setup is None:
