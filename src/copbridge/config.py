@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     """How far ahead of this server's clock a detection's time may be (a sensor's clock is off
     by that much at most); later frames are refused: one would hide a track's real ones."""
 
-    group_commit_max_delay_ms: float = Field(default=0.5, ge=0, le=100)
+    group_commit_max_delay_ms: float = Field(default=2.0, ge=0, le=100)
     prepare_process: bool = True
     """Prepare single JSON detections in a helper process (api/prepare_process.py), so that
     the event loop only authenticates, stores and answers; off: all in the serving process."""
