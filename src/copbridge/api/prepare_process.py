@@ -177,8 +177,9 @@ class PrepareProcess:
             outcome = await asyncio.wait_for(asyncio.shield(future), self._answer_timeout_s)
         except TimeoutError:
             _log.warning("prepare helper hung; stopping it", helper=self.name)
-            self._kill()  # its reader then answers everything in flight with "prepare here"
-            outcome = await future
+            self._kill()  # its reader then answers the rest in flight with "prepare here"
+            _settle_here([future])  # this one is not kept waiting for that
+            outcome = future.result()
         if (
             outcome.prepared is None
             and outcome.batch is None
