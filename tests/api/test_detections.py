@@ -497,6 +497,33 @@ def test_batch_over_1000_items_is_413(client: TestClient) -> None:
     assert answer.status_code == 413
 
 
+def test_a_batch_commits_slice_by_slice_and_says_which_slices_were_stored(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = client.app.state.pipeline  # type: ignore[attr-defined]
+    original = pipeline.commit
+    calls: list[int] = []
+
+    async def second_fails(prepared: Any) -> Any:
+        calls.append(len(prepared))
+        if len(calls) == 2:
+            raise StoreUnavailable("disk gone")
+        return await original(prepared)
+
+    monkeypatch.setattr(pipeline, "commit", second_fails)
+    batch = [example(id=f"slice-{i}", track_id=str(i)) for i in range(600)]
+    answer = client.post(f"{URL}/batch", json=batch)
+    assert calls == [250, 250]  # the live feed's commits fit between the slices
+    assert answer.status_code == 207
+    statuses = [r["status"] for r in answer.json()["results"]]
+    assert statuses == [202] * 250 + [503] * 350
+    assert client.get(f"{URL}/slice-249").status_code == 200
+    assert client.get(f"{URL}/slice-250").status_code == 404
+    monkeypatch.setattr(pipeline, "commit", original)
+    retried = client.post(f"{URL}/batch", json=batch).json()
+    assert (retried["accepted"], retried["duplicates"]) == (350, 250)
+
+
 def test_list_filters_and_paginates(client: TestClient) -> None:
     for i in range(5):
         sensor = {"id": "cam-a" if i % 2 else "cam-b"}

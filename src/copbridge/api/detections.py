@@ -32,6 +32,7 @@ from copbridge.model import (
 )
 from copbridge.pipeline import Pipeline, Prepared, Rejection
 from copbridge.store import (
+    Acceptance,
     DetectionQuery,
     ImageBlob,
     SqlStore,
@@ -45,6 +46,7 @@ MAX_BATCH = 1000
 _CHUNK = 100
 """A batch is validated and located this many items at a time, the event loop free in between:
 a 1,000-item batch held it ~100-250 ms in one go, and live single detections waited behind it."""
+_COMMIT_SLICE = 250
 _ID = re.compile(ID_PATTERN)
 _JSON = "application/json"
 
@@ -377,12 +379,17 @@ async def _commit_items(
     prepared: list[tuple[int, Prepared]],
     results: list[dict[str, Any] | None],
 ) -> None:
+    committed: list[tuple[Acceptance, dict[str, Any]]] = []
     try:
-        committed = await pipeline.commit([p for _, p in prepared])
+        for start in range(0, len(prepared), _COMMIT_SLICE):
+            # Slice by slice: a live detection's commit waits for one slice's statements, not
+            # for a whole 1,000-item batch's (they run on the event loop).
+            chunk = prepared[start : start + _COMMIT_SLICE]
+            committed += await pipeline.commit([p for _, p in chunk])
     except StoreUnavailable as exc:
-        for index, _ in prepared:
+        for index, _ in prepared[len(committed) :]:
             results[index] = _item(index, 503, error={"message": f"not stored: {exc}"})
-        return
+        prepared = prepared[: len(committed)]
     for (index, item), (result, answer) in zip(prepared, committed, strict=True):
         if result.outcome == "conflict":
             results[index] = _item(
