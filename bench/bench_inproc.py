@@ -38,9 +38,9 @@ from tests.api.conftest import EXAMPLE
 
 from bench.ceiling_app import app as ceiling_app
 from copbridge.api.app import create_app
-from copbridge.cli import tune_garbage_collector
 from copbridge.config import load_settings
 from copbridge.logs import configure_logging
+from copbridge.runtime import tune_garbage_collector
 from copbridge.security.keys import mint_key
 
 IN_FLIGHT = 32

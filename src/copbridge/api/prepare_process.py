@@ -380,6 +380,9 @@ def main() -> None:
         return taken
 
     pipeline.observe_geolocation = observe
+    from copbridge.runtime import tune_garbage_collector
+
+    tune_garbage_collector()  # as serve does: no generation-2 scans of every parsed batch
     _write_blocking(out, "ready")
     while True:
         frame = _read_blocking(stdin)
