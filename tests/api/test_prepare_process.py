@@ -233,3 +233,17 @@ def test_what_crosses_the_pipe_comes_back_equal(tmp_path: Path) -> None:
     back = pickle.loads(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
     assert back == outcome
     assert back.prepared.record.events == prepared.record.events
+
+
+def test_a_helper_that_cannot_start_leaves_serve_serving(
+    tmp_path: Path, auth_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: PrepareProcess) -> None:
+        raise RuntimeError("no interpreter")
+
+    monkeypatch.setattr(PrepareProcess, "_spawn", broken)
+    app = create_app(app_settings(tmp_path, prepare_process=True))
+    with TestClient(app, headers=auth_headers) as client:
+        assert not app.state.prepare_process.running
+        assert _post(client, example(id="no-helper"))[0] == 202
+        assert 'copbridge_prepare_helper_up{helper="single"} 0.0' in client.get("/metrics").text

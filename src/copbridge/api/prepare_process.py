@@ -1,11 +1,12 @@
-"""Single detections validated, located and turned into CoT in a second process.
+"""Detections read, validated, located and turned into CoT in helper processes.
 
-Why: the event loop is the bottleneck of single-detection ingest, and reading, validating and
-preparing a detection (`Pipeline.prepare`) was ~40 % of its CPU (py-spy on `serve` under load).
-A second process does that part on the other core while the loop authenticates, stores and
-answers. The store, images, idempotency and the answer stay where they were: the helper only
-computes. Anything it does not take (an inline image, an error of its own, a helper that is
-down) is prepared in the serving process exactly as before, so an answer never depends on it.
+Why: the event loop is the bottleneck of ingest, and reading, validating and preparing a
+detection (`Pipeline.prepare`) was ~40 % of its CPU per single detection (py-spy on `serve`
+under load). A helper (one for single detections, one for batches) does that part on the other
+core while the loop authenticates, stores and answers. The store, images, idempotency and the
+answer stay where they were: the helper only computes. Anything it does not take (an inline
+image, an error of its own, a helper that is down) is prepared in the serving process exactly
+as before, so an answer never depends on it.
 
 Frames on the pipes: 4-byte big-endian length, then a pickle. Both ends are our own code.
 """
@@ -84,6 +85,11 @@ class _Outcome:
     batch: SortedBatch | None = None
     locate_s: tuple[float, ...] = ()
 
+    @property
+    def taken(self) -> bool:
+        """False when the serving process has to prepare the body itself."""
+        return any(x is not None for x in (self.prepared, self.batch, self.errors, self.rejection))
+
 
 def _by_fields(cls: type[Any]) -> None:
     """Pickle ``cls`` as its constructor and field values: the dataclass default for slotted
@@ -131,7 +137,7 @@ class PrepareProcess:
         """Start the helper and wait until it is ready; on failure the service runs without."""
         try:
             await asyncio.wait_for(self._spawn(), _START_TIMEOUT_S)
-        except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as exc:
+        except Exception as exc:  # whatever it was, serve starts and prepares in process
             _log.warning(
                 "prepare helper did not start; preparing in process",
                 helper=self.name,
@@ -180,12 +186,7 @@ class PrepareProcess:
             self._kill()  # its reader then answers the rest in flight with "prepare here"
             _settle_here([future])  # this one is not kept waiting for that
             outcome = future.result()
-        if (
-            outcome.prepared is None
-            and outcome.batch is None
-            and outcome.errors is None
-            and (outcome.rejection is None)
-        ):
+        if not outcome.taken:
             PREPARED_HERE.labels(self.name, "not taken").inc()
         for seconds in outcome.locate_s:
             GEOLOCATION_SECONDS.observe(seconds)
