@@ -73,9 +73,9 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
         )
         # Helper processes prepare single detections and batches, one each: a single one never
         # waits behind a 1,000-item batch (api/prepare_process.py).
-        helpers = (
-            PrepareProcess(settings, app.state.pipeline.destinations, "single"),
-            (PrepareProcess(settings, app.state.pipeline.destinations, "batch")),
+        helpers = tuple(
+            PrepareProcess(settings, app.state.pipeline.destinations, kind)
+            for kind in ("single", "batch")
         )
         if settings.prepare_process:
             app.state.prepare_process, app.state.batch_prepare_process = helpers
