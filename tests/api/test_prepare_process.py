@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,52 @@ def test_a_hung_helper_is_stopped_and_what_waited_is_answered(helped: TestClient
     metrics = helped.get("/metrics").text
     assert 'copbridge_prepare_helper_up{helper="single"} 1.0' in metrics
     assert 'copbridge_prepare_helper_restarts_total{helper="single"}' in metrics
+
+
+def test_a_healthy_helper_outlives_its_answer_deadlines(
+    tmp_path: Path, auth_headers: dict[str, str]
+) -> None:
+    """The hang watchdog is one timer per helper: firing after the requests it was set for were
+    answered, it must look at the next one waiting, not kill a helper that answers."""
+    settings = app_settings(
+        tmp_path,
+        prepare_process=True,
+        rate_limit_credential="100000/second",
+        rate_limit_ip="100000/second",
+    )
+    with TestClient(create_app(settings), headers=auth_headers) as helped:
+        _outlives_deadlines(helped)
+
+
+def _outlives_deadlines(helped: TestClient) -> None:
+    helper: PrepareProcess = helped.app.state.prepare_process  # type: ignore[attr-defined]
+    helper._answer_timeout_s = 0.2
+    pid = _pid(helped)
+    restarts = _restart_lines(helped)  # the registry is the process's: earlier tests count too
+
+    def post_for(seconds: float, name: str) -> list[int]:
+        # Back to back: whenever the watchdog fires, some request is waiting for the helper.
+        statuses, end, i = [], time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            statuses.append(_post(helped, example(id=f"healthy-{name}-{i}"))[0])
+            i += 1
+        return statuses
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(post_for, [1.5] * 4, "abcd"))
+    assert {s for run in runs for s in run} == {202}
+    time.sleep(0.4)  # the last deadline passes too
+    assert _pid(helped) == pid
+    assert helper.running
+    assert _restart_lines(helped) == restarts
+
+
+def _restart_lines(client: TestClient) -> list[str]:
+    return [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("copbridge_prepare_helper_restarts_total")
+    ]
 
 
 def test_the_helper_stops_with_the_app(tmp_path: Path, auth_headers: dict[str, str]) -> None:

@@ -122,7 +122,11 @@ class PrepareProcess:
         self._restart: asyncio.TimerHandle | None = None
         self._respawning: asyncio.Task[None] | None = None
         self._queued: list[tuple[_Job, asyncio.Future[_Outcome]]] = []
-        self._in_flight: collections.deque[asyncio.Future[_Outcome]] = collections.deque()
+        # Each request's future and the loop time by which the helper must have answered it.
+        self._in_flight: collections.deque[tuple[asyncio.Future[_Outcome], float]] = (
+            collections.deque()
+        )
+        self._watchdog: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self._closed = False
         self._restart_after_s = _RESTART_AFTER_S[0]
@@ -150,6 +154,9 @@ class PrepareProcess:
         self._closed = True
         if self._restart is not None:
             self._restart.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         await self._stop_process()
         PREPARE_HELPER_UP.labels(self.name).set(0)
 
@@ -179,13 +186,7 @@ class PrepareProcess:
             # Every request that reaches this point in the same turn of the loop shares a frame.
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        try:
-            outcome = await asyncio.wait_for(asyncio.shield(future), self._answer_timeout_s)
-        except TimeoutError:
-            _log.warning("prepare helper hung; stopping it", helper=self.name)
-            self._kill()  # its reader then answers the rest in flight with "prepare here"
-            _settle_here([future])  # this one is not kept waiting for that
-            outcome = future.result()
+        outcome = await future  # a hung helper is caught by _watch, once per frame
         if not outcome.taken:
             PREPARED_HERE.labels(self.name, "not taken").inc()
         for seconds in outcome.locate_s:
@@ -202,8 +203,34 @@ class PrepareProcess:
             _settle_here([f for _, f in queued])
             return
         frame = pickle.dumps([job for job, _ in queued], protocol=pickle.HIGHEST_PROTOCOL)
-        self._in_flight.extend(f for _, f in queued)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._answer_timeout_s
+        self._in_flight.extend((f, deadline) for _, f in queued)
         proc.stdin.write(_LENGTH.pack(len(frame)) + frame)
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.when() > deadline:  # (the timeout may have shortened)
+            if watchdog is not None:
+                watchdog.cancel()
+            self._watchdog = loop.call_at(deadline, self._watch)
+
+    def _watch(self) -> None:
+        """The oldest request's deadline has come: if it is still unanswered the helper hung, so
+        it is killed and everything in flight is prepared here; if not, wait for the next one.
+        One timer per helper, not one per request (a timer and two futures each, on the hot
+        path)."""
+        self._watchdog = None
+        # The first request still waiting (one its caller cancelled is done, and skipped).
+        deadline = next((d for f, d in self._in_flight if not f.done()), None)
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._watchdog = loop.call_at(deadline, self._watch)
+            return
+        _log.warning("prepare helper hung; stopping it", helper=self.name)
+        self._kill()  # its reader then ends, and takes the entries off in order
+        waiting = [f for f, _ in self._in_flight]
+        _settle_here(waiting)  # nobody is kept waiting for the reader to notice
 
     async def _spawn(self) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -234,7 +261,7 @@ class PrepareProcess:
                 outcomes: list[_Outcome] = pickle.loads(await _read_frame(proc.stdout))
                 self._restart_after_s = _RESTART_AFTER_S[0]  # it works: a later stop waits 1 s
                 for outcome in outcomes:
-                    future = self._in_flight.popleft()
+                    future, _ = self._in_flight.popleft()
                     if not future.done():
                         future.set_result(outcome)
         except Exception as exc:  # whatever broke, the requests are answered here
@@ -245,7 +272,7 @@ class PrepareProcess:
                     error=repr(exc),
                 )
         finally:
-            waiting = list(self._in_flight)
+            waiting = [f for f, _ in self._in_flight]
             self._in_flight.clear()
             _settle_here(waiting)
             if not self._closed:
