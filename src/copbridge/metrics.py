@@ -88,7 +88,8 @@ PREPARE_HELPER_UP = Gauge(
 )
 PREPARED_HERE = Counter(
     "copbridge_prepared_in_serve_total",
-    "Detection bodies meant for a helper process that serve prepared itself, by reason.",
+    "Detection bodies meant for a helper process that serve prepared itself, by reason "
+    "(image: the body holds one; not taken: the helper declined it; helper down).",
     ["helper", "reason"],
 )
 PREPARE_HELPER_RESTARTS = Counter(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -122,6 +125,37 @@ def test_the_helper_prepares_what_it_can_and_the_rest_is_prepared_here(
     stored = helped.get("/api/v1/detections/q-1").json()
     assert stored["answer"]["id"] == "q-1"
     assert b"<event" in helped.get("/api/v1/detections/q-1/cot").content
+
+
+def test_a_body_with_an_image_is_not_sent_to_the_helper(helped: TestClient) -> None:
+    before = _prepared_here(helped)
+    image = {"media_type": "image/jpeg", "data": _jpeg()}
+    assert _post(helped, example(id="im-1", image=image))[0] == 202
+    with_image = [example(id="im-2"), example(id="im-3", image=image)]
+    assert helped.post("/api/v1/detections/batch", json=with_image).status_code == 202
+    # An escaped key the byte scan misses: the helper declines it, as it always did.
+    escaped = json.dumps(example(id="im-4", image=image)).replace('"image"', '"im\\u0061ge"')
+    headers = {"content-type": "application/json"}
+    assert helped.post("/api/v1/detections", content=escaped, headers=headers).status_code == 202
+    # "image" as text only: prepared here, answered as the helper would.
+    assert _post(helped, example(id="im-5", label="image"))[0] == 202
+    after = _prepared_here(helped)
+    assert after[("single", "image")] - before[("single", "image")] == 2
+    assert after[("batch", "image")] - before[("batch", "image")] == 1
+    assert after[("single", "not taken")] - before[("single", "not taken")] == 1
+    assert helped.get("/api/v1/detections/im-4/image").status_code == 200
+    assert helped.get("/api/v1/detections/im-5").json()["detection"]["label"] == "image"
+
+
+def _prepared_here(client: TestClient) -> Counter[tuple[str, str]]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for line in client.get("/metrics").text.splitlines():
+        match = re.match(
+            r'copbridge_prepared_in_serve_total\{helper="(\w+)",reason="([\w ]+)"\} (\S+)', line
+        )
+        if match:
+            counts[(match[1], match[2])] = int(float(match[3]))
+    return counts
 
 
 def _batch_items() -> list[Any]:

@@ -107,6 +107,13 @@ for _cls in (Prepared, DetectionRecord, QueuedEvent, ImageBlob, _Job, _Outcome):
     _by_fields(_cls)
 
 
+#: Images are verified and kept by the serving process, so a body that may hold one is not sent
+#: to a helper only to be parsed there, declined and parsed again here. A memchr-fast scan; a
+#: false hit ("image" as some text) is only prepared here, and an escaped key the scan misses
+#: is declined by the helper as before.
+_MAY_HOLD_IMAGE = b'"image"'
+
+
 # -- the serving process's side ---------------------------------------------------------------
 
 
@@ -163,6 +170,9 @@ class PrepareProcess:
     async def prepare(self, body: bytes, actor: str | None) -> Prepared | None:
         """The prepared detection; None when this process has to prepare it. Raises
         :class:`InvalidFields` or :class:`Rejection` as preparing here would."""
+        if _MAY_HOLD_IMAGE in body:
+            PREPARED_HERE.labels(self.name, "image").inc()
+            return None
         outcome = await self._submit(_Job(body, actor))
         if outcome.errors is not None:
             raise InvalidFields(outcome.errors)
@@ -174,6 +184,9 @@ class PrepareProcess:
     async def prepare_batch(self, body: bytes, actor: str | None) -> SortedBatch | None:
         """A batch body's refusals and prepared items (``detections.post_batch``); None when
         this process has to prepare it."""
+        if _MAY_HOLD_IMAGE in body:
+            PREPARED_HERE.labels(self.name, "image").inc()
+            return None
         return (await self._submit(_Job(body, actor, batch=True))).batch
 
     async def _submit(self, job: _Job) -> _Outcome:
