@@ -173,7 +173,7 @@ def _fill(store: SqlStore, url: str, events: list[tuple[str, bytes, int, int]]) 
                 received_us=t,
                 sensor_id="uav-7",
                 label="person",
-                detection={},
+                detection_json="{}",
                 answer={},
                 cot_xml=payload,
                 events=(QueuedEvent(uid, "a-u-G", "detection", t, stale, payload),),

@@ -98,9 +98,9 @@ def _assert_same(single: list[Prepared | Rejection], batch: list[Prepared | Reje
             k: v for k, v in a.items() if k != "location"
         }
         r1, r2 = one.record, many.record
-        assert (r2.body_hash, r2.detection, r2.events[0].uid) == (
+        assert (r2.body_hash, r2.detection_json, r2.events[0].uid) == (
             r1.body_hash,
-            r1.detection,
+            r1.detection_json,
             r1.events[0].uid,
         )
         assert (r1.platform_event is None) == (r2.platform_event is None)

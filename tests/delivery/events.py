@@ -59,7 +59,7 @@ def detection_record(
         received_us=_us(now),
         sensor_id=sensor,
         label="person",
-        detection={"n": n},
+        detection_json=f'{{"n":{n}}}',
         answer={"uid": event.uid},
         cot_xml=payload,
         events=(queued,),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 
+from copbridge import jsontext
 from copbridge.store import DetectionRecord, QueuedEvent
 
 SECOND_US = 1_000_000
@@ -48,7 +49,7 @@ def detection(
         received_us=now_us(),
         sensor_id=sensor,
         label=label,
-        detection={"id": detection_id, "body": body},
+        detection_json=jsontext.dumps({"id": detection_id, "body": body}).decode(),
         answer={"id": detection_id, "uid": ev.uid, "status": "queued"},
         cot_xml=ev.payload,
         events=(ev,),

@@ -114,7 +114,7 @@ def _insert_detections(tx: Tx, records: list[DetectionRecord]) -> set[str]:
                 r.received_us,
                 r.sensor_id,
                 r.label,
-                _compact(r.detection),
+                r.detection_json,
                 _compact(r.answer),
                 r.cot_xml,
                 r.image_sha256,
