@@ -24,6 +24,11 @@ def dumps(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def dumps_text(value: Any) -> str:
+    """:func:`dumps` as text (what the stores keep in their JSON columns)."""
+    return dumps(value).decode()
+
+
 def dumps_sorted(value: Any) -> bytes:
     """Compact JSON with sorted keys (for hashing what a client sent)."""
     try:

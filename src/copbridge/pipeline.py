@@ -255,11 +255,11 @@ class Pipeline:
             received_us=_us(now),
             sensor_id=detection.sensor.id,
             label=detection.label,
-            detection_json=jsontext.dumps(
+            detection_json=jsontext.dumps_text(
                 _without_image(raw)
                 if raw is not None
                 else detection.model_dump(mode="json", exclude={"image"})
-            ).decode(),
+            ),
             answer=answer,
             cot_xml=xml,
             events=(

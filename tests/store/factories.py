@@ -49,7 +49,7 @@ def detection(
         received_us=now_us(),
         sensor_id=sensor,
         label=label,
-        detection_json=jsontext.dumps({"id": detection_id, "body": body}).decode(),
+        detection_json=jsontext.dumps_text({"id": detection_id, "body": body}),
         answer={"id": detection_id, "uid": ev.uid, "status": "queued"},
         cot_xml=ev.payload,
         events=(ev,),

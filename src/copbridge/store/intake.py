@@ -97,10 +97,6 @@ def insert_images(tx: Tx, images: Sequence[ImageBlob], at_us: int, *, keep_bytes
     )
 
 
-def _compact(value: object) -> str:
-    return jsontext.dumps(value).decode()
-
-
 def _insert_detections(tx: Tx, records: list[DetectionRecord]) -> set[str]:
     """Insert the records whose id is new; return those ids (ON CONFLICT keeps the first)."""
     inserted: set[str] = set()
@@ -115,7 +111,7 @@ def _insert_detections(tx: Tx, records: list[DetectionRecord]) -> set[str]:
                 r.sensor_id,
                 r.label,
                 r.detection_json,
-                _compact(r.answer),
+                jsontext.dumps_text(r.answer),
                 r.cot_xml,
                 r.image_sha256,
             ]
