@@ -170,9 +170,6 @@ class PrepareProcess:
     async def prepare(self, body: bytes, actor: str | None) -> Prepared | None:
         """The prepared detection; None when this process has to prepare it. Raises
         :class:`InvalidFields` or :class:`Rejection` as preparing here would."""
-        if _MAY_HOLD_IMAGE in body:
-            PREPARED_HERE.labels(self.name, "image").inc()
-            return None
         outcome = await self._submit(_Job(body, actor))
         if outcome.errors is not None:
             raise InvalidFields(outcome.errors)
@@ -184,14 +181,14 @@ class PrepareProcess:
     async def prepare_batch(self, body: bytes, actor: str | None) -> SortedBatch | None:
         """A batch body's refusals and prepared items (``detections.post_batch``); None when
         this process has to prepare it."""
-        if _MAY_HOLD_IMAGE in body:
-            PREPARED_HERE.labels(self.name, "image").inc()
-            return None
         return (await self._submit(_Job(body, actor, batch=True))).batch
 
     async def _submit(self, job: _Job) -> _Outcome:
         if not self.running:
             PREPARED_HERE.labels(self.name, "helper down").inc()
+            return _Outcome()
+        if _MAY_HOLD_IMAGE in job.body:
+            PREPARED_HERE.labels(self.name, "image").inc()
             return _Outcome()
         future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._queued.append((job, future))
