@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import re
 import signal
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from copbridge.api.app import create_app
 from copbridge.api.prepare_process import PrepareProcess
@@ -148,14 +148,22 @@ def test_a_body_with_an_image_is_not_sent_to_the_helper(helped: TestClient) -> N
 
 
 def _prepared_here(client: TestClient) -> Counter[tuple[str, str]]:
-    counts: Counter[tuple[str, str]] = Counter()
-    for line in client.get("/metrics").text.splitlines():
-        match = re.match(
-            r'copbridge_prepared_in_serve_total\{helper="(\w+)",reason="([\w ]+)"\} (\S+)', line
-        )
-        if match:
-            counts[(match[1], match[2])] = int(float(match[3]))
-    return counts
+    return Counter(
+        {
+            (labels["helper"], labels["reason"]): int(value)
+            for labels, value in _samples(client, "copbridge_prepared_in_serve_total")
+        }
+    )
+
+
+def _samples(client: TestClient, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples named ``name`` in the app's /metrics page, read with the client's parser."""
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 def _batch_items() -> list[Any]:
@@ -259,11 +267,14 @@ def test_a_healthy_helper_outlives_its_answer_deadlines(
         _outlives_deadlines(helped)
 
 
+_RESTARTS = "copbridge_prepare_helper_restarts_total"
+
+
 def _outlives_deadlines(helped: TestClient) -> None:
     helper: PrepareProcess = helped.app.state.prepare_process  # type: ignore[attr-defined]
     helper._answer_timeout_s = 0.5  # far above a frame's answer time, even on a busy machine
     pid = _pid(helped)
-    restarts = _restart_lines(helped)  # the registry is the process's: earlier tests count too
+    restarts = _samples(helped, _RESTARTS)  # the registry is the process's: earlier tests count too
 
     def post_for(seconds: float, name: str) -> list[int]:
         # Back to back: whenever the watchdog fires, some request is waiting for the helper.
@@ -279,15 +290,7 @@ def _outlives_deadlines(helped: TestClient) -> None:
     time.sleep(0.7)  # the last deadline passes too
     assert _pid(helped) == pid
     assert helper.running
-    assert _restart_lines(helped) == restarts
-
-
-def _restart_lines(client: TestClient) -> list[str]:
-    return [
-        line
-        for line in client.get("/metrics").text.splitlines()
-        if line.startswith("copbridge_prepare_helper_restarts_total")
-    ]
+    assert _samples(helped, _RESTARTS) == restarts
 
 
 def test_the_helper_stops_with_the_app(tmp_path: Path, auth_headers: dict[str, str]) -> None:
