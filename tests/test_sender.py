@@ -3,6 +3,7 @@ reads them, and a certificate that does not verify stopping the run without retr
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import threading
@@ -75,4 +76,104 @@ def test_a_certificate_that_does_not_verify_stops_without_retrying(self_signed_h
             sender.send([Pending("f:1", '{"id":"a"}')])
     assert pauses == []  # no retry: it would fail the same way five times
     assert "not sent: f:1 and all after it" in str(stopped.value)
+    assert summary.total == 0
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    """One HTTP request's body, read whole from ``conn``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return body
+
+
+@pytest.fixture
+def scripted_service() -> Iterator[tuple[int, list[bytes | None], list[bytes]]]:
+    """A loopback HTTP listener that reads each request whole, then sends the next scripted
+    answer, or closes the connection without one (None) as a service killed mid-request does."""
+    script: list[bytes | None] = []
+    bodies: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                while script and (body := _read_request(conn)):
+                    bodies.append(body)
+                    answer = script.pop(0)
+                    if answer is None:
+                        break
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1]), script, bodies
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def _http(status: int, body: str) -> bytes:
+    return (
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+def test_a_batch_sent_and_never_answered_is_reported_as_maybe_stored(
+    scripted_service: tuple[int, list[bytes | None], list[bytes]],
+) -> None:
+    port, script, bodies = scripted_service
+    accepted = {"status": 202, "answer": {"duplicate": False}}
+    first_half = json.dumps({"results": [{"index": i, **accepted} for i in range(2)]})
+    # too large as a whole; the first half is stored; the second is sent and never answered
+    script += [_http(413, '{"detail":"too large"}'), _http(207, first_half)] + [None] * 5
+    summary = Summary()
+    pauses: list[float] = []
+    batch = [Pending(f"f:{i}", json.dumps({"id": f"d{i}"})) for i in range(1, 5)]
+    with (
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
+        pytest.raises(Stopped) as stopped,
+    ):
+        Sender(client, summary, sleep=pauses.append).send(batch)
+    assert len(bodies) == 7  # 413, the first half, five tries of the second
+    assert len(pauses) == 4
+    assert (summary.accepted, summary.unanswered, summary.total) == (2, 2, 2)
+    message = str(stopped.value)
+    assert "no answer for f:3 to f:4 (2 detections), which may have been stored" in message
+    assert "not sent: f:1" not in message  # f:1 and f:2 were stored and answered
+    assert "2 more were sent but never answered" in "\n".join(summary.lines())
+
+
+def test_a_service_that_cannot_be_reached_has_stored_nothing_of_the_batch() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = int(taken.getsockname()[1])
+    summary = Summary()
+    with (
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
+        pytest.raises(Stopped) as stopped,
+    ):
+        Sender(client, summary, sleep=lambda _s: None).send([Pending("f:1", '{"id":"a"}')])
+    assert "not sent: f:1 and all after it" in str(stopped.value)
+    assert summary.unanswered == 0
     assert summary.total == 0

@@ -10,7 +10,8 @@ What a user can count on:
   connections with a growing pause, each a bounded number of times.
 - Every refusal is counted with its reason and the first places (``file:line``) it happened.
 - When the service cannot go on (unreachable, or refusing the credential) sending stops with
-  :class:`Stopped`, and the summary still says exactly what was stored before.
+  :class:`Stopped`. The summary still counts every answer received, and names apart the batch
+  that was sent but never answered (the service may have stored it before it went away).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class Summary:
     #: Duplicates answered to a retry after a lost connection: the lost attempt may have stored
     #: them (this run) or an earlier run did; either way they are stored once.
     duplicates_after_retry: int = 0
+    #: Sent when the connection was lost and never answered: stored or not, no one can say.
+    unanswered: int = 0
     reasons: dict[str, Reason] = field(default_factory=dict)
 
     @property
@@ -73,6 +76,11 @@ class Summary:
                 f"  {self.duplicates_after_retry} of the duplicates were answered to a retry "
                 "after a lost connection (stored once, by that lost attempt or an earlier run)"
             )
+        if self.unanswered:
+            out.append(
+                f"  {self.unanswered} more were sent but never answered: they may have been "
+                "stored (send the file again to know: stored ones come back as duplicates)"
+            )
         ranked = sorted(self.reasons.items(), key=lambda kv: -kv[1].count)
         for reason, entry in ranked[:20]:
             more = ", ..." if entry.count > len(entry.places) else ""
@@ -91,7 +99,15 @@ class Pending:
 
 
 class Stopped(Exception):
-    """The service cannot take more detections from this run; the message says why."""
+    """The service cannot take more detections from this run; the message says why.
+
+    ``maybe_stored`` is true when the last batch was sent but its answer never came (the
+    connection was lost after the request went out): the service may have stored it.
+    """
+
+    def __init__(self, message: str, *, maybe_stored: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_stored = maybe_stored
 
 
 def pending(source: str, item: Item, summary: Summary) -> Pending | None:
@@ -142,10 +158,7 @@ class Sender:
 
     def send(self, detections: Iterable[Pending]) -> None:
         for batch in self.batches(detections):
-            try:
-                self.post(batch)
-            except Stopped as exc:
-                raise Stopped(f"{exc}; not sent: {batch[0].place} and all after it") from None
+            self.post(batch)
 
     def batches(self, detections: Iterable[Pending]) -> Iterator[list[Pending]]:
         batch: list[Pending] = []
@@ -161,7 +174,23 @@ class Sender:
             yield batch
 
     def post(self, batch: list[Pending]) -> None:
-        answer, retried = self._with_retries(batch)
+        """Send one batch (split in halves while it is too large) and count its answers.
+
+        Raises :class:`Stopped` naming this batch's first detection as the first one not
+        sent, or, when the batch went out and no answer came, the detections that may have
+        been stored (counted in ``summary.unanswered``).
+        """
+        try:
+            answer, retried = self._with_retries(batch)
+        except Stopped as exc:
+            if not exc.maybe_stored:
+                raise Stopped(f"{exc}; not sent: {batch[0].place} and all after it") from None
+            self.summary.unanswered += len(batch)
+            raise Stopped(
+                f"{exc}; no answer for {_span(batch)}, which may have been stored (sending the "
+                "file again tells: stored ones are answered as duplicates); not sent: all after "
+                "them"
+            ) from None
         status = answer.status_code
         if status == 413 and len(batch) > 1:
             half = len(batch) // 2
@@ -169,7 +198,10 @@ class Sender:
             self.post(batch[half:])
             return
         if status in (401, 403):
-            raise Stopped(f"the service refused the credential ({status}: {_detail(answer)})")
+            raise Stopped(
+                f"the service refused the credential ({status}: {_detail(answer)}); "
+                f"not sent: {batch[0].place} and all after it"
+            )
         if status not in (202, 207):
             for detection in batch:
                 self.summary.refuse(f"HTTP {status}: {_detail(answer)}", detection.place)
@@ -201,9 +233,11 @@ class Sender:
             try:
                 answer = self.client.post("/api/v1/detections/batch", content=body, headers=headers)
             except httpx.TransportError as exc:
+                lost = lost or not _never_connected(exc)
                 if attempt == MAX_ATTEMPTS or _certificate_refused(exc):
-                    raise Stopped(f"cannot reach {self.client.base_url}: {exc}") from None
-                lost = True
+                    raise Stopped(
+                        f"cannot reach {self.client.base_url}: {exc}", maybe_stored=lost
+                    ) from None
                 why = f"no answer from the service ({type(exc).__name__})"
             else:
                 if answer.status_code not in (429, 503) or attempt == MAX_ATTEMPTS:
@@ -238,6 +272,20 @@ def _kind(value: Any) -> str:
     return {list: "an array", str: "a string", bool: "true/false", type(None): "null"}.get(
         type(value), "a number"
     )
+
+
+def _never_connected(exc: httpx.TransportError) -> bool:
+    """No connection was made (refused, timed out, TLS refused), so the request never went out.
+
+    Any other lost connection may have carried the whole request to a service that stored it.
+    """
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def _span(batch: list[Pending]) -> str:
+    if len(batch) == 1:
+        return f"{batch[0].place} (1 detection)"
+    return f"{batch[0].place} to {batch[-1].place} ({len(batch)} detections)"
 
 
 def _certificate_refused(exc: httpx.TransportError) -> bool:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -225,7 +226,13 @@ def test_a_service_gone_mid_run_is_reported_with_what_was_stored(tmp_path: Path)
     assert "stopped: cannot reach" in err
     assert "not sent: " in err
     accepted = int(out.splitlines()[0].split(",")[0].removeprefix("accepted "))
-    assert 1000 <= accepted == stored < 40_000
+    # The kill may land between a batch's commit and its answer: that batch is then reported
+    # as sent and never answered, and may or may not be stored.
+    unanswered = re.search(r"(\d+) more were sent but never answered", out)
+    maybe = int(unanswered.group(1)) if unanswered else 0
+    assert 1000 <= stored < 40_000
+    assert accepted <= stored <= accepted + maybe, out + err
+    assert maybe == 0 or "which may have been stored" in err
 
 
 def test_retry_after_takes_seconds_or_an_http_date() -> None:
