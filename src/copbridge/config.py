@@ -267,6 +267,23 @@ class Settings(BaseSettings):
     def is_postgres(self) -> bool:
         return self.database_url.startswith(("postgresql://", "postgres://"))
 
+    def without_secrets(self) -> Settings:
+        """A copy for a process that holds no credential (the prepare helpers): every secret
+        field dropped, the store URL's password masked, and the destinations (whose key
+        passwords and certificates only the delivery needs) left out."""
+        dropped = {
+            name: None
+            for name in type(self).model_fields
+            if isinstance(getattr(self, name), SecretStr)
+        }
+        return self.model_copy(
+            update={
+                **dropped,
+                "database_url": self.redacted_database_url(),
+                "destinations": "",
+            }
+        )
+
     def redacted_database_url(self) -> str:
         """The store URL with any password replaced (``user:pw@`` and libpq's ``?password=``),
         safe for logs."""

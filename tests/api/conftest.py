@@ -39,11 +39,15 @@ def app_settings(tmp_path: Path, url: str | None = None, **overrides: Any) -> Se
         database_url=url or f"sqlite:///{tmp_path / 'api.db'}",
         data_dir=tmp_path,
         feed="off",
-        destinations=DESTINATIONS,
         run_worker=False,
         # The helper process costs each app a second of start-up; tests/api/test_prepare_process.py
         # holds its answers to these, and the system tests run serve with it on.
-        **{"bootstrap_key": ADMIN_KEY, "prepare_process": False, **overrides},
+        **{
+            "bootstrap_key": ADMIN_KEY,
+            "prepare_process": False,
+            "destinations": DESTINATIONS,
+            **overrides,
+        },
     )
 
 

@@ -331,3 +331,53 @@ def test_a_helper_that_cannot_start_leaves_serve_serving(
         assert not app.state.prepare_process.running
         assert _post(client, example(id="no-helper"))[0] == 202
         assert 'copbridge_prepare_helper_up{helper="single"} 0.0' in client.get("/metrics").text
+
+
+def test_the_helpers_are_handed_no_credential(
+    tmp_path: Path, auth_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    pepper = "Zq8rT2mW9xK4vB7nL1cF6hJ3pD5sG0aE"
+    unlock = "tls-key-unlock-4471"
+    frames: list[bytes] = []
+    dumps = pickle.dumps
+
+    def kept(value: Any, *args: Any, **kwargs: Any) -> bytes:
+        frames.append(dumps(value, *args, **kwargs))
+        return frames[-1]
+
+    monkeypatch.setattr(pickle, "dumps", kept)  # what the serving process sends its helpers
+    settings = app_settings(
+        tmp_path,
+        prepare_process=True,
+        key_pepper=pepper,
+        destinations=[{"url": "tcp://127.0.0.1:9", "name": "tak", "client_password": unlock}],
+    )
+    app = create_app(settings)
+    with TestClient(app, headers=auth_headers) as client:
+        assert _post(client, example(id="no-secrets"))[0] == 202
+    setups = [f for f in frames if b"copbridge.config" in f]
+    assert len(setups) == 2  # the single and the batch helper
+    for secret in (pepper, unlock, settings.bootstrap_key.get_secret_value()):  # type: ignore[union-attr]
+        assert all(secret.encode() not in frame for frame in frames)
+
+
+def test_settings_without_secrets_keep_what_preparing_reads() -> None:
+    from copbridge.config import load_settings
+
+    settings = load_settings(
+        database_url="postgresql://copbridge:hunter2-db@127.0.0.1:5432/cb?password=q-pw-9",
+        key_pepper="Zq8rT2mW9xK4vB7nL1cF6hJ3pD5sG0aE",
+        feed_password="feed-unlock-pw",
+        tls_key_password="tls-unlock-pw",
+        destinations="tcp://127.0.0.1:8087",
+        uid_prefix="unit-7",
+        stale_seconds=42.0,
+    )
+    bare = settings.without_secrets()
+    assert bare.database_url == "postgresql://copbridge:***@127.0.0.1:5432/cb?password=***"
+    assert (bare.key_pepper, bare.feed_password, bare.tls_key_password) == (None, None, None)
+    assert bare.destination_settings() == []
+    assert (bare.uid_prefix, bare.stale_seconds) == ("unit-7", 42.0)
+    assert settings.key_pepper is not None  # the original is untouched

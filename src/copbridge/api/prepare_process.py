@@ -254,7 +254,10 @@ class PrepareProcess:
         self._proc = proc
         assert proc.stdin is not None
         assert proc.stdout is not None
-        setup = pickle.dumps((self._settings, self._destinations), pickle.HIGHEST_PROTOCOL)
+        # The helper reads and prepares detections; it is handed no credential it could leak.
+        setup = pickle.dumps(
+            (self._settings.without_secrets(), self._destinations), pickle.HIGHEST_PROTOCOL
+        )
         proc.stdin.write(_LENGTH.pack(len(setup)) + setup)
         await proc.stdin.drain()
         if pickle.loads(await _read_frame(proc.stdout)) != "ready":
