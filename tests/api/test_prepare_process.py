@@ -21,7 +21,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from copbridge.api.app import create_app
-from copbridge.api.prepare_process import PrepareProcess
+from copbridge.api.prepare_process import BATCH_NICENESS, PrepareProcess
 from copbridge.model import Detection
 from copbridge.pipeline import Pipeline
 from tests.api.conftest import app_settings, example
@@ -381,3 +381,14 @@ def test_settings_without_secrets_keep_what_preparing_reads() -> None:
     assert bare.destination_settings() == []
     assert (bare.uid_prefix, bare.stale_seconds) == ("unit-7", 42.0)
     assert settings.key_pepper is not None  # the original is untouched
+
+
+def test_the_batch_helper_yields_the_cpu_to_live_detections(helped: TestClient) -> None:
+    state = helped.app.state  # type: ignore[attr-defined]
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    pids = {}
+    for helper in (state.prepare_process, state.batch_prepare_process):
+        assert helper._proc is not None
+        pids[helper.name] = helper._proc.pid
+    assert os.getpriority(os.PRIO_PROCESS, pids["single"]) == ours
+    assert os.getpriority(os.PRIO_PROCESS, pids["batch"]) == min(19, ours + BATCH_NICENESS)

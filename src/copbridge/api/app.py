@@ -25,7 +25,7 @@ from copbridge.api.auth import AUTHORIZE, open_guard
 from copbridge.api.body_limit import BodyLimit
 from copbridge.api.ingest_route import IngestRoutes
 from copbridge.api.middleware import RequestContext
-from copbridge.api.prepare_process import PrepareProcess
+from copbridge.api.prepare_process import BATCH_NICENESS, PrepareProcess
 from copbridge.config import Settings
 from copbridge.delivery import DeliveryService
 from copbridge.logs import get_logger
@@ -72,10 +72,11 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
             on_stored=delivery.notify,
         )
         # Helper processes prepare single detections and batches, one each: a single one never
-        # waits behind a 1,000-item batch (api/prepare_process.py).
-        helpers = tuple(
-            PrepareProcess(settings, app.state.pipeline.destinations, kind)
-            for kind in ("single", "batch")
+        # waits behind a 1,000-item batch, nor for the CPU it uses (api/prepare_process.py).
+        destinations = app.state.pipeline.destinations
+        helpers = (
+            PrepareProcess(settings, destinations, "single"),
+            PrepareProcess(settings, destinations, "batch", niceness=BATCH_NICENESS),
         )
         if settings.prepare_process:
             app.state.prepare_process, app.state.batch_prepare_process = helpers

@@ -117,11 +117,20 @@ _MAY_HOLD_IMAGE = b'"image"'
 # -- the serving process's side ---------------------------------------------------------------
 
 
+#: How much the batch helper lowers its CPU priority (``nice``): when the cores are short, a
+#: live single detection's helper and the event loop go first, and a bulk upload takes what is
+#: left. Alone on the machine it runs as fast as before (nice only weighs contended time).
+BATCH_NICENESS = 10
+
+
 class PrepareProcess:
     """The helper process and the requests waiting for it; one per serving process."""
 
-    def __init__(self, settings: Settings, destinations: tuple[str, ...], name: str) -> None:
+    def __init__(
+        self, settings: Settings, destinations: tuple[str, ...], name: str, *, niceness: int = 0
+    ) -> None:
         self.name = name
+        self.niceness = niceness
         self._settings = settings
         self._destinations = destinations
         self._proc: asyncio.subprocess.Process | None = None
@@ -256,7 +265,8 @@ class PrepareProcess:
         assert proc.stdout is not None
         # The helper reads and prepares detections; it is handed no credential it could leak.
         setup = pickle.dumps(
-            (self._settings.without_secrets(), self._destinations), pickle.HIGHEST_PROTOCOL
+            (self._settings.without_secrets(), self._destinations, self.niceness),
+            pickle.HIGHEST_PROTOCOL,
         )
         proc.stdin.write(_LENGTH.pack(len(setup)) + setup)
         await proc.stdin.drain()
@@ -403,7 +413,9 @@ def main() -> None:
     setup = _read_blocking(stdin)
     if setup is None:
         return
-    settings, destinations = pickle.loads(setup)
+    settings, destinations, niceness = pickle.loads(setup)
+    if niceness:
+        os.nice(niceness)
     from copbridge.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
