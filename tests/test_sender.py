@@ -177,3 +177,21 @@ def test_a_service_that_cannot_be_reached_has_stored_nothing_of_the_batch() -> N
     assert "not sent: f:1 and all after it" in str(stopped.value)
     assert summary.unanswered == 0
     assert summary.total == 0
+
+
+def test_a_refusal_after_a_lost_attempt_leaves_the_batch_in_doubt(
+    scripted_service: tuple[int, list[bytes | None], list[bytes]],
+) -> None:
+    port, script, _bodies = scripted_service
+    # the first attempt goes out and is never answered; the retry is refused (key revoked)
+    script += [None, _http(401, '{"detail":"revoked key"}')]
+    summary = Summary()
+    with (
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
+        pytest.raises(Stopped) as stopped,
+    ):
+        Sender(client, summary, sleep=lambda _s: None).send([Pending("f:1", '{"id":"a"}')])
+    message = str(stopped.value)
+    assert "refused the credential (401: revoked key)" in message
+    assert "no answer for f:1 (1 detection), which may have been stored" in message
+    assert summary.unanswered == 1

@@ -183,14 +183,7 @@ class Sender:
         try:
             answer, retried = self._with_retries(batch)
         except Stopped as exc:
-            if not exc.maybe_stored:
-                raise Stopped(f"{exc}; not sent: {batch[0].place} and all after it") from None
-            self.summary.unanswered += len(batch)
-            raise Stopped(
-                f"{exc}; no answer for {_span(batch)}, which may have been stored (sending the "
-                "file again tells: stored ones are answered as duplicates); not sent: all after "
-                "them"
-            ) from None
+            raise self._stopped(batch, str(exc), maybe_stored=exc.maybe_stored) from None
         status = answer.status_code
         if status == 413 and len(batch) > 1:
             half = len(batch) // 2
@@ -198,10 +191,8 @@ class Sender:
             self.post(batch[half:])
             return
         if status in (401, 403):
-            raise Stopped(
-                f"the service refused the credential ({status}: {_detail(answer)}); "
-                f"not sent: {batch[0].place} and all after it"
-            )
+            why = f"the service refused the credential ({status}: {_detail(answer)})"
+            raise self._stopped(batch, why, maybe_stored=retried)
         if status not in (202, 207):
             for detection in batch:
                 self.summary.refuse(f"HTTP {status}: {_detail(answer)}", detection.place)
@@ -209,6 +200,16 @@ class Sender:
         results = answer.json()["results"]
         for result in results:
             self._count(result, batch[int(result["index"])], retried)
+
+    def _stopped(self, batch: list[Pending], why: str, *, maybe_stored: bool) -> Stopped:
+        """Why sending stops at ``batch``, and which detections that leaves in doubt."""
+        if not maybe_stored:
+            return Stopped(f"{why}; not sent: {batch[0].place} and all after it")
+        self.summary.unanswered += len(batch)
+        return Stopped(
+            f"{why}; no answer for {_span(batch)}, which may have been stored (sending the "
+            "file again tells: stored ones are answered as duplicates); not sent: all after them"
+        )
 
     def _count(self, result: dict[str, Any], detection: Pending, retried: bool) -> None:
         if result["status"] == 202:
