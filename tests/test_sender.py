@@ -3,11 +3,12 @@ reads them, and a certificate that does not verify stopping the run without retr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -35,12 +36,9 @@ def test_a_batch_refused_whole_reads_as_its_first_items_reason() -> None:
     )
 
 
-@pytest.fixture
-def self_signed_https(tmp_path: Path) -> Iterator[int]:
-    """A TLS listener on loopback whose certificate no client trusts."""
-    cert, key = self_signed(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+@contextlib.contextmanager
+def _listener(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback listener whose thread hands each connection to ``handle``; yields its port."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
@@ -51,11 +49,7 @@ def self_signed_https(tmp_path: Path) -> Iterator[int]:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            conn.settimeout(2)
-            try:
-                context.wrap_socket(conn, server_side=True).close()
-            except (ssl.SSLError, OSError):
-                conn.close()  # the client refused our certificate: expected
+            handle(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -65,6 +59,24 @@ def self_signed_https(tmp_path: Path) -> Iterator[int]:
         stop.set()
         thread.join(5)
         listener.close()
+
+
+@pytest.fixture
+def self_signed_https(tmp_path: Path) -> Iterator[int]:
+    """A TLS listener on loopback whose certificate no client trusts."""
+    cert, key = self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    def handshake(conn: socket.socket) -> None:
+        conn.settimeout(2)
+        try:
+            context.wrap_socket(conn, server_side=True).close()
+        except (ssl.SSLError, OSError):
+            conn.close()  # the client refused our certificate: expected
+
+    with _listener(handshake) as port:
+        yield port
 
 
 def test_a_certificate_that_does_not_verify_stops_without_retrying(self_signed_https: int) -> None:
@@ -104,33 +116,19 @@ def scripted_service() -> Iterator[tuple[int, list[bytes | None], list[bytes]]]:
     answer, or closes the connection without one (None) as a service killed mid-request does."""
     script: list[bytes | None] = []
     bodies: list[bytes] = []
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                while script and (body := _read_request(conn)):
-                    bodies.append(body)
-                    answer = script.pop(0)
-                    if answer is None:
-                        break
-                    conn.sendall(answer)
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            while script and (body := _read_request(conn)):
+                bodies.append(body)
+                reply = script.pop(0)
+                if reply is None:
+                    break
+                conn.sendall(reply)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield int(listener.getsockname()[1]), script, bodies
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+    with _listener(answer) as port:
+        yield port, script, bodies
 
 
 def _http(status: int, body: str) -> bytes:

@@ -25,6 +25,7 @@ from copbridge.api.prepare_process import BATCH_NICENESS, PrepareProcess
 from copbridge.model import Detection
 from copbridge.pipeline import Pipeline
 from tests.api.conftest import app_settings, example
+from tests.conftest import ADMIN_KEY
 
 
 def _jpeg() -> str:
@@ -359,7 +360,7 @@ def test_the_helpers_are_handed_no_credential(
         assert _post(client, example(id="no-secrets"))[0] == 202
     setups = [f for f in frames if b"copbridge.config" in f]
     assert len(setups) == 2  # the single and the batch helper
-    for secret in (pepper, unlock, settings.bootstrap_key.get_secret_value()):  # type: ignore[union-attr]
+    for secret in (pepper, unlock, ADMIN_KEY):
         assert all(secret.encode() not in frame for frame in frames)
 
 
