@@ -218,8 +218,9 @@ def send(
     answered as a duplicate instead of being stored twice. Exit status: 0 every detection was
     stored (now or before), 1 some were refused, 2 bad arguments or unreadable files (nothing
     sent), 3 the service stopped taking them (unreachable, or the credential was refused).
-    A batch sent when the connection was lost and never answered is reported apart: it may
-    have been stored; running the same files again tells (stored ones come back duplicates).
+    A batch that no answer told about (the connection was lost, or 500, 502 or 504 to every
+    try) stops the run and is reported apart: it may have been stored; running the same files
+    again tells (stored ones come back as duplicates).
     """
     import httpx
     from rich.console import Console

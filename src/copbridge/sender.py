@@ -9,9 +9,11 @@ What a user can count on:
 - 429 and 503 are retried after the service's ``Retry-After`` (seconds or an HTTP date), lost
   connections with a growing pause, each a bounded number of times.
 - Every refusal is counted with its reason and the first places (``file:line``) it happened.
-- When the service cannot go on (unreachable, or refusing the credential) sending stops with
-  :class:`Stopped`. The summary still counts every answer received, and names apart the batch
-  that was sent but never answered (the service may have stored it before it went away).
+- 500, 502 and 504 say nothing of what was stored, so they are retried like 503; when every
+  try of a batch ends without an answer that tells, sending stops there.
+- When the service cannot go on (unreachable, refusing the credential, or no answer that
+  tells) sending stops with :class:`Stopped`. The summary still counts every answer received,
+  and names apart the batch left in doubt (the service may have stored it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from typing import Any
 import httpx
 
 from copbridge.documents import Document, Item, Unreadable
+
+#: Answers that do not say whether the batch was stored: the service's own unexpected failure
+#: (500), or a gateway's between us and it (502, 504: it may have passed the batch on and
+#: then lost or waited too long for the answer). Retried, as the ids make a retry safe.
+_IN_DOUBT = frozenset({500, 502, 504})
+_RETRIED = frozenset({429, 503}) | _IN_DOUBT
+_WHY_RETRIED = {429: "rate limited (429)", 503: "store busy (503)"}
 
 BATCH_ITEMS = 500
 BATCH_BYTES = 4_000_000  # a third of the service's default 12 MiB body limit
@@ -47,11 +56,13 @@ class Summary:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
-    #: Duplicates answered to a retry after a lost connection: the lost attempt may have stored
-    #: them (this run) or an earlier run did; either way they are stored once.
+    #: Duplicates answered to a retry after a lost connection or an answer that did not tell
+    #: (500, 502, 504): that attempt may have stored them (this run) or an earlier run did;
+    #: either way they are stored once.
     duplicates_after_retry: int = 0
-    #: Sent when the connection was lost and never answered: stored or not, no one can say.
-    unanswered: int = 0
+    #: Sent, and no answer told whether they were stored (the connection was lost, or the last
+    #: answer was a 500, 502 or 504): stored or not, no one can say.
+    in_doubt: int = 0
     reasons: dict[str, Reason] = field(default_factory=dict)
 
     @property
@@ -74,12 +85,13 @@ class Summary:
         if self.duplicates_after_retry:
             out.append(
                 f"  {self.duplicates_after_retry} of the duplicates were answered to a retry "
-                "after a lost connection (stored once, by that lost attempt or an earlier run)"
+                "after a lost connection or a 500/502/504 (stored once, by that attempt or an "
+                "earlier run)"
             )
-        if self.unanswered:
+        if self.in_doubt:
             out.append(
-                f"  {self.unanswered} more were sent but never answered: they may have been "
-                "stored (send the file again to know: stored ones come back as duplicates)"
+                f"  {self.in_doubt} more were sent and no answer told whether they were stored "
+                "(send the file again to know: stored ones come back as duplicates)"
             )
         ranked = sorted(self.reasons.items(), key=lambda kv: -kv[1].count)
         for reason, entry in ranked[:20]:
@@ -101,8 +113,9 @@ class Pending:
 class Stopped(Exception):
     """The service cannot take more detections from this run; the message says why.
 
-    ``maybe_stored`` is true when the last batch was sent but its answer never came (the
-    connection was lost after the request went out): the service may have stored it.
+    ``maybe_stored`` is true when the last batch was sent and no answer told what became of it
+    (the connection was lost after the request went out, or a 500, 502 or 504 came back): the
+    service may have stored it.
     """
 
     def __init__(self, message: str, *, maybe_stored: bool = False) -> None:
@@ -178,7 +191,7 @@ class Sender:
 
         Raises :class:`Stopped` naming this batch's first detection as the first one not
         sent, or, when the batch went out and no answer came, the detections that may have
-        been stored (counted in ``summary.unanswered``).
+        been stored (counted in ``summary.in_doubt``).
         """
         try:
             answer, retried = self._with_retries(batch)
@@ -205,10 +218,10 @@ class Sender:
         """Why sending stops at ``batch``, and which detections that leaves in doubt."""
         if not maybe_stored:
             return Stopped(f"{why}; not sent: {batch[0].place} and all after it")
-        self.summary.unanswered += len(batch)
+        self.summary.in_doubt += len(batch)
         return Stopped(
-            f"{why}; no answer for {_span(batch)}, which may have been stored (sending the "
-            "file again tells: stored ones are answered as duplicates); not sent: all after them"
+            f"{why}; in doubt: {_span(batch)}, which may have been stored (sending the file "
+            "again tells: stored ones are answered as duplicates); not sent: all after them"
         )
 
     def _count(self, result: dict[str, Any], detection: Pending, retried: bool) -> None:
@@ -241,10 +254,20 @@ class Sender:
                     ) from None
                 why = f"no answer from the service ({type(exc).__name__})"
             else:
-                if answer.status_code not in (429, 503) or attempt == MAX_ATTEMPTS:
+                status = answer.status_code
+                lost = lost or status in _IN_DOUBT
+                if status not in _RETRIED:
                     return answer, lost
+                if attempt == MAX_ATTEMPTS:
+                    if not lost:
+                        return answer, lost  # 429 or 503 to every try: nothing was stored
+                    raise Stopped(
+                        f"the service answered HTTP {status} ({_detail(answer)}) to the last "
+                        "of every try",
+                        maybe_stored=True,
+                    )
                 pause = retry_after(answer.headers.get("retry-after"), pause)
-                why = "rate limited (429)" if answer.status_code == 429 else "store busy (503)"
+                why = _WHY_RETRIED.get(status, f"an answer that does not tell (HTTP {status})")
             wait = min(pause, MAX_WAIT_S)
             self.on_wait(wait, why)
             self.sleep(wait)
