@@ -49,7 +49,10 @@ def _listener(handle: Callable[[socket.socket], None]) -> Iterator[int]:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            handle(conn)
+            try:
+                handle(conn)
+            except OSError:  # the client went away or timed out: take the next connection
+                conn.close()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -106,7 +109,10 @@ def _read_request(conn: socket.socket) -> bytes:
         if line.lower().startswith(b"content-length:")
     )
     while len(body) < length:
-        body += conn.recv(65536)
+        chunk = conn.recv(65536)
+        if not chunk:
+            return b""  # the client went away mid-body
+        body += chunk
     return body
 
 
@@ -157,6 +163,7 @@ def test_a_batch_sent_and_never_answered_is_reported_as_maybe_stored(
     assert len(bodies) == 7  # 413, the first half, five tries of the second
     assert len(pauses) == 4
     assert (summary.accepted, summary.in_doubt, summary.total) == (2, 2, 2)
+    assert stopped.value.maybe_stored
     message = str(stopped.value)
     assert "in doubt: f:3 to f:4 (2 detections), which may have been stored" in message
     assert "not sent: f:1" not in message  # f:1 and f:2 were stored and answered
@@ -174,6 +181,7 @@ def test_a_service_that_cannot_be_reached_has_stored_nothing_of_the_batch() -> N
         Sender(client, summary, sleep=lambda _s: None).send([Pending("f:1", '{"id":"a"}')])
     assert "not sent: f:1 and all after it" in str(stopped.value)
     assert summary.in_doubt == 0
+    assert not stopped.value.maybe_stored
     assert summary.total == 0
 
 
@@ -226,6 +234,22 @@ def test_answers_that_never_tell_stop_the_run_with_the_batch_in_doubt(
     ):
         Sender(client, summary, sleep=lambda _s: None).send([*batch, Pending("f:3", "{}")])
     message = str(stopped.value)
-    assert "answered HTTP 500 (boom) to the last of every try" in message
+    assert "the last try was answered HTTP 500 (boom)" in message
+    assert stopped.value.maybe_stored
     assert "in doubt: f:1 to f:3 (3 detections), which may have been stored" in message
     assert (summary.in_doubt, summary.rejected) == (3, 0)  # not counted as refused
+
+
+def test_the_halves_of_a_batch_split_after_a_lost_try_count_as_retried(
+    scripted_service: tuple[int, list[bytes | None], list[bytes]],
+) -> None:
+    port, script, _bodies = scripted_service
+    duplicate = {"status": 202, "answer": {"duplicate": True}}
+    half = json.dumps({"results": [{"index": 0, **duplicate}]})
+    # lost (maybe stored whole), then too large for the service now: each half comes back stored
+    script += [None, _http(413, '{"detail":"too large"}'), _http(207, half), _http(207, half)]
+    summary = Summary()
+    batch = [Pending("f:1", '{"id":"a"}'), Pending("f:2", '{"id":"b"}')]
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        Sender(client, summary, sleep=lambda _s: None).send(batch)
+    assert (summary.duplicates, summary.duplicates_after_retry) == (2, 2)

@@ -217,10 +217,10 @@ def send(
     A detection without an id gets one made from its text, so that a retry or a second run is
     answered as a duplicate instead of being stored twice. Exit status: 0 every detection was
     stored (now or before), 1 some were refused, 2 bad arguments or unreadable files (nothing
-    sent), 3 the service stopped taking them (unreachable, or the credential was refused).
-    A batch that no answer told about (the connection was lost, or 500, 502 or 504 to every
-    try) stops the run and is reported apart: it may have been stored; running the same files
-    again tells (stored ones come back as duplicates).
+    sent), 3 the service stopped taking them (unreachable, the credential was refused, or a
+    batch was left in doubt). A batch that no answer told about (the connection was lost, or
+    a 5xx other than 503 to every try) stops the run and is reported apart: it may have been
+    stored; running the same files again tells (stored ones come back as duplicates).
     """
     import httpx
     from rich.console import Console

@@ -9,8 +9,8 @@ What a user can count on:
 - 429 and 503 are retried after the service's ``Retry-After`` (seconds or an HTTP date), lost
   connections with a growing pause, each a bounded number of times.
 - Every refusal is counted with its reason and the first places (``file:line``) it happened.
-- 500, 502 and 504 say nothing of what was stored, so they are retried like 503; when every
-  try of a batch ends without an answer that tells, sending stops there.
+- A 5xx other than 503 (500, 502, 504, ...) says nothing of what was stored, so it is retried
+  like 503; when every try of a batch ends without an answer that tells, sending stops there.
 - When the service cannot go on (unreachable, refusing the credential, or no answer that
   tells) sending stops with :class:`Stopped`. The summary still counts every answer received,
   and names apart the batch left in doubt (the service may have stored it).
@@ -31,12 +31,16 @@ import httpx
 
 from copbridge.documents import Document, Item, Unreadable
 
-#: Answers that do not say whether the batch was stored: the service's own unexpected failure
-#: (500), or a gateway's between us and it (502, 504: it may have passed the batch on and
-#: then lost or waited too long for the answer). Retried, as the ids make a retry safe.
-_IN_DOUBT = frozenset({500, 502, 504})
-_RETRIED = frozenset({429, 503}) | _IN_DOUBT
 _WHY_RETRIED = {429: "rate limited (429)", 503: "store busy (503)"}
+
+
+def _in_doubt(status: int) -> bool:
+    """An answer that does not say whether the batch was stored: every 5xx but 503 (which the
+    service sends only when nothing was stored). A 500 is its own unexpected failure; a 502
+    or 504 comes from a gateway between us and it, which may have passed the batch on and
+    then lost or waited too long for the answer. They are retried, as the ids make that safe."""
+    return status >= 500 and status != 503
+
 
 BATCH_ITEMS = 500
 BATCH_BYTES = 4_000_000  # a third of the service's default 12 MiB body limit
@@ -57,11 +61,11 @@ class Summary:
     duplicates: int = 0
     rejected: int = 0
     #: Duplicates answered to a retry after a lost connection or an answer that did not tell
-    #: (500, 502, 504): that attempt may have stored them (this run) or an earlier run did;
-    #: either way they are stored once.
+    #: (a 5xx other than 503): that attempt may have stored them (this run) or an earlier run
+    #: did; either way they are stored once.
     duplicates_after_retry: int = 0
-    #: Sent, and no answer told whether they were stored (the connection was lost, or the last
-    #: answer was a 500, 502 or 504): stored or not, no one can say.
+    #: Sent, and no answer told whether they were stored (the connection was lost, or a 5xx
+    #: other than 503 came back): stored or not, no one can say.
     in_doubt: int = 0
     reasons: dict[str, Reason] = field(default_factory=dict)
 
@@ -85,8 +89,7 @@ class Summary:
         if self.duplicates_after_retry:
             out.append(
                 f"  {self.duplicates_after_retry} of the duplicates were answered to a retry "
-                "after a lost connection or a 500/502/504 (stored once, by that attempt or an "
-                "earlier run)"
+                "after a lost connection or a 5xx (stored once, by that attempt or an earlier run)"
             )
         if self.in_doubt:
             out.append(
@@ -114,8 +117,8 @@ class Stopped(Exception):
     """The service cannot take more detections from this run; the message says why.
 
     ``maybe_stored`` is true when the last batch was sent and no answer told what became of it
-    (the connection was lost after the request went out, or a 500, 502 or 504 came back): the
-    service may have stored it.
+    (the connection was lost after the request went out, or a 5xx other than 503 came back):
+    the service may have stored it.
     """
 
     def __init__(self, message: str, *, maybe_stored: bool = False) -> None:
@@ -186,7 +189,7 @@ class Sender:
         if batch:
             yield batch
 
-    def post(self, batch: list[Pending]) -> None:
+    def post(self, batch: list[Pending], *, retried: bool = False) -> None:
         """Send one batch (split in halves while it is too large) and count its answers.
 
         Raises :class:`Stopped` naming this batch's first detection as the first one not
@@ -194,18 +197,22 @@ class Sender:
         been stored (counted in ``summary.in_doubt``).
         """
         try:
-            answer, retried = self._with_retries(batch)
+            answer, lost = self._with_retries(batch)
         except Stopped as exc:
-            raise self._stopped(batch, str(exc), maybe_stored=exc.maybe_stored) from None
+            raise self._stopped(batch, str(exc), maybe_stored=retried or exc.maybe_stored) from None
+        retried = retried or lost  # (a lost try of a batch may have stored its halves too)
         status = answer.status_code
         if status == 413 and len(batch) > 1:
             half = len(batch) // 2
-            self.post(batch[:half])
-            self.post(batch[half:])
+            self.post(batch[:half], retried=retried)
+            self.post(batch[half:], retried=retried)
             return
         if status in (401, 403):
             why = f"the service refused the credential ({status}: {_detail(answer)})"
             raise self._stopped(batch, why, maybe_stored=retried)
+        if status >= 500 and retried:  # 503 now, but an earlier try may have stored it
+            why = f"the service answered HTTP {status} ({_detail(answer)})"
+            raise self._stopped(batch, why, maybe_stored=True)
         if status not in (202, 207):
             for detection in batch:
                 self.summary.refuse(f"HTTP {status}: {_detail(answer)}", detection.place)
@@ -221,7 +228,8 @@ class Sender:
         self.summary.in_doubt += len(batch)
         return Stopped(
             f"{why}; in doubt: {_span(batch)}, which may have been stored (sending the file "
-            "again tells: stored ones are answered as duplicates); not sent: all after them"
+            "again tells: stored ones are answered as duplicates); not sent: all after them",
+            maybe_stored=True,
         )
 
     def _count(self, result: dict[str, Any], detection: Pending, retried: bool) -> None:
@@ -255,17 +263,18 @@ class Sender:
                 why = f"no answer from the service ({type(exc).__name__})"
             else:
                 status = answer.status_code
-                lost = lost or status in _IN_DOUBT
-                if status not in _RETRIED:
+                doubt = _in_doubt(status)
+                if status not in _WHY_RETRIED and not doubt:
                     return answer, lost
                 if attempt == MAX_ATTEMPTS:
-                    if not lost:
+                    if not (lost or doubt):
                         return answer, lost  # 429 or 503 to every try: nothing was stored
                     raise Stopped(
-                        f"the service answered HTTP {status} ({_detail(answer)}) to the last "
-                        "of every try",
+                        f"the last try was answered HTTP {status} ({_detail(answer)})"
+                        + ("" if doubt else ", after a try that may have stored the batch"),
                         maybe_stored=True,
                     )
+                lost = lost or doubt
                 pause = retry_after(answer.headers.get("retry-after"), pause)
                 why = _WHY_RETRIED.get(status, f"an answer that does not tell (HTTP {status})")
             wait = min(pause, MAX_WAIT_S)
