@@ -281,22 +281,24 @@ class Settings(BaseSettings):
                 **dropped,
                 "database_url": self.redacted_database_url(),
                 "destinations": "",
+                "rate_limit_storage": "memory://",  # a Redis URL may hold a password
             }
         )
 
     def redacted_database_url(self) -> str:
-        """The store URL with any password replaced (``user:pw@`` and libpq's ``?password=``),
-        safe for logs."""
+        """The store URL with any password replaced (``user:pw@``, and libpq's ``?password=``
+        and ``?sslpassword=``), safe for logs."""
         url = _QUERY_PASSWORD.sub(r"\1***", self.database_url)
-        head, sep, tail = url.partition("@")
+        base, mark, query = url.partition("?")
+        head, sep, tail = base.rpartition("@")  # the last @ before the query: one may be in pw
         if not sep or ":" not in head.split("//", 1)[-1]:
             return url
         scheme, _, userinfo = head.partition("//")
         user = userinfo.split(":", 1)[0]
-        return f"{scheme}//{user}:***@{tail}"
+        return f"{scheme}//{user}:***@{tail}{mark}{query}"
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 _SECRET_FIELDS = {"key_pepper", "bootstrap_key", "tls_key_password", "feed_password"}
 _PLACEHOLDERS = ("changeme", "change-me", "change_me", "secret", "password", "example", "xxxx")
 

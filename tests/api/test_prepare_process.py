@@ -364,11 +364,30 @@ def test_the_helpers_are_handed_no_credential(
         assert all(secret.encode() not in frame for frame in frames)
 
 
+def test_the_helpers_do_not_inherit_the_settings_environment(
+    tmp_path: Path, auth_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COPBRIDGE_FEED_PASSWORD", "feed-unlock-env")
+    monkeypatch.setenv("PGPASSWORD", "libpq-pw-env")
+    app = create_app(app_settings(tmp_path, prepare_process=True))
+    with TestClient(app, headers=auth_headers) as client:
+        assert _post(client, example(id="no-env"))[0] == 202
+        state = app.state
+        pids = [h._proc.pid for h in (state.prepare_process, state.batch_prepare_process)]
+        environments = [Path(f"/proc/{pid}/environ").read_bytes() for pid in pids]
+    assert os.environ["COPBRIDGE_FEED_PASSWORD"] == "feed-unlock-env"  # ours still has them
+    for environment in environments:
+        names = [entry.split(b"=", 1)[0] for entry in environment.split(b"\0") if entry]
+        assert names  # PATH and the rest are there
+        assert not [n for n in names if n.startswith((b"COPBRIDGE_", b"PG"))]
+
+
 def test_settings_without_secrets_keep_what_preparing_reads() -> None:
     from copbridge.config import load_settings
 
     settings = load_settings(
-        database_url="postgresql://copbridge:hunter2-db@127.0.0.1:5432/cb?password=q-pw-9",
+        database_url="postgresql://cb:hun@ter2@127.0.0.1:5432/cb?password=q-pw-9&sslpassword=k",
+        rate_limit_storage="redis://:redis-pw-3@127.0.0.1:6379/0",
         key_pepper="Zq8rT2mW9xK4vB7nL1cF6hJ3pD5sG0aE",
         feed_password="feed-unlock-pw",
         tls_key_password="tls-unlock-pw",
@@ -377,7 +396,8 @@ def test_settings_without_secrets_keep_what_preparing_reads() -> None:
         stale_seconds=42.0,
     )
     bare = settings.without_secrets()
-    assert bare.database_url == "postgresql://copbridge:***@127.0.0.1:5432/cb?password=***"
+    assert bare.database_url == "postgresql://cb:***@127.0.0.1:5432/cb?password=***&sslpassword=***"
+    assert bare.rate_limit_storage == "memory://"
     assert (bare.key_pepper, bare.feed_password, bare.tls_key_password) == (None, None, None)
     assert bare.destination_settings() == []
     assert (bare.uid_prefix, bare.stale_seconds) == ("unit-7", 42.0)

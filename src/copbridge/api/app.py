@@ -73,10 +73,9 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
         )
         # Helper processes prepare single detections and batches, one each: a single one never
         # waits behind a 1,000-item batch, nor for the CPU it uses (api/prepare_process.py).
-        destinations = app.state.pipeline.destinations
         helpers = (
-            PrepareProcess(settings, destinations, "single"),
-            PrepareProcess(settings, destinations, "batch", niceness=BATCH_NICENESS),
+            PrepareProcess(settings, "single"),
+            PrepareProcess(settings, "batch", niceness=BATCH_NICENESS),
         )
         if settings.prepare_process:
             app.state.prepare_process, app.state.batch_prepare_process = helpers

@@ -126,13 +126,10 @@ BATCH_NICENESS = 10
 class PrepareProcess:
     """The helper process and the requests waiting for it; one per serving process."""
 
-    def __init__(
-        self, settings: Settings, destinations: tuple[str, ...], name: str, *, niceness: int = 0
-    ) -> None:
+    def __init__(self, settings: Settings, name: str, *, niceness: int = 0) -> None:
         self.name = name
         self.niceness = niceness
         self._settings = settings
-        self._destinations = destinations
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._restart: asyncio.TimerHandle | None = None
@@ -259,14 +256,15 @@ class PrepareProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=_MAX_FRAME,
+            env=_helper_environment(),
         )
         self._proc = proc
         assert proc.stdin is not None
         assert proc.stdout is not None
-        # The helper reads and prepares detections; it is handed no credential it could leak.
+        # The helper reads and prepares detections; it is handed no credential it could leak
+        # (nor the destinations: it stores nothing, and their URLs may hold a password).
         setup = pickle.dumps(
-            (self._settings.without_secrets(), self._destinations, self.niceness),
-            pickle.HIGHEST_PROTOCOL,
+            (self._settings.without_secrets(), self.niceness), pickle.HIGHEST_PROTOCOL
         )
         proc.stdin.write(_LENGTH.pack(len(setup)) + setup)
         await proc.stdin.drain()
@@ -364,6 +362,13 @@ async def _read_frame(stream: asyncio.StreamReader) -> bytes:
 # -- the helper process -------------------------------------------------------------------------
 
 
+def _helper_environment() -> dict[str, str]:
+    """The serving process's environment without its settings (``COPBRIDGE_*``) and libpq's
+    (``PG*``, ``PGPASSWORD`` among them): the helper gets its settings, secrets left out, over
+    its pipe."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("COPBRIDGE_", "PG"))}
+
+
 def _read_blocking(stream: BinaryIO) -> bytes | None:
     head = stream.read(_LENGTH.size)
     if len(head) < _LENGTH.size:
@@ -413,13 +418,13 @@ def main() -> None:
     setup = _read_blocking(stdin)
     if setup is None:
         return
-    settings, destinations, niceness = pickle.loads(setup)
+    settings, niceness = pickle.loads(setup)
     if niceness:
         os.nice(niceness)
     from copbridge.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
-    pipeline = Pipeline(settings, None, destinations)
+    pipeline = Pipeline(settings, None, ())
     import copbridge.api.detections  # noqa: F401  # imported before the first body, not during it
 
     last: list[float] = []
