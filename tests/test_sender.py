@@ -253,3 +253,43 @@ def test_the_halves_of_a_batch_split_after_a_lost_try_count_as_retried(
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
         Sender(client, summary, sleep=lambda _s: None).send(batch)
     assert (summary.duplicates, summary.duplicates_after_retry) == (2, 2)
+
+
+def test_a_service_that_keeps_refusing_for_now_stops_the_run(
+    scripted_service: tuple[int, list[bytes | None], list[bytes]],
+) -> None:
+    port, script, bodies = scripted_service
+    busy = '{"detail":"not stored, retry later: disk full"}'
+    script += [_http(503, busy)] * 5
+    summary = Summary()
+    batches = [Pending("f:1", '{"id":"a"}'), Pending("f:2", '{"id":"b"}')]
+    with (
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
+        pytest.raises(Stopped) as stopped,
+    ):
+        Sender(client, summary, sleep=lambda _s: None, batch_items=1).send(batches)
+    assert len(bodies) == 5  # the second batch was never sent
+    assert "answered HTTP 503 (not stored, retry later: disk full)" in str(stopped.value)
+    assert "not sent: f:1 and all after it" in str(stopped.value)
+    assert not stopped.value.maybe_stored
+    assert (summary.total, summary.in_doubt) == (0, 0)
+
+
+def test_a_half_refused_for_now_after_a_lost_try_is_in_doubt(
+    scripted_service: tuple[int, list[bytes | None], list[bytes]],
+) -> None:
+    port, script, _bodies = scripted_service
+    accepted = json.dumps(
+        {"results": [{"index": 0, "status": 202, "answer": {"duplicate": False}}]}
+    )
+    limited = _http(429, '{"detail":"too many requests"}')
+    script += [None, _http(413, '{"detail":"too large"}'), _http(207, accepted)] + [limited] * 5
+    summary = Summary()
+    batch = [Pending("f:1", '{"id":"a"}'), Pending("f:2", '{"id":"b"}')]
+    with (
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
+        pytest.raises(Stopped) as stopped,
+    ):
+        Sender(client, summary, sleep=lambda _s: None).send(batch)
+    assert "in doubt: f:2 (1 detection)" in str(stopped.value)
+    assert (summary.accepted, summary.in_doubt, summary.rejected) == (1, 1, 0)

@@ -7,7 +7,6 @@ never a stack trace half-way through serving.
 from __future__ import annotations
 
 import ipaddress
-import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -286,19 +285,33 @@ class Settings(BaseSettings):
         )
 
     def redacted_database_url(self) -> str:
-        """The store URL with any password replaced (``user:pw@``, and libpq's ``?password=``
-        and ``?sslpassword=``), safe for logs."""
-        url = _QUERY_PASSWORD.sub(r"\1***", self.database_url)
-        base, mark, query = url.partition("?")
-        head, sep, tail = base.rpartition("@")  # the last @ before the query: one may be in pw
-        if not sep or ":" not in head.split("//", 1)[-1]:
+        """The store URL safe for logs: a PostgreSQL URL holding a password (in its user part
+        or as ``password=`` / ``sslpassword=``, however spelt) is shown as libpq reads it,
+        with the password replaced; any other URL as it is."""
+        url = self.database_url
+        if not self.is_postgres:
             return url
-        scheme, _, userinfo = head.partition("//")
-        user = userinfo.split(":", 1)[0]
-        return f"{scheme}//{user}:***@{tail}{mark}{query}"
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        scheme = url.split("://", 1)[0]
+        try:
+            parts = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+        except psycopg.Error:
+            return f"{scheme}://(an unreadable URL, not shown)"
+        if not parts.keys() & {"password", "sslpassword"}:
+            return url
+        port = f":{parts['port']}" if "port" in parts else ""
+        shown = f"{scheme}://{parts.get('user', '')}:***@{parts.get('host', '')}{port}"
+        shown += f"/{parts.get('dbname', '')}"
+        rest = [
+            f"{key}={'***' if key == 'sslpassword' else value}"
+            for key, value in parts.items()
+            if key not in {"user", "password", "host", "port", "dbname"}
+        ]
+        return shown + ("?" + "&".join(rest) if rest else "")
 
 
-_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 _SECRET_FIELDS = {"key_pepper", "bootstrap_key", "tls_key_password", "feed_password"}
 _PLACEHOLDERS = ("changeme", "change-me", "change_me", "secret", "password", "example", "xxxx")
 

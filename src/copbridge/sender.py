@@ -7,7 +7,8 @@ What a user can count on:
 - Batches hold at most :data:`BATCH_ITEMS` detections and :data:`BATCH_BYTES` bytes; a batch the
   service finds too large (413) is split in two until it fits or one detection is left.
 - 429 and 503 are retried after the service's ``Retry-After`` (seconds or an HTTP date), lost
-  connections with a growing pause, each a bounded number of times.
+  connections with a growing pause, each a bounded number of times; a batch still refused so
+  after the last try stops the run (nothing of it stored, nothing after it sent).
 - Every refusal is counted with its reason and the first places (``file:line``) it happened.
 - A 5xx other than 503 (500, 502, 504, ...) says nothing of what was stored, so it is retried
   like 503; when every try of a batch ends without an answer that tells, sending stops there.
@@ -210,9 +211,6 @@ class Sender:
         if status in (401, 403):
             why = f"the service refused the credential ({status}: {_detail(answer)})"
             raise self._stopped(batch, why, maybe_stored=retried)
-        if status >= 500 and retried:  # 503 now, but an earlier try may have stored it
-            why = f"the service answered HTTP {status} ({_detail(answer)})"
-            raise self._stopped(batch, why, maybe_stored=True)
         if status not in (202, 207):
             for detection in batch:
                 self.summary.refuse(f"HTTP {status}: {_detail(answer)}", detection.place)
@@ -267,12 +265,12 @@ class Sender:
                 if status not in _WHY_RETRIED and not doubt:
                     return answer, lost
                 if attempt == MAX_ATTEMPTS:
-                    if not (lost or doubt):
-                        return answer, lost  # 429 or 503 to every try: nothing was stored
+                    # 429 or 503 to every try: nothing stored, and nothing will be for a
+                    # while; the next batches would wait out the same tries in vain.
                     raise Stopped(
                         f"the last try was answered HTTP {status} ({_detail(answer)})"
-                        + ("" if doubt else ", after a try that may have stored the batch"),
-                        maybe_stored=True,
+                        + ("" if doubt or not lost else ", after a try that may have stored it"),
+                        maybe_stored=lost or doubt,
                     )
                 lost = lost or doubt
                 pause = retry_after(answer.headers.get("retry-after"), pause)

@@ -386,7 +386,7 @@ def test_settings_without_secrets_keep_what_preparing_reads() -> None:
     from copbridge.config import load_settings
 
     settings = load_settings(
-        database_url="postgresql://cb:hun@ter2@127.0.0.1:5432/cb?password=q-pw-9&sslpassword=k",
+        database_url="postgresql://cb:hunter2@127.0.0.1:5432/cb?sslpassword=ssl-pw&sslmode=require",
         rate_limit_storage="redis://:redis-pw-3@127.0.0.1:6379/0",
         key_pepper="Zq8rT2mW9xK4vB7nL1cF6hJ3pD5sG0aE",
         feed_password="feed-unlock-pw",
@@ -396,7 +396,10 @@ def test_settings_without_secrets_keep_what_preparing_reads() -> None:
         stale_seconds=42.0,
     )
     bare = settings.without_secrets()
-    assert bare.database_url == "postgresql://cb:***@127.0.0.1:5432/cb?password=***&sslpassword=***"
+    assert bare.database_url.startswith("postgresql://cb:***@127.0.0.1:5432/cb?")
+    assert "sslmode=require" in bare.database_url
+    assert "hunter2" not in bare.database_url
+    assert "ssl-pw" not in bare.database_url
     assert bare.rate_limit_storage == "memory://"
     assert (bare.key_pepper, bare.feed_password, bare.tls_key_password) == (None, None, None)
     assert bare.destination_settings() == []
@@ -413,3 +416,24 @@ def test_the_batch_helper_yields_the_cpu_to_live_detections(helped: TestClient) 
         pids[helper.name] = helper._proc.pid
     assert os.getpriority(os.PRIO_PROCESS, pids["single"]) == ours
     assert os.getpriority(os.PRIO_PROCESS, pids["batch"]) == min(19, ours + BATCH_NICENESS)
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://u:pw-1@h/db", "pw-1"),
+        ("postgresql://h/db?user=u&password=pw-2", "pw-2"),
+        ("postgresql://u:pw%403@h/db", "pw%403"),
+        ("postgresql://u:pw?4@h/db", "pw?4"),  # libpq: the password ends at the @
+        ("postgresql://h/db?pass%77ord=pw-5", "pw-5"),  # libpq decodes the key
+        ("postgres://u:pw-6@h:5433/db?sslpassword=pw-7", "pw-"),
+    ],
+)
+def test_the_store_url_in_logs_never_shows_a_password(url: str, secret: str) -> None:
+    from copbridge.config import load_settings
+
+    shown = load_settings(database_url=url).redacted_database_url()
+    assert secret not in shown
+    assert ":***@" in shown
+    plain = "postgresql://u@h:5433/db?sslmode=require"
+    assert load_settings(database_url=plain).redacted_database_url() == plain
