@@ -8,7 +8,7 @@ What a user can count on:
   service finds too large (413) is split in two until it fits or one detection is left.
 - 429 and 503 are retried after the service's ``Retry-After`` (seconds or an HTTP date), lost
   connections with a growing pause, each a bounded number of times; a batch still refused so
-  after the last try stops the run (nothing of it stored, nothing after it sent).
+  after the last try stops the run, and nothing after it is sent.
 - Every refusal is counted with its reason and the first places (``file:line``) it happened.
 - A 5xx other than 503 (500, 502, 504, ...) says nothing of what was stored, so it is retried
   like 503; when every try of a batch ends without an answer that tells, sending stops there.
