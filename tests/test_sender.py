@@ -10,6 +10,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -144,27 +145,46 @@ def _http(status: int, body: str) -> bytes:
     ).encode()
 
 
+def _results(count: int, *, duplicate: bool) -> str:
+    """A 207 body: ``count`` items, each stored now (or before, as a duplicate)."""
+    stored = {"status": 202, "answer": {"duplicate": duplicate}}
+    return json.dumps({"results": [{"index": i, **stored} for i in range(count)]})
+
+
+def _detections(count: int) -> list[Pending]:
+    return [Pending(f"f:{i}", json.dumps({"id": f"d{i}"})) for i in range(1, count + 1)]
+
+
+def _send(
+    port: int, batch: list[Pending], pauses: list[float] | None = None, **options: Any
+) -> tuple[Summary, Stopped | None]:
+    """Send ``batch`` to the loopback ``port``; the summary, and why sending stopped (if it
+    did). Pauses are recorded in ``pauses``, not slept."""
+    summary = Summary()
+    sleep = (pauses if pauses is not None else []).append
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        try:
+            Sender(client, summary, sleep=sleep, **options).send(batch)
+        except Stopped as stopped:
+            return summary, stopped
+    return summary, None
+
+
 def test_a_batch_sent_and_never_answered_is_reported_as_maybe_stored(
     scripted_service: tuple[int, list[bytes | None], list[bytes]],
 ) -> None:
     port, script, bodies = scripted_service
-    accepted = {"status": 202, "answer": {"duplicate": False}}
-    first_half = json.dumps({"results": [{"index": i, **accepted} for i in range(2)]})
     # too large as a whole; the first half is stored; the second is sent and never answered
-    script += [_http(413, '{"detail":"too large"}'), _http(207, first_half)] + [None] * 5
-    summary = Summary()
+    script += [_http(413, '{"detail":"too large"}'), _http(207, _results(2, duplicate=False))]
+    script += [None] * 5
     pauses: list[float] = []
-    batch = [Pending(f"f:{i}", json.dumps({"id": f"d{i}"})) for i in range(1, 5)]
-    with (
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
-        pytest.raises(Stopped) as stopped,
-    ):
-        Sender(client, summary, sleep=pauses.append).send(batch)
+    summary, stopped = _send(port, _detections(4), pauses)
+    assert stopped is not None
     assert len(bodies) == 7  # 413, the first half, five tries of the second
     assert len(pauses) == 4
     assert (summary.accepted, summary.in_doubt, summary.total) == (2, 2, 2)
-    assert stopped.value.maybe_stored
-    message = str(stopped.value)
+    assert stopped.maybe_stored
+    message = str(stopped)
     assert "in doubt: f:3 to f:4 (2 detections), which may have been stored" in message
     assert "not sent: f:1" not in message  # f:1 and f:2 were stored and answered
     assert "2 more were sent and no answer told" in "\n".join(summary.lines())
@@ -173,15 +193,11 @@ def test_a_batch_sent_and_never_answered_is_reported_as_maybe_stored(
 def test_a_service_that_cannot_be_reached_has_stored_nothing_of_the_batch() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = int(taken.getsockname()[1])
-    summary = Summary()
-    with (
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
-        pytest.raises(Stopped) as stopped,
-    ):
-        Sender(client, summary, sleep=lambda _s: None).send([Pending("f:1", '{"id":"a"}')])
-    assert "not sent: f:1 and all after it" in str(stopped.value)
+    summary, stopped = _send(port, _detections(1))
+    assert stopped is not None
+    assert "not sent: f:1 and all after it" in str(stopped)
     assert summary.in_doubt == 0
-    assert not stopped.value.maybe_stored
+    assert not stopped.maybe_stored
     assert summary.total == 0
 
 
@@ -191,13 +207,9 @@ def test_a_refusal_after_a_lost_attempt_leaves_the_batch_in_doubt(
     port, script, _bodies = scripted_service
     # the first attempt goes out and is never answered; the retry is refused (key revoked)
     script += [None, _http(401, '{"detail":"revoked key"}')]
-    summary = Summary()
-    with (
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
-        pytest.raises(Stopped) as stopped,
-    ):
-        Sender(client, summary, sleep=lambda _s: None).send([Pending("f:1", '{"id":"a"}')])
-    message = str(stopped.value)
+    summary, stopped = _send(port, _detections(1))
+    assert stopped is not None
+    message = str(stopped)
     assert "refused the credential (401: revoked key)" in message
     assert "in doubt: f:1 (1 detection), which may have been stored" in message
     assert summary.in_doubt == 1
@@ -207,15 +219,11 @@ def test_a_gateway_answer_that_does_not_tell_is_retried_and_counted_once(
     scripted_service: tuple[int, list[bytes | None], list[bytes]],
 ) -> None:
     port, script, bodies = scripted_service
-    duplicate = {"status": 202, "answer": {"duplicate": True}}
-    stored = json.dumps({"results": [{"index": i, **duplicate} for i in range(2)]})
     # the gateway timed out after passing the batch on; the retry finds it stored
-    script += [_http(504, '{"detail":"gateway timeout"}'), _http(207, stored)]
-    summary = Summary()
+    script += [_http(504, '{"detail":"gateway timeout"}'), _http(207, _results(2, duplicate=True))]
     pauses: list[float] = []
-    batch = [Pending("f:1", '{"id":"a"}'), Pending("f:2", '{"id":"b"}')]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-        Sender(client, summary, sleep=pauses.append).send(batch)
+    summary, stopped = _send(port, _detections(2), pauses)
+    assert stopped is None
     assert len(bodies) == 2
     assert pauses == [0.5]
     assert (summary.duplicates, summary.duplicates_after_retry, summary.rejected) == (2, 2, 0)
@@ -226,16 +234,11 @@ def test_answers_that_never_tell_stop_the_run_with_the_batch_in_doubt(
 ) -> None:
     port, script, _bodies = scripted_service
     script += [_http(502, '{"detail":"bad gateway"}')] * 4 + [_http(500, '{"detail":"boom"}')]
-    summary = Summary()
-    batch = [Pending("f:1", '{"id":"a"}'), Pending("f:2", '{"id":"b"}')]
-    with (
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
-        pytest.raises(Stopped) as stopped,
-    ):
-        Sender(client, summary, sleep=lambda _s: None).send([*batch, Pending("f:3", "{}")])
-    message = str(stopped.value)
+    summary, stopped = _send(port, _detections(3))
+    assert stopped is not None
+    message = str(stopped)
     assert "the last try was answered HTTP 500 (boom)" in message
-    assert stopped.value.maybe_stored
+    assert stopped.maybe_stored
     assert "in doubt: f:1 to f:3 (3 detections), which may have been stored" in message
     assert (summary.in_doubt, summary.rejected) == (3, 0)  # not counted as refused
 
@@ -244,14 +247,11 @@ def test_the_halves_of_a_batch_split_after_a_lost_try_count_as_retried(
     scripted_service: tuple[int, list[bytes | None], list[bytes]],
 ) -> None:
     port, script, _bodies = scripted_service
-    duplicate = {"status": 202, "answer": {"duplicate": True}}
-    half = json.dumps({"results": [{"index": 0, **duplicate}]})
+    half = _http(207, _results(1, duplicate=True))
     # lost (maybe stored whole), then too large for the service now: each half comes back stored
-    script += [None, _http(413, '{"detail":"too large"}'), _http(207, half), _http(207, half)]
-    summary = Summary()
-    batch = [Pending("f:1", '{"id":"a"}'), Pending("f:2", '{"id":"b"}')]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-        Sender(client, summary, sleep=lambda _s: None).send(batch)
+    script += [None, _http(413, '{"detail":"too large"}'), half, half]
+    summary, stopped = _send(port, _detections(2))
+    assert stopped is None
     assert (summary.duplicates, summary.duplicates_after_retry) == (2, 2)
 
 
@@ -261,17 +261,12 @@ def test_a_service_that_keeps_refusing_for_now_stops_the_run(
     port, script, bodies = scripted_service
     busy = '{"detail":"not stored, retry later: disk full"}'
     script += [_http(503, busy)] * 5
-    summary = Summary()
-    batches = [Pending("f:1", '{"id":"a"}'), Pending("f:2", '{"id":"b"}')]
-    with (
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
-        pytest.raises(Stopped) as stopped,
-    ):
-        Sender(client, summary, sleep=lambda _s: None, batch_items=1).send(batches)
+    summary, stopped = _send(port, _detections(2), batch_items=1)
+    assert stopped is not None
     assert len(bodies) == 5  # the second batch was never sent
-    assert "answered HTTP 503 (not stored, retry later: disk full)" in str(stopped.value)
-    assert "not sent: f:1 and all after it" in str(stopped.value)
-    assert not stopped.value.maybe_stored
+    assert "answered HTTP 503 (not stored, retry later: disk full)" in str(stopped)
+    assert "not sent: f:1 and all after it" in str(stopped)
+    assert not stopped.maybe_stored
     assert (summary.total, summary.in_doubt) == (0, 0)
 
 
@@ -279,17 +274,10 @@ def test_a_half_refused_for_now_after_a_lost_try_is_in_doubt(
     scripted_service: tuple[int, list[bytes | None], list[bytes]],
 ) -> None:
     port, script, _bodies = scripted_service
-    accepted = json.dumps(
-        {"results": [{"index": 0, "status": 202, "answer": {"duplicate": False}}]}
-    )
     limited = _http(429, '{"detail":"too many requests"}')
-    script += [None, _http(413, '{"detail":"too large"}'), _http(207, accepted)] + [limited] * 5
-    summary = Summary()
-    batch = [Pending("f:1", '{"id":"a"}'), Pending("f:2", '{"id":"b"}')]
-    with (
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
-        pytest.raises(Stopped) as stopped,
-    ):
-        Sender(client, summary, sleep=lambda _s: None).send(batch)
-    assert "in doubt: f:2 (1 detection)" in str(stopped.value)
+    script += [None, _http(413, '{"detail":"too large"}'), _http(207, _results(1, duplicate=False))]
+    script += [limited] * 5
+    summary, stopped = _send(port, _detections(2))
+    assert stopped is not None
+    assert "in doubt: f:2 (1 detection)" in str(stopped)
     assert (summary.accepted, summary.in_doubt, summary.rejected) == (1, 1, 0)

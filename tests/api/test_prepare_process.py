@@ -93,8 +93,12 @@ def _calls_here(client: TestClient, method: str, monkeypatch: pytest.MonkeyPatch
     return calls
 
 
-def _pid(client: TestClient) -> int:
-    helper: PrepareProcess = client.app.state.prepare_process  # type: ignore[attr-defined]
+def _pid(client: TestClient, kind: str = "single") -> int:
+    """The process id of the app's single (or batch) helper."""
+    state = client.app.state  # type: ignore[attr-defined]
+    helper: PrepareProcess = (
+        state.prepare_process if kind == "single" else state.batch_prepare_process
+    )
     proc = helper._proc
     assert proc is not None
     return proc.pid
@@ -380,8 +384,7 @@ def test_the_helpers_do_not_inherit_the_settings_environment(
     app = create_app(app_settings(tmp_path, prepare_process=True))
     with TestClient(app, headers=auth_headers) as client:
         assert _post(client, example(id="no-env"))[0] == 202
-        state = app.state
-        pids = [h._proc.pid for h in (state.prepare_process, state.batch_prepare_process)]
+        pids = [_pid(client, kind) for kind in ("single", "batch")]
         environments = [Path(f"/proc/{pid}/environ").read_bytes() for pid in pids]
     assert os.environ["COPBRIDGE_FEED_PASSWORD"] == "feed-unlock-env"  # ours still has them
     for environment in environments:
@@ -416,14 +419,10 @@ def test_settings_without_secrets_keep_what_preparing_reads() -> None:
 
 
 def test_the_batch_helper_yields_the_cpu_to_live_detections(helped: TestClient) -> None:
-    state = helped.app.state  # type: ignore[attr-defined]
     ours = os.getpriority(os.PRIO_PROCESS, 0)
-    pids = {}
-    for helper in (state.prepare_process, state.batch_prepare_process):
-        assert helper._proc is not None
-        pids[helper.name] = helper._proc.pid
-    assert os.getpriority(os.PRIO_PROCESS, pids["single"]) == ours
-    assert os.getpriority(os.PRIO_PROCESS, pids["batch"]) == min(19, ours + BATCH_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, _pid(helped, "single")) == ours
+    batch = os.getpriority(os.PRIO_PROCESS, _pid(helped, "batch"))
+    assert batch == min(19, ours + BATCH_NICENESS)
 
 
 @pytest.mark.parametrize(
