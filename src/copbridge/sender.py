@@ -265,8 +265,9 @@ class Sender:
                 if status not in _WHY_RETRIED and not doubt:
                     return answer, lost
                 if attempt == MAX_ATTEMPTS:
-                    # 429 or 503 to every try: nothing stored, and nothing will be for a
-                    # while; the next batches would wait out the same tries in vain.
+                    # Stop: after 429/503 nothing is stored for a while (the next batches
+                    # would wait out the same tries in vain); after a 5xx or a lost try the
+                    # batch is in doubt.
                     raise Stopped(
                         f"the last try was answered HTTP {status} ({_detail(answer)})"
                         + ("" if doubt or not lost else ", after a try that may have stored it"),
