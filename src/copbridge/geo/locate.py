@@ -340,10 +340,11 @@ def locate_pixel(
             f = scalar.locate_scalar(intrinsics, pose, u, v, ground_height, sig, gsig)
         else:
             g = geoid if geoid is not None else load_egm96()
+            r = scalar.ray(intrinsics, pose, u, v)
             h = ground_height + g.undulation_at(pose.lat, pose.lon)
-            f = scalar.locate_scalar(intrinsics, pose, u, v, h, None, gsig)
+            f = scalar.locate_ray(r, pose, h, None, gsig)
             h = ground_height + g.undulation_at(f.lat, f.lon)
-            f = scalar.locate_scalar(intrinsics, pose, u, v, h, sig, gsig)
+            f = scalar.locate_ray(r, pose, h, sig, gsig)
         return _fix(f, "request")
 
     if terrain is not None:

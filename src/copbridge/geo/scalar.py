@@ -309,10 +309,25 @@ def locate_scalar(
     sampling: bool = True,
 ) -> ScalarFix:
     """Locate one pixel on the ellipsoid raised by ``ground_hae``; raises GeolocationError."""
+    return locate_ray(
+        ray(intr, pose, u, v), pose, ground_hae, sigmas, ground_sigma_m, follow, sampling
+    )
+
+
+def locate_ray(
+    r: ScalarRay,
+    pose: Pose,
+    ground_hae: float,
+    sigmas: InputSigmas | None,
+    ground_sigma_m: float,
+    follow: bool = False,
+    sampling: bool = True,
+) -> ScalarFix:
+    """:func:`locate_scalar` for a ray already built: a ground refined once (an MSL height
+    converted at the located point) meets the same ray twice, which is built only once."""
     if not math.isfinite(ground_hae):
         raise GeolocationError(
             f"ground.height must be finite, got {ground_hae}", field="ground.height"
         )
-    r = ray(intr, pose, u, v)
     t = hit_ellipsoid(r, ground_hae, pose.hae)
     return finish(r, pose, t, ground_hae, sigmas, ground_sigma_m, follow, sampling)
