@@ -7,6 +7,8 @@ never a stack trace half-way through serving.
 from __future__ import annotations
 
 import ipaddress
+import typing
+from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -270,11 +272,7 @@ class Settings(BaseSettings):
         """A copy for a process that holds no credential (the prepare helpers): every secret
         field dropped, the store URL's password masked, and the destinations (whose key
         passwords and certificates only the delivery needs) left out."""
-        dropped = {
-            name: None
-            for name in type(self).model_fields
-            if isinstance(getattr(self, name), SecretStr)
-        }
+        dropped = {name: None for name in type(self).model_fields if name in _SECRET_FIELDS}
         return self.model_copy(
             update={
                 **dropped,
@@ -312,7 +310,29 @@ class Settings(BaseSettings):
         return shown + ("?" + "&".join(rest) if rest else "")
 
 
-_SECRET_FIELDS = {"key_pepper", "bootstrap_key", "tls_key_password", "feed_password"}
+def _secret_names(model: type[BaseModel]) -> frozenset[str]:
+    """Every field of ``model`` and the models it nests that holds a ``SecretStr``: one
+    source (the annotations) for what ``without_secrets`` drops and errors never show."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        for kind in _types_in(field.annotation):
+            if kind is SecretStr:
+                names.add(name)
+            elif isinstance(kind, type) and issubclass(kind, BaseModel):
+                names |= _secret_names(kind)
+    return frozenset(names)
+
+
+def _types_in(annotation: Any) -> Iterator[Any]:
+    yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _types_in(arg)
+
+
+_SECRET_FIELDS = _secret_names(Settings)
+#: Settings whose value is a URL that may carry a password (``postgresql://u:pw@h``,
+#: ``redis://:pw@h``): a refusal shows only the scheme the validator judged.
+_CREDENTIAL_URLS = frozenset({"database_url", "rate_limit_storage"})
 _PLACEHOLDERS = ("changeme", "change-me", "change_me", "secret", "password", "example", "xxxx")
 
 
@@ -347,7 +367,10 @@ def _one_line(exc: ValidationError) -> str:
         field = ".".join(str(p) for p in error["loc"])
         env = f"{field} (COPBRIDGE_{field.split('.')[0].upper()})"
         shown = error.get("input")
-        secret = field.split(".")[0] in _SECRET_FIELDS
+        names = {str(part) for part in error["loc"]}
+        if names & _CREDENTIAL_URLS and isinstance(shown, str):
+            shown = shown.split("://", 1)[0] + "://…" if "://" in shown else None
+        secret = bool(names & _SECRET_FIELDS)
         value = (
             "" if isinstance(shown, dict | list) or shown is None or secret else f" (got {shown!r})"
         )

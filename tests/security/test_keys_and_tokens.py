@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -55,6 +56,42 @@ def test_placeholder_pepper_and_malformed_bootstrap_key_are_refused_at_start() -
     with pytest.raises(SettingsError, match="COPBRIDGE_BOOTSTRAP_KEY") as refused:
         load_settings(bootstrap_key="admin-secret-123")
     assert "admin-secret-123" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "field", "shown"),
+    [
+        ({"database_url": "mysql://cb:hunter2-db@db/cb"}, "COPBRIDGE_DATABASE_URL", "'mysql://…'"),
+        ({"database_url": "hunter2-db"}, "COPBRIDGE_DATABASE_URL", None),
+        (
+            {"rate_limit_storage": "memcached://:hunter2-rl@cache"},
+            "COPBRIDGE_RATE_LIMIT_STORAGE",
+            "'memcached://…'",
+        ),
+        (
+            {"destinations": [{"url": "tls://127.0.0.1:8089", "client_password": 482913577}]},
+            "client_password",
+            None,
+        ),
+        ({"feed_password": 90210455}, "COPBRIDGE_FEED_PASSWORD", None),
+    ],
+    ids=["store-url", "store-url-not-a-url", "redis-url", "destination-key-password", "feed"],
+)
+def test_a_refused_setting_never_shows_a_password_it_holds(
+    setting: dict[str, Any], field: str, shown: str | None
+) -> None:
+    with pytest.raises(SettingsError, match=field) as refused:
+        load_settings(**setting)
+    message = str(refused.value)
+    for secret in ("hunter2", "482913577", "90210455"):
+        assert secret not in message
+    if shown is not None:
+        assert f"(got {shown})" in message
+
+
+def test_a_refused_setting_without_secrets_still_shows_its_value() -> None:
+    with pytest.raises(SettingsError, match=r"COPBRIDGE_PORT.*\(got 0\)"):
+        load_settings(port=0)
 
 
 def test_created_key_is_shown_once_then_listed_without_secret(client: TestClient) -> None:
