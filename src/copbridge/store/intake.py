@@ -47,6 +47,13 @@ def accept(
     """Store every new detection of ``intakes`` with its events, outbox rows, audit records and
     image row (the bytes in it when ``image_bytes``); answer retries of a stored id as
     duplicates (same body) or conflicts (another body)."""
+    if tx.dialect.audit_lock:
+        # Replicas number their detections from one sequence, and a reader follows that order
+        # (GET /detections?cursor=seq). Had this transaction taken numbers before another
+        # replica's commit and become visible after it, the reader's cursor would already be
+        # past them. The audit chain's lock, which appending would take anyway, is taken before
+        # any number is: commits that number detections become visible in their numbers' order.
+        tx.execute(tx.dialect.audit_lock)
     firsts: dict[str, DetectionRecord] = {}
     for intake in intakes:
         for record in intake.records:
