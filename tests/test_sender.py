@@ -15,8 +15,28 @@ from typing import Any
 import httpx
 import pytest
 
-from copbridge.sender import Pending, Sender, Stopped, Summary, _detail
+from copbridge.documents import read
+from copbridge.sender import Pending, Sender, Stopped, Summary, _detail, content_id, pending
 from tests.tls import self_signed
+
+
+def test_a_null_id_is_replaced_by_the_same_made_id_on_every_run() -> None:
+    """The service makes a new id for ``"id": null`` each time: sent so, every run of the file
+    would store the detection again. A missing id and a given one are left as they were."""
+    lines = [
+        '{"id": null, "label": "person", "bbox": {"x": 1}}',
+        '{"label": "car"}',
+        '{"id": "x1"}',
+    ]
+    texts = []
+    for _ in range(2):
+        _length, found = read("\n".join(lines).encode())
+        texts.append([p.text for item in found if (p := pending("f", item, Summary())) is not None])
+    assert texts[0] == texts[1]
+    sent = [json.loads(text) for text in texts[0]]
+    assert sent[0] == {"id": content_id(lines[0]), "label": "person", "bbox": {"x": 1}}
+    assert sent[1] == {"id": content_id(lines[1]), "label": "car"}
+    assert texts[0][2] == lines[2]
 
 
 def test_a_batch_refused_whole_reads_as_its_first_items_reason() -> None:

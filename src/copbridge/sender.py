@@ -1,9 +1,10 @@
 """``copbridge send``: post detections from files to a running service in batches.
 
 What a user can count on:
-- Every detection is sent as written (its exact JSON text), and one without an ``id`` gets one
-  made from its text (``sent-`` + SHA-256), so a retry after a lost answer, or a second run of
-  the same file, is answered as a duplicate and never stored twice.
+- Every detection is sent as written (its exact JSON text), and one without an ``id`` (or with
+  ``"id": null``) gets one made from its text (``sent-`` + SHA-256), so a retry after a lost
+  answer, or a second run of the same file, is answered as a duplicate and never stored twice.
+  The id is put first in the text; a null one is replaced, and that object is written anew.
 - Batches hold at most :data:`BATCH_ITEMS` detections and :data:`BATCH_BYTES` bytes; a batch the
   service finds too large (413) is split in two until it fits or one detection is left.
 - 429 and 503 are retried after the service's ``Retry-After`` (seconds or an HTTP date), lost
@@ -136,9 +137,16 @@ def pending(source: str, item: Item, summary: Summary) -> Pending | None:
     if not isinstance(item.value, dict):
         summary.refuse(f"not a JSON object but {_kind(item.value)}", place)
         return None
-    if "id" in item.value:
+    if item.value.get("id") is not None:
         return Pending(place, item.text)
-    return Pending(place, with_id(item, content_id(item.text)))
+    made = content_id(item.text)
+    if "id" not in item.value:
+        return Pending(place, with_id(item, made))
+    # "id": null, which the service reads as no id (it would make a new one on every run).
+    try:
+        return Pending(place, json.dumps({**item.value, "id": made}, ensure_ascii=False))
+    except ValueError:  # a number beyond float: the service refuses the text as it is
+        return Pending(place, item.text)
 
 
 def content_id(text: str) -> str:
