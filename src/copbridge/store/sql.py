@@ -64,6 +64,7 @@ class SqlStore:
         connect: Callable[[], Any],
         is_store_error: Callable[[BaseException], bool],
         is_stale: Callable[[Any], bool] = lambda _: False,
+        commit: Callable[[Any], object] = lambda c: c.execute("COMMIT"),
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
         max_items: int = 512,
         observe: BatchObserver | None = None,
@@ -82,7 +83,7 @@ class SqlStore:
         self._writer: GroupWriter[Any] = GroupWriter(
             connect=connect,
             begin=lambda c: c.execute(dialect.begin_write),
-            commit=lambda c: c.execute("COMMIT"),
+            commit=commit,
             rollback=lambda c: c.execute("ROLLBACK"),
             savepoint=lambda c, sql: c.execute(sql),
             is_store_error=is_store_error,

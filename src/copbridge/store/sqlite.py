@@ -49,8 +49,70 @@ def path_from_url(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
-def _connect(path: Path, max_pages: int | None) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+class _Connection(sqlite3.Connection):
+    """A connection that knows which files it opened. The database file (or its WAL) can be
+    removed or replaced at its path while the connection stays open, and SQLite then goes on
+    writing to the unlinked file without an error: every commit after it would be lost."""
+
+    file_id: tuple[int, int] | None = None
+    wal_id: tuple[int, int] | None = None
+
+
+def _file_id(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _wal(path: Path) -> str:
+    return f"{path}-wal"
+
+
+def _still_at(conn: _Connection, path: Path) -> bool:
+    """True while the files at ``path`` are those the connection opened. The WAL is created at
+    the first write and stays while any connection is open (a checkpoint truncates it, never
+    removes it), so after a commit it must be there; it is learnt at the first commit."""
+    if conn.file_id is None or _file_id(path) != conn.file_id:
+        return False
+    wal = _file_id(_wal(path))
+    if conn.wal_id is None:
+        conn.wal_id = wal
+    return wal is not None and wal == conn.wal_id
+
+
+def _is_replaced(conn: _Connection, path: Path) -> bool:
+    """For a connection about to be used: its file is gone or another is at its path."""
+    return (
+        conn.file_id is None
+        or _file_id(path) != conn.file_id
+        or (conn.wal_id is not None and _file_id(_wal(path)) != conn.wal_id)
+    )
+
+
+def _commit(conn: _Connection, path: Path) -> None:
+    conn.execute("COMMIT")
+    if not _still_at(conn, path):
+        raise StoreUnavailable(
+            f"the database file {path} (or its -wal) was removed or replaced while in use: "
+            "what this commit wrote is not in it"
+        )
+
+
+def _connect(path: Path, max_pages: int | None) -> _Connection:
+    # mode=rw: a connection never creates the file. One removed behind our back must stay an
+    # error (503, not ready) until it is back, not become an empty database (SqliteStore makes
+    # the file once, when it is first opened).
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=rw",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=5.0,
+        factory=_Connection,
+    )
+    conn.file_id = _file_id(path)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if mode is None or str(mode[0]).lower() != "wal":
@@ -79,8 +141,12 @@ class _Checkpointer:
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
+        opened: tuple[int, int] | None = None
         last_truncate = time.monotonic()
         while not self._stop.wait(PASSIVE_EVERY_S):
+            if conn is not None and _file_id(self._path) != opened:
+                conn.close()  # the file was removed or replaced: let go of the old one
+                conn = None
             if conn is None and not self._path.exists():
                 continue  # nothing written yet
             try:
@@ -88,6 +154,7 @@ class _Checkpointer:
                     # mode=rw: the checkpointer never creates the file, the writer does.
                     uri = f"{self._path.resolve().as_uri()}?mode=rw"
                     conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0.1)
+                    opened = _file_id(self._path)
                     conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_TIMEOUT_MS}")
                 if time.monotonic() - last_truncate >= self._truncate_every_s and self._quiet():
                     last_truncate = time.monotonic()
@@ -144,10 +211,14 @@ class SqliteStore(SqlStore):
         observe: BatchObserver | None = None,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            sqlite3.connect(path).close()  # the one place the database file is made
         self.path = path
         super().__init__(
             dialect=DIALECT,
             connect=lambda: _connect(path, max_page_count),
+            commit=lambda conn: _commit(conn, path),
+            is_stale=lambda conn: _is_replaced(conn, path),
             is_store_error=_is_store_error,
             max_delay_s=max_delay_s,
             max_items=max_items,

@@ -59,7 +59,7 @@ class GroupWriter(Generic[C]):
         *,
         connect: Callable[[], C],
         begin: Callable[[C], None],
-        commit: Callable[[C], None],
+        commit: Callable[[C], object],
         rollback: Callable[[C], None],
         savepoint: Callable[[C, str], None],
         is_store_error: Callable[[BaseException], bool],
