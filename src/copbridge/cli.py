@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -379,11 +380,17 @@ def _pepper(settings: Settings) -> bytes:
 
 
 @contextlib.contextmanager
-def _opened_store(settings: Settings) -> Iterator[Store]:
-    """The store for a one-shot command, upgraded (or checked), closed on the way out."""
+def _opened_store(settings: Settings, *, existing: bool = False) -> Iterator[Store]:
+    """The store for a one-shot command, upgraded (or checked), closed on the way out.
+    ``existing``: a SQLite file that is not there is an error (a typo in the URL would
+    otherwise verify an empty database it made), not a database to make."""
     from copbridge.store import open_store
+    from copbridge.store.sqlite import path_from_url
 
-    store = open_store(settings.database_url)
+    url = settings.database_url
+    if existing and url.startswith("sqlite:///") and not path_from_url(url).exists():
+        fail(f"no database at {path_from_url(url)}: check COPBRIDGE_DATABASE_URL")
+    store = open_store(url)
     try:
         try:
             store.upgrade() if settings.migrate_on_start else store.ping()
@@ -481,7 +488,7 @@ def audit_verify(
     """Check the audit hash chain; name the first broken link and exit 1 if there is one."""
     settings = settings_or_exit(config)
     expected = _parse_head(head) if head is not None else None
-    with _opened_store(settings) as store:
+    with _opened_store(settings, existing=True) as store:
         report = store.verify_audit()
         kept = store.audit_records(expected[0] - 1, 1) if expected is not None else []
     if not report.ok:
@@ -498,10 +505,12 @@ def audit_verify(
 
 
 def _parse_head(text: str) -> tuple[int, str]:
-    seq, _, digest = text.partition(":")
-    if not seq.isdigit() or int(seq) < 1 or len(digest) != 64:
+    # ASCII digits only (str.isdigit takes superscripts and other scripts' digits), and a seq
+    # a store can hold.
+    match = re.fullmatch(r"([0-9]{1,18}):([0-9a-fA-F]{64})", text.strip())
+    if match is None or int(match[1]) < 1:
         fail("--head takes SEQ:HASH as printed by audit verify (e.g. 120:3fa4...)", 2)
-    return int(seq), digest.lower()
+    return int(match[1]), match[2].lower()
 
 
 def main() -> None:

@@ -421,3 +421,14 @@ def test_a_head_kept_elsewhere_catches_removed_newest_records_and_a_rechained_tr
     assert rewritten.returncode == 1  # ...but not the one whose head was kept
     assert "rewritten" in rewritten.stderr
     assert _cli(["audit", "verify", "--head", "nonsense"], tmp_path).returncode == 2
+    for bad in (f"{10**20}:{head.split(':')[1]}", f"\u00b2:{'a' * 64}", f"\u0661:{'a' * 64}"):
+        refused = _cli(["audit", "verify", "--head", bad], tmp_path)
+        assert (refused.returncode, "Traceback" in refused.stderr) == (2, False), refused.stderr
+
+
+def test_verifying_a_database_that_is_not_there_fails_and_makes_none(tmp_path: Path) -> None:
+    """A typo in the URL must not verify (and leave behind) an empty database of its own."""
+    missing = _cli(["audit", "verify"], tmp_path)
+    assert missing.returncode == 1
+    assert f"no database at {tmp_path / 'cli.db'}" in missing.stderr
+    assert not (tmp_path / "cli.db").exists()
