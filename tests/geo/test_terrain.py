@@ -18,6 +18,8 @@ from copbridge.geo import (
     Terrain,
     load_egm96,
     locate_pixel,
+    resolve_platform_hae,
+    scalar,
 )
 from copbridge.geo.ellipsoid import ecef_to_geodetic, geodetic_to_ecef
 from copbridge.geo.terrain import intersect_terrain, srtm_tile_name
@@ -175,3 +177,31 @@ def test_srtm_one_arc_second_tile_and_ray_crossing(tmp_path: Path) -> None:
     assert f.ground == "terrain"
     assert float(g.hae_to_msl(f.lat, f.lon, f.hae)) == pytest.approx(1500.0, abs=0.01)
     assert f.slant_range == pytest.approx(1000.0 * math.sqrt(2.0), rel=1e-3)
+
+
+def test_a_ray_that_enters_the_model_below_its_ground_is_not_put_on_the_model_edge(
+    tmp_path: Path,
+) -> None:
+    """The platform is south of the only tile, its height above ground taken over 0 HAE (no
+    model under it), below the tile's 1,900 m: the ray meets the ground outside the model.
+    Before, the first covered sample counted as a crossing and the point landed on the tile's
+    southern edge, 2.3 km from the flat-ground answer, with a terrain-sized CE90."""
+    (tmp_path / "N41W105.hgt").write_bytes(np.full((1201, 1201), 1900, dtype=">i2").tobytes())
+    tiles = SrtmTiles(tmp_path)
+    intr = Intrinsics.from_request(1920, 1080, hfov=60.0)
+    platform = resolve_platform_hae(500.0, "agl", 40.995, -104.5, terrain=tiles)
+    assert not platform.absolute
+    pose = Pose(40.995, -104.5, platform.hae, gimbal_elevation=-10.0)
+    line = scalar.ray(intr, pose, 960, 540)
+    assert intersect_terrain(line.s, line.d, tiles, load_egm96()) is None
+    fix = locate_pixel(
+        intr,
+        pose,
+        960,
+        540,
+        terrain=tiles,
+        platform_agl=platform.agl,
+        platform_absolute=platform.absolute,
+    )
+    assert fix.ground == "agl"
+    assert fix.lat == pytest.approx(41.020566, abs=2e-5)  # 500 m / tan 10 deg north

@@ -247,7 +247,8 @@ def intersect_terrain(
 
     Marches in steps of the DEM posting (chunks of samples evaluated at once), takes the first
     sample below the terrain and bisects the bracket to 1 mm. None when the ray leaves the
-    model's coverage, passes below any possible land, or runs out of range without a crossing.
+    model's coverage, passes below any possible land, comes into the coverage already below
+    the ground (it met the ground outside), or runs out of range without a crossing.
     Raises GeolocationError if the sensor itself is below the terrain.
     """
     step = float(terrain.posting_m)
@@ -268,6 +269,7 @@ def intersect_terrain(
 
     chunk = 2048
     t_prev = 0.0
+    above_seen = False  # the ray has passed over covered ground: a crossing can be bracketed
     start = 0
     while start * step <= max_range_m:
         t = (start + np.arange(chunk, dtype=np.float64)) * step
@@ -283,8 +285,14 @@ def intersect_terrain(
                     f"the sensor is {-c[0]:.1f} m below the terrain model",
                     status=RayStatus.SENSOR_BELOW_SURFACE,
                 )
+            if not (above_seen or bool((c[:i] > 0.0).any())):
+                # The ray comes into the model's coverage already below its ground: it met the
+                # ground outside, where the model knows nothing. Bisecting would put the point
+                # on the coverage's edge (kilometres off, with a terrain-sized CE90).
+                return None
             lo = float(t[i - 1]) if i > 0 else t_prev
             return _bisect(clearance, lo, float(t[i]))
+        above_seen = above_seen or bool((c > 0.0).any())
         t_prev = float(t[-1])
         start += chunk
     return None
