@@ -171,6 +171,30 @@ def test_agl_without_terrain_owns_up_to_the_unknown_height(tmp_path: Path) -> No
     assert surveyed_event.attrs["altsrc"] == "USER"
 
 
+def test_agl_over_a_requested_ground_stands_on_that_ground(tmp_path: Path) -> None:
+    """1,081 m above the ground, the ground at 400 m MSL, no terrain: the platform is at
+    1,481 m MSL. Before, it was put 1,081 m above 0 HAE and the ray went down to 400 m MSL from
+    there: 718 m short (the flat-ground answer, from an independent pyproj reference, is
+    41.1416791, -104.7816946 at a slant range of 2,292 m)."""
+    agl = copy.deepcopy(EXAMPLE)
+    agl["platform"].update(alt=1081.0, alt_ref="agl")
+    agl["ground"] = {"height": 400.0, "height_ref": "msl"}
+    msl = copy.deepcopy(agl)
+    msl["platform"].update(alt=1481.0, alt_ref="msl")
+    pipeline = _pipeline(tmp_path)
+    [single] = _one_by_one(pipeline, [agl])
+    [batch] = pipeline.prepare_many([(Detection.model_validate(agl), agl, None)], now=NOW)
+    same = pipeline.prepare(Detection.model_validate(msl), raw=msl, now=NOW)
+    for prepared in (single, batch):
+        assert isinstance(prepared, Prepared)
+        where = prepared.answer["location"]
+        assert where["ground"] == "request"
+        assert where["lat"] == pytest.approx(41.1416791, abs=2e-6)
+        assert where["lon"] == pytest.approx(-104.7816946, abs=2e-6)
+        assert where["slant_range"] == pytest.approx(2292.0, abs=2.0)
+        assert where == same.answer["location"]
+
+
 def test_an_unbounded_ce90_stays_unknown_in_the_cot_event(tmp_path: Path) -> None:
     # Nearly level at ~1 km: more than 10 % of the perturbed rays miss the ground, so CE90 is
     # "unknown" (9999999.0); the event must say unknown, not a 4,660 km 1-sigma circle.

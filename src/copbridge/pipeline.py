@@ -401,8 +401,16 @@ class Pipeline:
             dist.p2,
             dist.k3,
         )
+        ground = detection.ground
         height = geo.resolve_platform_hae(
-            plat.alt, plat.alt_ref, plat.lat, plat.lon, geoid=self.geoid, terrain=self.terrain
+            plat.alt,
+            plat.alt_ref,
+            plat.lat,
+            plat.lon,
+            geoid=self.geoid,
+            terrain=self.terrain,
+            ground_height=None if ground is None else ground.height,
+            ground_height_ref="hae" if ground is None else ground.height_ref,
         )
         pose = geo.Pose(
             lat=plat.lat,
@@ -420,7 +428,6 @@ class Pipeline:
         )
         if cam.pixel_centres == "half-integer":
             u, v = u + 0.5, v + 0.5
-        ground = detection.ground
         if ground is not None:
             kind: geo.GroundSource = "request"
         elif height.agl is not None:

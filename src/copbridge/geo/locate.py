@@ -274,11 +274,14 @@ def resolve_platform_hae(
     *,
     geoid: Geoid | None = None,
     terrain: Terrain | None = None,
+    ground_height: float | None = None,
+    ground_height_ref: Literal["hae", "msl"] = "hae",
 ) -> PlatformHeight:
     """Platform altitude as HAE: ``msl`` through the geoid; ``agl`` on top of the terrain
-    under the platform when a model covers it, else on top of 0 HAE (``absolute`` False: the
-    located point's HAE is relative to that assumption, see :func:`relative_height`; its
-    horizontal position is not affected)."""
+    under the platform when a model covers it, else on top of the request's ground height
+    (``ground_height``: flat ground, as the AGL-only case assumes), else on top of 0 HAE
+    (``absolute`` False: the located point's HAE is relative to that assumption, see
+    :func:`relative_height`; its horizontal position is not affected)."""
     if not math.isfinite(alt):
         raise GeolocationError(f"platform.alt must be finite, got {alt}", field="platform.alt")
     if alt_ref == "hae":
@@ -294,6 +297,11 @@ def resolve_platform_hae(
         ground = float(terrain.height_msl(lat, lon)[0])
         if math.isfinite(ground):
             return PlatformHeight(ground + g.undulation_at(lat, lon) + alt, alt)
+    if ground_height is not None and math.isfinite(ground_height):
+        # On top of 0 HAE, the ray would go down to a ground the request puts elsewhere: at
+        # 400 m MSL the point was 718 m short of the flat-ground answer.
+        shift = g.undulation_at(lat, lon) if ground_height_ref == "msl" else 0.0
+        return PlatformHeight(ground_height + shift + alt, alt)
     return PlatformHeight(alt, alt, absolute=False)
 
 
