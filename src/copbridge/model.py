@@ -112,9 +112,20 @@ class Distortion(_Strict):
     k3: float = Field(strict=True, default=0.0, ge=-100, le=100)
 
 
+def _json_number(value: Any) -> Any:
+    # A lax int takes "1920", " 1920 ", "1_920" and true (as 1 px); floats are strict already.
+    if isinstance(value, bool | str):
+        raise ValueError("must be a whole number (a JSON number, not text or true/false)")  # noqa: TRY004  # pydantic reports ValueError, not TypeError
+    return value
+
+
+#: An image side in pixels: a JSON number with no fraction (1920 or 1920.0).
+PixelCount = Annotated[int, BeforeValidator(_json_number), Field(gt=0, le=MAX_PIXELS)]
+
+
 class Camera(_Strict):
-    width: int = Field(gt=0, le=MAX_PIXELS)
-    height: int = Field(gt=0, le=MAX_PIXELS)
+    width: PixelCount
+    height: PixelCount
     hfov: float | None = Field(strict=True, default=None, gt=0, lt=180)
     vfov: float | None = Field(strict=True, default=None, gt=0, lt=180)
     fx: float | None = Field(strict=True, default=None, gt=0, le=MAX_FOCAL_PX)
