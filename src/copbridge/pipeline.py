@@ -256,7 +256,7 @@ class Pipeline:
             sensor_id=detection.sensor.id,
             label=detection.label,
             detection_json=jsontext.dumps_text(
-                _without_image(raw)
+                _stored_copy(raw, detection.time)
                 if raw is not None
                 else detection.model_dump(mode="json", exclude={"image"})
             ),
@@ -625,8 +625,23 @@ def body_hash(detection: Detection, image: ImageBlob | None) -> str:
     return hashlib.sha256(jsontext.dumps_sorted(body)).hexdigest()
 
 
-def _without_image(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in raw.items() if k != "image"} if "image" in raw else raw
+def _stored_copy(raw: dict[str, Any], time: datetime) -> dict[str, Any]:
+    """The body as sent, without its image (kept apart) and with its time in UTC: the contract
+    stores times in UTC, and a reader should not meet +09:00 or a lower-case "t" in them."""
+    utc = utc_text(time)
+    if "image" not in raw and raw.get("time") == utc:
+        return raw
+    kept = {k: v for k, v in raw.items() if k != "image"}
+    kept["time"] = utc
+    return kept
+
+
+def utc_text(time: datetime) -> str:
+    """RFC 3339 in UTC with a Z, to the millisecond (or microsecond when it has them)."""
+    time = time.astimezone(UTC)
+    us = time.microsecond
+    fraction = "" if not us else f".{us // 1000:03d}" if not us % 1000 else f".{us:06d}"
+    return f"{time:%Y-%m-%dT%H:%M:%S}{fraction}Z"
 
 
 def stored_answer(answer: dict[str, Any], *, duplicate: bool) -> dict[str, Any]:

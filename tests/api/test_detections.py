@@ -65,6 +65,26 @@ def test_stored_detection_reads_back_with_its_cot(client: TestClient) -> None:
     assert client.get(f"{URL}/nope").status_code == 404
 
 
+def test_a_stored_detection_keeps_its_time_in_utc(client: TestClient) -> None:
+    """The contract stores times in UTC: an offset or lower-case letters are not kept as sent,
+    in single posts and in batches alike."""
+    sent = {
+        "tz-1": "2026-11-28T12:51:20.123+09:00",
+        "tz-2": "2026-11-28t03:51:20z",
+        "tz-3": "2026-11-28T03:51:20.123456Z",
+    }
+    client.post(URL, json=example(id="tz-1", time=sent["tz-1"]))
+    client.post(
+        f"{URL}/batch", json=[example(id=i, time=t) for i, t in sent.items() if i != "tz-1"]
+    )
+    stored = {i: client.get(f"{URL}/{i}").json()["detection"]["time"] for i in sent}
+    assert stored == {
+        "tz-1": "2026-11-28T03:51:20.123Z",
+        "tz-2": "2026-11-28T03:51:20Z",
+        "tz-3": "2026-11-28T03:51:20.123456Z",
+    }
+
+
 def test_same_id_same_body_returns_first_answer_as_duplicate(client: TestClient) -> None:
     first = client.post(URL, json=EXAMPLE).json()
     again = client.post(URL, json=EXAMPLE)
@@ -160,6 +180,9 @@ FIELD_CASES = [
     ("track_id", "track 17"),
     ("affiliation", "enemy"),
     ("camera.width", 0),
+    ("camera.width", "1920"),  # a lax int took text and booleans (true was a 1 px image)
+    ("camera.width", "1_920"),
+    ("camera.height", True),
     ("camera.hfov", 180),
     ("camera.fx", -5),
     ("camera.distortion.k1", 1000),
