@@ -38,7 +38,9 @@ _WHY_RETRIED = {429: "rate limited (429)", 503: "store busy (503)"}
 
 def _in_doubt(status: int) -> bool:
     """An answer that does not say whether the batch was stored: every 5xx but 503 (which the
-    service sends only when nothing was stored). A 500 is its own unexpected failure; a 502
+    service sends when nothing was stored, and also when a PostgreSQL commit was cut off and it
+    cannot tell: such a batch is counted as not sent, and sending the file again answers what
+    was kept as duplicates). A 500 is its own unexpected failure; a 502
     or 504 comes from a gateway between us and it, which may have passed the batch on and
     then lost or waited too long for the answer. They are retried, as the ids make that safe."""
     return status >= 500 and status != 503

@@ -3,6 +3,8 @@ half-written; the service recovers by itself once the store is back."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -84,3 +86,48 @@ def test_postgres_refusing_connections_gives_503_then_recovers(tmp_path: Path, p
         assert client.post(URL, json=example(id="after")).status_code == 202
         assert client.get("/readyz").status_code == 200
         _check_consistent(client, ["before", "after"], ["during"])
+
+
+def test_a_postgres_commit_cut_off_midway_is_not_accepted_and_says_it_may_be_stored(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The backend is ended while COMMIT runs (a deferred trigger holds it there): the server
+    may have made it durable or not, so the answer must not say "not stored". A retry with the
+    same id is then stored once, or answered as the duplicate it is."""
+    admin_url, name = _database(pg_url)
+    settings = app_settings(tmp_path, url=pg_url)
+    with (
+        TestClient(create_app(settings), headers=ADMIN_HEADERS) as client,
+        psycopg.connect(pg_url, autocommit=True) as owner,
+        psycopg.connect(admin_url, autocommit=True) as admin,
+    ):
+        assert client.post(URL, json=example(id="before")).status_code == 202
+        owner.execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$"
+        )
+        owner.execute(
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON detections "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+        )
+        with ThreadPoolExecutor(1) as pool:
+            cut = pool.submit(client.post, URL, json=example(id="cut"))
+            deadline = time.monotonic() + 20
+            ended = 0
+            while not ended and time.monotonic() < deadline:
+                time.sleep(0.05)
+                row = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND query = 'COMMIT' AND wait_event = 'PgSleep'",
+                    (name,),
+                ).fetchone()
+                ended = int(str(row[0])) if row else 0
+            assert ended == 1, "no commit came to wait in the deferred trigger"
+            answer = cut.result(30)
+        owner.execute("DROP TRIGGER slow_commit ON detections")
+        assert answer.status_code == 503, answer.text
+        assert "may have been stored" in answer.json()["detail"]
+        assert "not stored" not in answer.json()["detail"]
+        retried = client.post(URL, json=example(id="cut"))
+        assert retried.status_code == 202, retried.text
+        _check_consistent(client, ["before", "cut"], [])

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from copbridge.api.deps import StoreDep
-from copbridge.api.errors import FastJSONResponse, problem, unprocessable
+from copbridge.api.errors import FastJSONResponse, not_accepted, problem, unprocessable
 from copbridge.api.prepare_process import InvalidFields, PrepareProcess
 from copbridge.config import Settings
 from copbridge.images import ImageRejected, VerifiedImage, verify_image
@@ -388,7 +388,7 @@ async def _commit_items(
             committed += await pipeline.commit([p for _, p in chunk])
     except StoreUnavailable as exc:
         for index, _ in prepared[len(committed) :]:
-            results[index] = _item(index, 503, error={"message": f"not stored: {exc}"})
+            results[index] = _item(index, 503, error={"message": not_accepted(exc)})
         prepared = prepared[: len(committed)]
     for (index, item), (result, answer) in zip(prepared, committed, strict=True):
         if result.outcome == "conflict":

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from copbridge import jsontext
 from copbridge.model import field_errors
-from copbridge.store import StoreUnavailable
+from copbridge.store import CommitInDoubt, StoreUnavailable
 
 RETRY_AFTER_S = "1"
 
@@ -80,4 +80,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        return problem(503, f"not stored, retry later: {exc}", **{"Retry-After": RETRY_AFTER_S})
+        return problem(503, not_accepted(exc), **{"Retry-After": RETRY_AFTER_S})
+
+
+def not_accepted(exc: StoreUnavailable) -> str:
+    """The 503's detail: not stored, or (a commit cut off) perhaps stored; retried with the
+    same id, a stored detection is answered as a duplicate either way."""
+    if isinstance(exc, CommitInDoubt):
+        return f"not accepted, retry later with the same id (it may have been stored): {exc}"
+    return f"not stored, retry later: {exc}"

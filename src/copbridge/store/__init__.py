@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from copbridge.store.errors import MigrationError, StoreError, StoreUnavailable
+from copbridge.store.errors import CommitInDoubt, MigrationError, StoreError, StoreUnavailable
 from copbridge.store.port import Store
 from copbridge.store.records import (
     Acceptance,
@@ -31,6 +31,7 @@ __all__ = [
     "AuditEntry",
     "AuditRecord",
     "ChainReport",
+    "CommitInDoubt",
     "DetectionQuery",
     "DetectionRecord",
     "FeedEvent",

@@ -152,6 +152,9 @@ class PostgresStore(SqlStore):
             connect=lambda: _connect(self.url, self.stalls),
             is_store_error=_is_store_error,
             is_stale=lambda conn: bool(conn.stale),
+            # A connection lost during COMMIT may have lost it before or after the server made
+            # it durable. (SQLite's COMMIT either returns or left nothing.)
+            commit_in_doubt=lambda exc: isinstance(exc, psycopg.OperationalError),
             max_delay_s=max_delay_s,
             max_items=max_items,
             observe=observe,

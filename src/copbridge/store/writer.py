@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from copbridge.store.errors import StoreUnavailable
+from copbridge.store.errors import CommitInDoubt, StoreUnavailable
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -65,6 +65,7 @@ class GroupWriter(Generic[C]):
         is_store_error: Callable[[BaseException], bool],
         close: Callable[[C], None],
         is_stale: Callable[[C], bool] = lambda _: False,
+        commit_in_doubt: Callable[[BaseException], bool] = lambda _: False,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
         max_items: int = 512,
         observe: BatchObserver | None = None,
@@ -78,6 +79,7 @@ class GroupWriter(Generic[C]):
         self._is_store_error = is_store_error
         self._close_conn = close
         self._is_stale = is_stale
+        self._commit_in_doubt = commit_in_doubt
         self._max_delay_s = max_delay_s
         self._max_items = max_items
         self._observe = observe
@@ -203,7 +205,7 @@ class GroupWriter(Generic[C]):
                     try:
                         await loop.run_in_executor(self._committer, self._commit, conn)
                     except Exception as exc:
-                        self._abandon(conn, jobs, exc, started)
+                        self._abandon(conn, jobs, self._commit_failure(exc), started)
                         continue
                 self._settle(results, len(jobs), started)
         finally:
@@ -279,9 +281,19 @@ class GroupWriter(Generic[C]):
         try:
             self._commit(conn)
         except Exception as exc:
-            self._abandon(conn, jobs, exc, started)
+            self._abandon(conn, jobs, self._commit_failure(exc), started)
             return
         self._settle(results, len(jobs), started)
+
+    def _commit_failure(self, exc: Exception) -> Exception:
+        """What the callers of a failed COMMIT are told: not stored, or (the connection lost
+        while it was under way) perhaps stored."""
+        if self._commit_in_doubt(exc):
+            return CommitInDoubt(
+                f"the connection was lost during the commit, which may have been kept: "
+                f"{_first_line(exc)}"
+            )
+        return exc
 
     def _execute(
         self, jobs: list[_Job[C]], started: float
