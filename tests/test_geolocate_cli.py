@@ -49,6 +49,7 @@ def test_json_lines_keep_their_order_and_a_bad_one_is_named() -> None:
         json.dumps(example(id="late", time="9999-12-31T23:59:59Z")),
         '{"label": ' + "9" * 5000 + "}",
         "[" * 1000 + "]" * 1000,
+        json.dumps(example(id="lone", label="\ud800")),  # named "body", not "label", before
         json.dumps(example(id="last")),
     ]
     result = _geolocate("\n".join(lines) + "\n")
@@ -63,13 +64,15 @@ def test_json_lines_keep_their_order_and_a_bad_one_is_named() -> None:
         "late",
         None,
         None,
+        "lone",
         "last",
     ]
     assert out[1]["line"] == 2
     assert out[1]["errors"][0]["field"] == "bbox"
     assert "location" in out[2]
-    assert [o["errors"][0]["field"] for o in out[3:7]] == ["body", "time", "body", "body"]
-    assert "location" in out[7]
+    fields = [o["errors"][0]["field"] for o in out[3:8]]
+    assert fields == ["body", "time", "body", "body", "label"]
+    assert "location" in out[8]
 
 
 def test_cot_format_prints_one_event_per_detection() -> None:

@@ -36,7 +36,8 @@ def geolocate(data: bytes, pipeline: Pipeline, fmt: Format = "json") -> Iterator
             continue
         detection_id = _id_of(item.value)
         try:
-            detection = Detection.model_validate_json(item.text)
+            # The value the reader parsed, validated as the API validates a body's.
+            detection = Detection.model_validate(item.value)
             prepared = pipeline.prepare(detection)
         except ValidationError as exc:
             yield _error(item.line, detection_id, field_errors(exc.errors()))
