@@ -628,11 +628,15 @@ def body_hash(detection: Detection, image: ImageBlob | None) -> str:
 def _stored_copy(raw: dict[str, Any], time: datetime) -> dict[str, Any]:
     """The body as sent, without its image (kept apart) and with its time in UTC: the contract
     stores times in UTC, and a reader should not meet +09:00 or a lower-case "t" in them."""
-    utc = utc_text(time)
-    if "image" not in raw and raw.get("time") == utc:
+    sent = raw.get("time")
+    # Validated RFC 3339 text with an upper-case T and a Z is UTC as it stands (and checking
+    # that costs a tenth of formatting the time anew, ~4 us here, for every detection).
+    in_utc = isinstance(sent, str) and sent.endswith("Z") and sent[10:11] == "T"
+    if "image" not in raw and in_utc:
         return raw
     kept = {k: v for k, v in raw.items() if k != "image"}
-    kept["time"] = utc
+    if not in_utc:
+        kept["time"] = utc_text(time)
     return kept
 
 
