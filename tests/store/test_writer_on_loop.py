@@ -6,12 +6,14 @@ connection back to a thread."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from copbridge.store import open_store
+from copbridge.store import StoreUnavailable, open_store
 from tests.store.factories import detection
 
 DESTS = ("tcp://127.0.0.1:9",)
@@ -89,3 +91,70 @@ def test_closing_while_attached_refuses_what_waits(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert done.is_set()
+
+
+def test_another_writer_holding_the_file_does_not_stall_the_loop(tmp_path: Path) -> None:
+    """Another process's write transaction (``copbridge worker``, the ``keys`` commands, an
+    operator's sqlite3 shell) holds the file's write lock for a second. The batch waits for it
+    without holding the event loop (before, BEGIN IMMEDIATE waited on the loop, up to the 5 s
+    busy timeout, and every request of the service waited with it), then commits."""
+    path = tmp_path / "loop.db"
+    store = open_store(f"sqlite:///{path}")
+    store.upgrade()
+    other = sqlite3.connect(path, isolation_level=None)
+    lags: list[float] = []
+
+    async def ticker(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - before - 0.01)
+
+    async def scenario() -> tuple[str, float]:
+        await store.attach_loop()
+        stop = asyncio.Event()
+        ticking = asyncio.create_task(ticker(stop))
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(1.0, other.execute, "COMMIT")
+        started = time.perf_counter()
+        [answer] = await asyncio.wrap_future(store.submit_detections([detection("held")], DESTS))
+        waited = time.perf_counter() - started
+        stop.set()
+        await ticking
+        await store.detach_loop()
+        return answer.outcome, waited
+
+    try:
+        outcome, waited = asyncio.run(scenario())
+        assert outcome == "accepted"
+        assert waited >= 0.9  # it did wait for the other writer
+        assert max(lags) < 0.5, f"the event loop stalled for {max(lags):.2f} s"
+        assert store.get_detection("held") is not None
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_write_lock_held_past_the_busy_timeout_refuses_the_batch(tmp_path: Path) -> None:
+    path = tmp_path / "loop.db"
+    store = open_store(f"sqlite:///{path}")
+    store.upgrade()
+    other = sqlite3.connect(path, isolation_level=None)
+
+    async def scenario() -> None:
+        await store.attach_loop()
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await asyncio.wrap_future(store.submit_detections([detection("late")], DESTS))
+        finally:
+            other.execute("ROLLBACK")
+        [answer] = await asyncio.wrap_future(store.submit_detections([detection("then")], DESTS))
+        assert answer.outcome == "accepted"
+        await store.detach_loop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        other.close()
+        store.close()

@@ -100,6 +100,20 @@ def _commit(conn: _Connection, path: Path) -> None:
         )
 
 
+def _begin_nowait(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE that fails at once (SQLITE_BUSY) when another connection writes."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute(DIALECT.begin_write)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+def _is_busy(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF == 5
+
+
 def _connect(path: Path, max_pages: int | None) -> _Connection:
     # mode=rw: a connection never creates the file. One removed behind our back must stay an
     # error (503, not ready) until it is back, not become an empty database (SqliteStore makes
@@ -219,6 +233,9 @@ class SqliteStore(SqlStore):
             connect=lambda: _connect(path, max_page_count),
             commit=lambda conn: _commit(conn, path),
             is_stale=lambda conn: _is_replaced(conn, path),
+            begin_nowait=_begin_nowait,
+            is_busy=_is_busy,
+            busy_wait_s=BUSY_TIMEOUT_MS / 1000,
             is_store_error=_is_store_error,
             max_delay_s=max_delay_s,
             max_items=max_items,

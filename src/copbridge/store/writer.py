@@ -66,6 +66,9 @@ class GroupWriter(Generic[C]):
         close: Callable[[C], None],
         is_stale: Callable[[C], bool] = lambda _: False,
         commit_in_doubt: Callable[[BaseException], bool] = lambda _: False,
+        begin_nowait: Callable[[C], None] | None = None,
+        is_busy: Callable[[BaseException], bool] = lambda _: False,
+        busy_wait_s: float = 5.0,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
         max_items: int = 512,
         observe: BatchObserver | None = None,
@@ -80,6 +83,9 @@ class GroupWriter(Generic[C]):
         self._close_conn = close
         self._is_stale = is_stale
         self._commit_in_doubt = commit_in_doubt
+        self._begin_nowait = begin_nowait
+        self._is_busy = is_busy
+        self._busy_wait_s = busy_wait_s
         self._max_delay_s = max_delay_s
         self._max_items = max_items
         self._observe = observe
@@ -198,7 +204,10 @@ class GroupWriter(Generic[C]):
                 ]
                 async with self._conn_lock:
                     started = time.perf_counter()
-                    executed = self._execute(jobs, started)
+                    began = await self._begin_on_loop(jobs, started)
+                    if began is None:
+                        continue
+                    executed = self._run_jobs(began, jobs, started)
                     if executed is None:
                         continue
                     conn, results = executed
@@ -303,10 +312,38 @@ class GroupWriter(Generic[C]):
             conn = self._connection()
             self._begin(conn)
         except Exception as exc:
-            self._drop_connection()
-            self._fail_all(jobs, exc)
-            self._observe_batch(len(jobs), started, ok=False)
+            self._refuse_batch(jobs, exc, started)
             return None
+        return self._run_jobs(conn, jobs, started)
+
+    async def _begin_on_loop(self, jobs: list[_Job[C]], started: float) -> C | None:
+        """BEGIN on the event loop. While another process holds the write lock, BEGIN is tried
+        without waiting and again every few ms, up to the busy timeout: waiting inside it (as a
+        thread may) would hold the loop, and every request of the process, for that long."""
+        deadline = time.monotonic() + self._busy_wait_s
+        pause = 0.001
+        while True:
+            try:
+                conn = self._connection()
+                (self._begin_nowait or self._begin)(conn)
+            except Exception as exc:
+                if not (self._is_busy(exc) and time.monotonic() < deadline):
+                    self._refuse_batch(jobs, exc, started)
+                    return None
+            else:
+                return conn
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.02)
+
+    def _refuse_batch(self, jobs: list[_Job[C]], exc: BaseException, started: float) -> None:
+        self._drop_connection()
+        self._fail_all(jobs, exc)
+        self._observe_batch(len(jobs), started, ok=False)
+
+    def _run_jobs(
+        self, conn: C, jobs: list[_Job[C]], started: float
+    ) -> tuple[C, list[tuple[_Job[C], bool, Any]]] | None:
+        """Every job in its savepoint of the transaction begun on ``conn``."""
         results: list[tuple[_Job[C], bool, Any]] = []
         try:
             for index, job in enumerate(jobs):
