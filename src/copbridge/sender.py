@@ -250,7 +250,7 @@ class Sender:
             return
         error = result.get("error") or {}
         errors = error.get("errors") or [error]
-        message = str(errors[0].get("message", "rejected"))
+        message = str(errors[0].get("message") or error.get("detail") or "rejected")
         # Grouped without the item's batch index, so that equal reasons add up.
         self.summary.refuse(f"{result['status']}: {_without_index(message)}", detection.place)
 
@@ -346,7 +346,8 @@ def _detail(answer: httpx.Response) -> str:
         results = body.get("results")
         first = results[0] if isinstance(results, list) and results else None
         if isinstance(first, dict) and isinstance(first.get("error"), dict):
-            detail = first["error"].get("message", detail)
+            error = first["error"]
+            detail = error.get("detail") or error.get("message", detail)
         else:
             detail = body.get("detail", detail)
     return " ".join(str(detail).split())[:200]

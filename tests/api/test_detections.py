@@ -65,6 +65,33 @@ def test_stored_detection_reads_back_with_its_cot(client: TestClient) -> None:
     assert client.get(f"{URL}/nope").status_code == 404
 
 
+def test_every_refused_batch_item_has_one_error_shape_naming_its_field(
+    client: TestClient,
+) -> None:
+    """A contract error, a geometry and a time refusal, a bad image and a reused id: each is
+    what a refused single detection's body is (``detail`` and ``errors``), its field named
+    within the batch. Before, they came in three shapes, the last two without a field."""
+    client.post(URL, json=example(id="used"))
+    sky = {"azimuth": 266.4, "elevation": 12.0, "roll": 0.0}
+    items = [
+        example(id="fine"),
+        example(id="bad", confidence=2),
+        example(id="sky", gimbal=sky),
+        example(id="late", time="2099-01-01T00:00:00Z"),
+        example(id="used", label="dog"),
+        example(id="img", image={"data": "aGVsbG8=", "media_type": "image/jpeg"}),
+    ]
+    results = client.post(f"{URL}/batch", json=items).json()["results"]
+    assert [r["status"] for r in results] == [202, 422, 422, 422, 409, 422]
+    named = ["confidence", "geometry", "time", "id", "image"]
+    for index, (result, field) in enumerate(zip(results[1:], named, strict=True), start=1):
+        error = result["error"]
+        first = error["errors"][0]
+        assert first["field"] == f"detections[{index}].{field}", error
+        assert first["message"].startswith(f"detections[{index}].{field}: "), error
+        assert error["detail"].startswith(first["message"]), error
+
+
 def test_a_stored_detection_keeps_its_time_in_utc(client: TestClient) -> None:
     """The contract stores times in UTC: an offset or lower-case letters are not kept as sent,
     in single posts and in batches alike."""
@@ -456,7 +483,7 @@ def test_a_frame_from_the_future_is_refused_past_the_allowed_clock_skew(
         f"{URL}/batch", json=[example(id="b-now", time=at(0)), example(id="b-ahead", time=at(900))]
     ).json()
     assert [r["status"] for r in batch["results"]] == [202, 422]
-    assert batch["results"][1]["error"]["field"] == "time"
+    assert batch["results"][1]["error"]["errors"][0]["field"] == "detections[1].time"
     assert client.get(f"{URL}/ahead").status_code == 404
 
 
@@ -507,7 +534,7 @@ def test_batch_images_are_verified_per_item_and_kept_together(client: TestClient
     assert answer.status_code == 207, answer.text
     results = answer.json()["results"]
     assert [r["status"] for r in results] == [202, 422, 202, 202, 202]
-    assert results[1]["error"]["field"] == "image"
+    assert results[1]["error"]["errors"][0]["field"] == "detections[1].image"
     for ident, image in (("i0", red), ("i2", blue), ("i3", red)):
         assert client.get(f"{URL}/{ident}/image").content == image
         assert f"/api/v1/detections/{ident}/image" in client.get(f"{URL}/{ident}/cot").text

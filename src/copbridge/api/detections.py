@@ -254,7 +254,7 @@ def _sort_located(
     prepared: list[tuple[int, Prepared]] = []
     for item, ready in zip(valid, located, strict=True):
         if isinstance(ready, Rejection):
-            results[item.index] = _item(item.index, 422, error=ready.as_error())
+            results[item.index] = _refused(item.index, 422, ready.field, ready.message)
         else:
             prepared.append((item.index, ready))
     return prepared
@@ -291,6 +291,17 @@ def _item(
     return {"index": index, "status": status, "answer": answer, "error": error}
 
 
+def _refused(index: int, status: int, field: str | None, message: str) -> dict[str, Any]:
+    """A refused item. Its error has the shape of a refused single detection's body
+    (``detail``, and ``errors`` naming each field), the field named within the batch:
+    ``detections[3].time``. An error of no field (503) has no ``errors``."""
+    if field is None:
+        return _item(index, status, error={"detail": message, "errors": []})
+    name = f"detections[{index}].{field}"
+    entry = {"field": name, "message": f"{name}: {message.removeprefix(f'{field}: ')}"}
+    return _item(index, status, error={"detail": entry["message"], "errors": [entry]})
+
+
 async def _check_items(items: list[Any], results: list[dict[str, Any] | None]) -> list[_Checked]:
     """Each item against the contract (refusals go into ``results``), yielding the loop now
     and then."""
@@ -323,16 +334,15 @@ def _validate_item(index: int, raw: object) -> _Checked | dict[str, Any]:
         image_bytes, declared = _inline_image(detection)
     except ValidationError as exc:
         errors = field_errors(exc.errors(), prefix=f"detections[{index}]")
-        return _item(index, 422, error={"errors": errors})
+        detail = "; ".join(e["message"] for e in errors[:5])
+        return _item(index, 422, error={"detail": detail, "errors": errors})
     except ImageRejected as exc:
         return _image_refused(index, exc)
     return _Checked(index, detection, raw if isinstance(raw, dict) else None, image_bytes, declared)
 
 
 def _image_refused(index: int, exc: ImageRejected) -> dict[str, Any]:
-    return _item(
-        index, 413 if exc.too_large else 422, error={"field": "image", "message": str(exc)}
-    )
+    return _refused(index, 413 if exc.too_large else 422, "image", str(exc))
 
 
 async def _keep_images(
@@ -388,13 +398,12 @@ async def _commit_items(
             committed += await pipeline.commit([p for _, p in chunk])
     except StoreUnavailable as exc:
         for index, _ in prepared[len(committed) :]:
-            results[index] = _item(index, 503, error={"message": not_accepted(exc)})
+            results[index] = _refused(index, 503, None, not_accepted(exc))
         prepared = prepared[: len(committed)]
     for (index, item), (result, answer) in zip(prepared, committed, strict=True):
         if result.outcome == "conflict":
-            results[index] = _item(
-                index, 409, error={"message": f"id {item.record.id} was used with a different body"}
-            )
+            used = f"{item.record.id} was already used with a different body"
+            results[index] = _refused(index, 409, "id", used)
         else:
             results[index] = _item(index, 202, answer=answer)
 
