@@ -5,29 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 
-from copbridge.store import DetectionQuery, SqlStore, open_store
+from copbridge.store import DetectionQuery, SqlStore
 from tests.store.factories import SECOND_US, detection, event
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
 DEST = "tcp://127.0.0.1:8087"
-
-
-@pytest.fixture
-def replicas(pg_url: str) -> Iterator[list[SqlStore]]:
-    opened = [open_store(pg_url) for _ in range(3)]
-    opened[0].upgrade()
-    try:
-        yield opened
-    finally:
-        for replica in opened:
-            replica.close()
 
 
 def _follow(reader: SqlStore, cursor: int | None) -> tuple[list[str], int | None]:

@@ -8,12 +8,11 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from copbridge.store import OutboxItem, SqlStore, open_store
+from copbridge.store import OutboxItem, SqlStore
 from copbridge.store.sql import _claim
 from copbridge.store.tx import Tx
 from tests.store.factories import SECOND_US, detection, now_us
@@ -22,17 +21,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
 DEST = "tcp://127.0.0.1:8087"
 TRACK = "copbridge.uav-7.track-1"
-
-
-@pytest.fixture
-def replicas(pg_url: str) -> Iterator[list[SqlStore]]:
-    opened = [open_store(pg_url) for _ in range(3)]
-    opened[0].upgrade()
-    try:
-        yield opened
-    finally:
-        for replica in opened:
-            replica.close()
 
 
 def test_a_claim_waits_for_another_replicas_claim_in_progress_to_commit(
