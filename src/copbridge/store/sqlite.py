@@ -66,38 +66,61 @@ def _file_id(path: str | Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _wal(path: Path) -> str:
-    return f"{path}-wal"
+class _Files:
+    """The database's files as this process opened them. A commit that finds other files at the
+    path fails its batch; a connection about to be used whose file is gone is replaced. A
+    write-ahead log removed or replaced under open connections cannot be recovered from in
+    this process: the connections share an index of the old log (the -shm file), which SQLite
+    rebuilds only when every connection to the database has closed. From then on this store
+    serves nothing and says to restart."""
 
+    def __init__(self, path: Path, max_pages: int | None) -> None:
+        self.path = path
+        self.wal = f"{path}-wal"
+        self._max_pages = max_pages
+        self.wal_lost: str | None = None
 
-def _still_at(conn: _Connection, path: Path) -> bool:
-    """True while the files at ``path`` are those the connection opened. The WAL is created at
-    the first write and stays while any connection is open (a checkpoint truncates it, never
-    removes it), so after a commit it must be there; it is learnt at the first commit."""
-    if conn.file_id is None or _file_id(path) != conn.file_id:
-        return False
-    wal = _file_id(_wal(path))
-    if conn.wal_id is None:
-        conn.wal_id = wal
-    return wal is not None and wal == conn.wal_id
+    def connect(self) -> _Connection:
+        if self.wal_lost is not None:
+            raise StoreUnavailable(self.wal_lost)
+        conn = _connect(self.path, self._max_pages)
+        conn.wal_id = _file_id(self.wal)  # None until the first write makes it
+        return conn
 
+    def replaced(self, conn: _Connection) -> bool:
+        if conn.file_id is None or _file_id(self.path) != conn.file_id:
+            return True
+        if conn.wal_id is not None and _file_id(self.wal) != conn.wal_id:
+            self.lose_wal()
+            return True
+        return self.wal_lost is not None
 
-def _is_replaced(conn: _Connection, path: Path) -> bool:
-    """For a connection about to be used: its file is gone or another is at its path."""
-    return (
-        conn.file_id is None
-        or _file_id(path) != conn.file_id
-        or (conn.wal_id is not None and _file_id(_wal(path)) != conn.wal_id)
-    )
+    def commit(self, conn: _Connection) -> None:
+        """COMMIT, then check it went into the files at the path. The WAL stays while any
+        connection is open (a checkpoint truncates it, never removes it), so after a commit it
+        must be there, and be the one this connection first wrote to."""
+        conn.execute("COMMIT")
+        if conn.file_id is None or _file_id(self.path) != conn.file_id:
+            raise StoreUnavailable(
+                f"the database file {self.path} was removed or replaced while in use: what "
+                "this commit wrote is not in it"
+            )
+        wal = _file_id(self.wal)
+        if wal is not None and conn.wal_id is None:
+            conn.wal_id = wal
+        elif wal is None or wal != conn.wal_id:
+            self.lose_wal()
+        if self.wal_lost is not None:
+            raise StoreUnavailable(self.wal_lost)
 
-
-def _commit(conn: _Connection, path: Path) -> None:
-    conn.execute("COMMIT")
-    if not _still_at(conn, path):
-        raise StoreUnavailable(
-            f"the database file {path} (or its -wal) was removed or replaced while in use: "
-            "what this commit wrote is not in it"
-        )
+    def lose_wal(self) -> None:
+        if self.wal_lost is None:
+            self.wal_lost = (
+                f"the write-ahead log {self.wal} was removed or replaced while in use: what it "
+                "held that was not yet in the database is gone; restart copbridge (until then "
+                "it neither reads nor writes this database)"
+            )
+            _log.error(self.wal_lost)
 
 
 def _begin_nowait(conn: sqlite3.Connection) -> None:
@@ -145,8 +168,9 @@ class _Checkpointer:
     """Copies committed WAL frames into the database file beside the writer, never inside a
     commit: PASSIVE every second, TRUNCATE (to give the disk back) when writes have paused."""
 
-    def __init__(self, path: Path, truncate_every_s: float) -> None:
-        self._path = path
+    def __init__(self, files: _Files, truncate_every_s: float) -> None:
+        self._files = files
+        self._path = files.path
         self._truncate_every_s = truncate_every_s
         self._stop = threading.Event()
         self._warned = 0.0
@@ -156,11 +180,20 @@ class _Checkpointer:
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         opened: tuple[int, int] | None = None
+        opened_wal: tuple[int, int] | None = None
         last_truncate = time.monotonic()
         while not self._stop.wait(PASSIVE_EVERY_S):
-            if conn is not None and _file_id(self._path) != opened:
+            if (
+                conn is not None
+                and opened_wal is not None
+                and _file_id(self._files.wal) != opened_wal
+            ):
+                self._files.lose_wal()  # a checkpoint now would copy garbage into the file
+            if conn is not None and (_file_id(self._path) != opened or self._files.wal_lost):
                 conn.close()  # the file was removed or replaced: let go of the old one
                 conn = None
+            if self._files.wal_lost:
+                continue
             if conn is None and not self._path.exists():
                 continue  # nothing written yet
             try:
@@ -169,6 +202,7 @@ class _Checkpointer:
                     uri = f"{self._path.resolve().as_uri()}?mode=rw"
                     conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0.1)
                     opened = _file_id(self._path)
+                    opened_wal = _file_id(self._files.wal)
                     conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_TIMEOUT_MS}")
                 if time.monotonic() - last_truncate >= self._truncate_every_s and self._quiet():
                     last_truncate = time.monotonic()
@@ -228,11 +262,13 @@ class SqliteStore(SqlStore):
         if not path.exists():
             sqlite3.connect(path).close()  # the one place the database file is made
         self.path = path
+        files = _Files(path, max_page_count)
+        self._files = files
         super().__init__(
             dialect=DIALECT,
-            connect=lambda: _connect(path, max_page_count),
-            commit=lambda conn: _commit(conn, path),
-            is_stale=lambda conn: _is_replaced(conn, path),
+            connect=files.connect,
+            commit=files.commit,
+            is_stale=files.replaced,
             begin_nowait=_begin_nowait,
             is_busy=_is_busy,
             busy_wait_s=BUSY_TIMEOUT_MS / 1000,
@@ -241,7 +277,7 @@ class SqliteStore(SqlStore):
             max_items=max_items,
             observe=observe,
         )
-        self._checkpointer = _Checkpointer(path, checkpoint_every_s)
+        self._checkpointer = _Checkpointer(files, checkpoint_every_s)
 
     def close(self) -> None:
         self._checkpointer.stop()
