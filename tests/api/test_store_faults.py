@@ -81,6 +81,9 @@ def test_postgres_refusing_connections_gives_503_then_recovers(tmp_path: Path, p
             assert down.status_code == 503, down.text
             assert down.headers["retry-after"] == "1"
             assert client.get("/readyz").status_code == 503
+            read = client.get(f"{URL}/before")
+            assert read.status_code == 503, read.text
+            assert read.json()["detail"].startswith("the store cannot answer now, retry later")
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         assert client.post(URL, json=example(id="after")).status_code == 202

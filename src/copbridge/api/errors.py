@@ -79,8 +79,12 @@ def install(app: FastAPI) -> None:
         return unprocessable(field_errors(exc.errors()))
 
     @app.exception_handler(StoreUnavailable)
-    async def _unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        return problem(503, not_accepted(exc), **{"Retry-After": RETRY_AFTER_S})
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        if request.method in ("GET", "HEAD"):  # a read: nothing was sent to be stored
+            detail = f"the store cannot answer now, retry later: {exc}"
+        else:
+            detail = not_accepted(exc)
+        return problem(503, detail, **{"Retry-After": RETRY_AFTER_S})
 
 
 def not_accepted(exc: StoreUnavailable) -> str:
