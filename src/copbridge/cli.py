@@ -447,7 +447,7 @@ def keys_create(
 def keys_list(config: ConfigOption = None) -> None:
     """List keys: id, name, scopes, created, expires, last used, revoked (never secrets)."""
     settings = settings_or_exit(config)
-    with _opened_store(settings) as store:
+    with _opened_store(settings, existing=True) as store:
         records = store.list_keys()
     typer.echo("key_id\tname\tscopes\tcreated\texpires\tlast_used\trevoked")
     for r in records:
@@ -467,7 +467,7 @@ def keys_revoke(
     parsed = parse_key(key_id)
     key_id = parsed.key_id if parsed else key_id  # a whole key pasted by mistake works too
     settings = settings_or_exit(config)
-    with _opened_store(settings) as store:
+    with _opened_store(settings, existing=True) as store:
         if store.get_key(key_id) is None:
             fail(f"no key {key_id}")
         revoked = store.revoke_key(key_id, now_us(), "cli")

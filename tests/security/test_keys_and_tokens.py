@@ -426,9 +426,15 @@ def test_a_head_kept_elsewhere_catches_removed_newest_records_and_a_rechained_tr
         assert (refused.returncode, "Traceback" in refused.stderr) == (2, False), refused.stderr
 
 
-def test_verifying_a_database_that_is_not_there_fails_and_makes_none(tmp_path: Path) -> None:
-    """A typo in the URL must not verify (and leave behind) an empty database of its own."""
-    missing = _cli(["audit", "verify"], tmp_path)
+@pytest.mark.parametrize(
+    "command", [["audit", "verify"], ["keys", "list"], ["keys", "revoke", "cpb_nosuch"]]
+)
+def test_reading_a_database_that_is_not_there_fails_and_makes_none(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A typo in the URL must not verify, list or revoke in (and leave behind) an empty
+    database of its own."""
+    missing = _cli(command, tmp_path)
     assert missing.returncode == 1
     assert f"no database at {tmp_path / 'cli.db'}" in missing.stderr
     assert not (tmp_path / "cli.db").exists()
