@@ -18,6 +18,7 @@ from copbridge.geo.records import Pose
 from copbridge.geo.uncertainty import (
     GRAZING_RATIO,
     LE90_PER_SIGMA,
+    UNKNOWN_CE,
     InputSigmas,
     SigmaArrays,
     ce90_from_covariance_scalar,
@@ -26,6 +27,8 @@ from copbridge.geo.uncertainty import (
 
 V3 = tuple[float, float, float]
 _D2R = math.pi / 180.0
+MAX_LEVEL_SLOPE = 0.035
+"""A rise of up to 2 degrees: a grazing view of such terrain is sampled as level ground."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +173,15 @@ def finish(  # noqa: PLR0915  # line-by-line twin of uncertainty.propagate; call
     ground_sigma_m: float,
     follow: bool = False,
     sampling: bool = True,
+    slope: tuple[float, float] | None = None,
 ) -> ScalarFix:
     """The ground point s + t d, and (with ``sigmas``) its CE90/LE90 as in uncertainty.propagate.
 
-    ``surface_hae`` is the height of the (locally level) surface that was hit.
+    ``surface_hae`` is the height of the surface that was hit, level unless ``slope`` gives
+    its rise to the north and to the east (m/m, a terrain model's): the errors then move the
+    point over that tilted plane. A grazing view of a sloped surface (over ``MAX_LEVEL_SLOPE``)
+    has no Monte Carlo of its own (the sampler knows level surfaces only): its CE90 is
+    unknown rather than a level surface's.
     """
     sx, sy, sz = r.s
     dx, dy, dz = r.d
@@ -193,6 +201,16 @@ def finish(  # noqa: PLR0915  # line-by-line twin of uncertainty.propagate; call
     ge = _ecef_to_ned(*s4, (-gso, gco, 0.0))
     gn = _ecef_to_ned(*s4, (-gsl * gco, -gsl * gso, gcl))
     gu = _ecef_to_ned(*s4, (gcl * gco, gcl * gso, gsl))
+    if slope is not None:
+        # The surface h - T(lat, lon) = 0 has the gradient up - T_N north - T_E east, and a
+        # ground height error moves it by as much: g = 1 (as the quadric's n and g above).
+        rise_n, rise_e = slope
+        n = (
+            gu[0] - rise_n * gn[0] - rise_e * ge[0],
+            gu[1] - rise_n * gn[1] - rise_e * ge[1],
+            gu[2] - rise_n * gn[2] - rise_e * ge[2],
+        )
+        g = 1.0
     d = r.d_ned
     inv_nd = 1.0 / _dot(n, d)
     ed = _dot(ge, d) * inv_nd
@@ -259,9 +277,14 @@ def finish(  # noqa: PLR0915  # line-by-line twin of uncertainty.propagate; call
 
     ce90 = ce90_from_covariance_scalar(cee, cen, cnn)
     le90 = LE90_PER_SIGMA * math.sqrt(vuu)
-    sin_inc = -_dot(gu, d) / math.sqrt(dd)
+    if slope is None:
+        sin_inc = -_dot(gu, d) / math.sqrt(dd)
+    else:  # incidence on the tilted surface that was hit
+        sin_inc = -_dot(n, d) / math.sqrt(dd * _dot(n, n))
     cos_inc = math.sqrt(max(1.0 - sin_inc * sin_inc, 0.0))
     grazing = math.sqrt(los2) * cos_inc > GRAZING_RATIO * abs(sin_inc)
+    if grazing and sampling and slope is not None and math.hypot(*slope) > MAX_LEVEL_SLOPE:
+        return ScalarFix(glat, math.degrees(glon), gh, UNKNOWN_CE, le90, slant, False)
     if grazing and sampling:
         ce90 = _sample_one(r, pose, surface_hae, (px, py, pz), sigmas, ground_sigma_m, follow)
         return ScalarFix(glat, math.degrees(glon), gh, ce90, le90, slant, True)

@@ -17,7 +17,7 @@ import cachetools
 import numpy as np
 import numpy.typing as npt
 
-from copbridge.geo.ellipsoid import FloatArray, ecef_to_geodetic
+from copbridge.geo.ellipsoid import WGS84_A, WGS84_E2, FloatArray, ecef_to_geodetic
 from copbridge.geo.errors import GeolocationError, RayStatus
 from copbridge.geo.geoid import Geoid, load_egm96
 
@@ -296,6 +296,27 @@ def intersect_terrain(
         t_prev = float(t[-1])
         start += chunk
     return None
+
+
+def slope_at(terrain: Terrain, geoid: Geoid, lat: float, lon: float) -> tuple[float, float] | None:
+    """The terrain's rise to the north and to the east at a point (m/m of its height above the
+    ellipsoid), by central differences one posting either side; None where the model lacks
+    data around the point, or within a few metres of a pole (no east there)."""
+    if abs(lat) > 89.999:
+        return None
+    step = float(terrain.posting_m)
+    slat = math.sin(math.radians(lat))
+    w = 1.0 - WGS84_E2 * slat * slat
+    meridian = WGS84_A * (1.0 - WGS84_E2) / w**1.5
+    parallel = WGS84_A / math.sqrt(w) * math.cos(math.radians(lat))
+    dlat = math.degrees(step / meridian)
+    dlon = math.degrees(step / parallel)
+    lats = np.array([lat + dlat, lat - dlat, lat, lat])
+    lons = np.array([lon, lon, lon + dlon, lon - dlon])
+    h = geoid.msl_to_hae(lats, lons, terrain.height_msl(lats, lons))
+    if not np.isfinite(h).all():
+        return None
+    return float(h[0] - h[1]) / (2.0 * step), float(h[2] - h[3]) / (2.0 * step)
 
 
 def _bisect(clearance: Callable[[FloatArray], FloatArray], lo: float, hi: float) -> float:
