@@ -290,6 +290,31 @@ def test_a_service_that_keeps_refusing_for_now_stops_the_run(
     assert (summary.total, summary.in_doubt) == (0, 0)
 
 
+def test_a_503_whose_commit_was_cut_off_leaves_the_batch_in_doubt(
+    scripted_service: tuple[int, list[bytes | None], list[bytes]],
+) -> None:
+    """The service says ``"stored": "unknown"`` (a PostgreSQL commit cut off): that batch may
+    be stored, so it must not be reported as not sent."""
+    port, script, _bodies = scripted_service
+    item = {
+        "detail": "not accepted, retry later with the same id",
+        "errors": [],
+        "stored": "unknown",
+    }
+    cut = {
+        "accepted": 0,
+        "duplicates": 0,
+        "rejected": 1,
+        "results": [{"index": 0, "status": 503, "answer": None, "error": item}],
+    }
+    script += [_http(503, json.dumps(cut))] * 5
+    summary, stopped = _send(port, _detections(1))
+    assert stopped is not None
+    assert stopped.maybe_stored
+    assert "in doubt: f:1 (1 detection" in str(stopped)
+    assert summary.in_doubt == 1
+
+
 def test_a_half_refused_for_now_after_a_lost_try_is_in_doubt(
     scripted_service: tuple[int, list[bytes | None], list[bytes]],
 ) -> None:

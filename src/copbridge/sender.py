@@ -36,11 +36,30 @@ from copbridge.documents import Document, Item, Unreadable
 _WHY_RETRIED = {429: "rate limited (429)", 503: "store busy (503)"}
 
 
+def _stored_unknown(answer: httpx.Response) -> bool:
+    """A 503 that says its commit was cut off (``"stored": "unknown"``, for the answer or an
+    item): the batch may be stored, like one whose answer was lost."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    results = body.get("results")
+    errors = (
+        [r.get("error") for r in results if isinstance(r, dict)]
+        if isinstance(results, list)
+        else []
+    )
+    return body.get("stored") == "unknown" or any(
+        isinstance(e, dict) and e.get("stored") == "unknown" for e in errors
+    )
+
+
 def _in_doubt(status: int) -> bool:
     """An answer that does not say whether the batch was stored: every 5xx but 503 (which the
-    service sends when nothing was stored, and also when a PostgreSQL commit was cut off and it
-    cannot tell: such a batch is counted as not sent, and sending the file again answers what
-    was kept as duplicates). A 500 is its own unexpected failure; a 502
+    service sends when nothing was stored; one whose commit was cut off says so, see
+    :func:`_stored_unknown`). A 500 is its own unexpected failure; a 502
     or 504 comes from a gateway between us and it, which may have passed the batch on and
     then lost or waited too long for the answer. They are retried, as the ids make that safe."""
     return status >= 500 and status != 503
@@ -271,7 +290,7 @@ class Sender:
                 why = f"no answer from the service ({type(exc).__name__})"
             else:
                 status = answer.status_code
-                doubt = _in_doubt(status)
+                doubt = _in_doubt(status) or _stored_unknown(answer)
                 if status not in _WHY_RETRIED and not doubt:
                     return answer, lost
                 if attempt == MAX_ATTEMPTS:

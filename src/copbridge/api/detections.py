@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from copbridge.api.deps import StoreDep
-from copbridge.api.errors import FastJSONResponse, not_accepted, problem, unprocessable
+from copbridge.api.errors import (
+    STORED_UNKNOWN,
+    FastJSONResponse,
+    not_accepted,
+    problem,
+    unprocessable,
+)
 from copbridge.api.prepare_process import InvalidFields, PrepareProcess
 from copbridge.config import Settings
 from copbridge.images import ImageRejected, VerifiedImage, verify_image
@@ -33,6 +39,7 @@ from copbridge.model import (
 from copbridge.pipeline import Pipeline, Prepared, Rejection
 from copbridge.store import (
     Acceptance,
+    CommitInDoubt,
     DetectionQuery,
     ImageBlob,
     SqlStore,
@@ -398,7 +405,10 @@ async def _commit_items(
             committed += await pipeline.commit([p for _, p in chunk])
     except StoreUnavailable as exc:
         for index, _ in prepared[len(committed) :]:
-            results[index] = _refused(index, 503, None, not_accepted(exc))
+            refused = _refused(index, 503, None, not_accepted(exc))
+            if isinstance(exc, CommitInDoubt):
+                refused["error"]["stored"] = STORED_UNKNOWN
+            results[index] = refused
         prepared = prepared[: len(committed)]
     for (index, item), (result, answer) in zip(prepared, committed, strict=True):
         if result.outcome == "conflict":

@@ -16,6 +16,8 @@ from copbridge.model import field_errors
 from copbridge.store import CommitInDoubt, StoreUnavailable
 
 RETRY_AFTER_S = "1"
+STORED_UNKNOWN = "unknown"
+"""``"stored"`` of a 503 whose commit was cut off: the client cannot count it as not stored."""
 
 
 class FastJSONResponse(JSONResponse):
@@ -84,7 +86,10 @@ def install(app: FastAPI) -> None:
             detail = f"the store cannot answer now, retry later: {exc}"
         else:
             detail = not_accepted(exc)
-        return problem(503, detail, **{"Retry-After": RETRY_AFTER_S})
+        body: dict[str, Any] = {"detail": detail}
+        if isinstance(exc, CommitInDoubt):
+            body["stored"] = STORED_UNKNOWN
+        return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
 def not_accepted(exc: StoreUnavailable) -> str:
