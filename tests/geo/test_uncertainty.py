@@ -191,3 +191,21 @@ def test_per_angle_sigmas_override_attitude() -> None:
     assert f.ce90 == pytest.approx(LE90_PER_SIGMA * math.radians(1.0) * ground_range, rel=2e-3)
     with pytest.raises(ValueError, match="non-negative"):
         InputSigmas(attitude_deg=-1.0)
+
+
+def test_sampled_ce90_at_the_poles_is_the_mid_latitude_one() -> None:
+    """A grazing view (sampled) at a pole and at 45 degrees: the same shot over the same
+    ellipsoid, so nearly the same CE90. Before, the sampler moved each perturbed sensor in
+    latitude and longitude, which near a pole turns its north by tens of degrees: 14.1 km
+    against 1.09 km."""
+    intr = Intrinsics.from_request(1920, 1080, hfov=30.0)
+
+    def ce90(lat: float) -> float:
+        pose = Pose(lat, 20.0, 1000.0, gimbal_elevation=-8.0)
+        fix = locate_pixel(intr, pose, 960, 540, ground_height=0.0)
+        assert fix.sampled
+        return fix.ce90
+
+    mid = ce90(45.0)
+    for lat in (89.99999, 90.0, -90.0):
+        assert ce90(lat) == pytest.approx(mid, rel=0.02), lat

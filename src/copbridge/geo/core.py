@@ -89,12 +89,16 @@ def solve_rays(
     hae: FloatArray,
     angles_deg: FloatArray,
     ground_hae: FloatArray,
+    shift_ned: tuple[FloatArray, FloatArray, FloatArray] | None = None,
 ) -> RayGeometry:
     """Intersect the rays through undistorted normalised coordinates (xn, yn) with the ground.
 
     ``angles_deg`` has shape (6, n) in chain order (heading, pitch, roll, gimbal azimuth,
     elevation, roll); the other arrays shape (n,). The ground is the ellipsoid raised by
-    ``ground_hae``. Rays that fail get NaN results and a non-zero ``status`` (RayStatus).
+    ``ground_hae``. ``shift_ned`` moves each sensor by (north, east, down) metres of the frame
+    at (lat, lon, hae) while the rays keep that frame's directions: a position error does not
+    turn the attitude's north (near a pole, moving 5 m would turn it by tens of degrees).
+    Rays that fail get NaN results and a non-zero ``status`` (RayStatus).
     """
     n = xn.shape[0]
     # one trig call for the six angles and the sensor latitude/longitude
@@ -112,6 +116,9 @@ def solve_rays(
     nrad = WGS84_A / np.sqrt(1.0 - WGS84_E2 * slat * slat)
     r = (nrad + hae) * clat
     s_ecef = (r * clon, r * slon, (nrad * (1.0 - WGS84_E2) + hae) * slat)
+    if shift_ned is not None:
+        shift = ned_to_ecef(slat, clat, slon, clon, shift_ned)
+        s_ecef = (s_ecef[0] + shift[0], s_ecef[1] + shift[1], s_ecef[2] + shift[2])
 
     t, qc, disc = intersect_raised_ellipsoid(*s_ecef, *d_ecef, ground_hae)
     px = s_ecef[0] + t * d_ecef[0]

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from copbridge.geo.core import RayGeometry, ecef_to_ned, solve_rays, surface_normal
-from copbridge.geo.ellipsoid import WGS84_A, WGS84_E2, FloatArray
+from copbridge.geo.ellipsoid import FloatArray
 from copbridge.geo.rotation import chain_axes
 
 GroundSource = Literal["request", "terrain", "agl", "ellipsoid"]
@@ -373,17 +373,12 @@ def sample_ce90(
         def rep(a: FloatArray, sl: slice = sl) -> FloatArray:
             return a[sl, None]
 
-        la = np.radians(rep(lat))
-        slat = np.sin(la)
-        w = 1.0 - WGS84_E2 * slat * slat
-        rn = WGS84_A / np.sqrt(w)  # prime vertical radius
-        rm = rn * (1.0 - WGS84_E2) / w  # meridian radius
+        # The sensor moves in its own north-east-down frame, which its attitude keeps: moved in
+        # latitude and longitude instead, within ~100 m of a pole the frame turned by tens of
+        # degrees and CE90 came out 13 times too large.
         dn = rep(hor) * z[0]
         de = rep(hor) * z[1]
         dd = rep(ver) * z[2]
-        lat_s = rep(lat) + np.degrees(dn / (rm + rep(hae)))
-        lon_s = rep(lon) + np.degrees(de / ((rn + rep(hae)) * np.cos(la)))
-        hae_s = rep(hae) - dd
         ang_s = angles_deg[:, sl, None] + ang_sig * z[3:9][:, None, :]
         scale = 1.0 / (1.0 + sig.focal_rel * z[9])
         xn_s = rep(xn) * scale
@@ -393,11 +388,12 @@ def sample_ce90(
         geo = solve_rays(
             xn_s.reshape(shape),
             yn_s.reshape(shape),
-            np.broadcast_to(lat_s, (c, k)).reshape(shape),
-            np.broadcast_to(lon_s, (c, k)).reshape(shape),
-            np.broadcast_to(hae_s, (c, k)).reshape(shape),
+            np.broadcast_to(rep(lat), (c, k)).reshape(shape),
+            np.broadcast_to(rep(lon), (c, k)).reshape(shape),
+            np.broadcast_to(rep(hae), (c, k)).reshape(shape),
             ang_s.reshape(6, -1),
             np.broadcast_to(gh_s, (c, k)).reshape(shape),
+            shift_ned=(dn.reshape(shape), de.reshape(shape), dd.reshape(shape)),
         )
         px, py, pz = (a.reshape(c, k) for a in geo.p_ecef)
         nx, ny, nz = (rep(a) for a in nominal)
