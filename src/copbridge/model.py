@@ -290,6 +290,9 @@ class BatchItemResult(BaseModel):
     index: int
     status: int
     answer: Answer | None = None
+    #: A refused item's error has the shape of a refused single detection's body: ``detail``
+    #: and ``errors`` ([{field, message}], fields named in the batch: ``detections[3].time``);
+    #: a 503 has no field, and one whose commit was cut off adds ``"stored": "unknown"``.
     error: dict[str, Any] | None = None
 
 
