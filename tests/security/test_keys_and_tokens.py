@@ -3,6 +3,7 @@ revocation timing, signing-key files and rotation, the command line and the boot
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -131,6 +132,37 @@ def test_expired_key_is_refused(app: FastAPI, client: TestClient) -> None:
 
 def test_x_api_key_header_is_accepted(client: TestClient) -> None:
     assert client.get("/api/v1/keys", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
+
+
+def test_what_a_refused_credential_quotes_is_bounded_in_the_answer_and_the_audit(
+    app: FastAPI, client: TestClient
+) -> None:
+    """A token whose header holds a 5,000-character algorithm name, and a 20 KB credential:
+    401s of a few hundred bytes, audited as such. Before, the name came back whole in the 401
+    and went whole into the hash-chained audit trail (a megabyte a record, 20 records a
+    minute from one address); now a credential over 8,192 characters is not even parsed."""
+    header = h._b64(json.dumps({"alg": "A" * 5_000}).encode())
+    for credential in (f"{header}.e30.eHh4", "x" * 20_000):
+        refused = client.get("/api/v1/keys", headers=h.bearer(credential))
+        assert refused.status_code == 401
+        assert len(refused.content) < 400, len(refused.content)
+    store = app.state.store
+    deadline = time.monotonic() + 10
+    reasons: list[str] = []
+    while len(reasons) < 2 and time.monotonic() < deadline:  # audited without waiting
+        time.sleep(0.02)
+        reasons = [r.data["reason"] for r in store.audit_records(0, 100) if r.kind == "auth.failed"]
+    assert len(reasons) == 2
+    assert reasons[0].startswith("algorithm 'AAAA")
+    assert all(len(reason) <= 200 for reason in reasons), [len(r) for r in reasons]
+    assert reasons[1] == "credential longer than 8192 characters"
+
+
+def test_a_key_with_a_trailing_line_break_is_refused(client: TestClient) -> None:
+    """The same key had two accepted spellings ("$" matches before a final "\n")."""
+    answer = client.post("/api/v1/auth/token", json={"api_key": ADMIN_KEY + "\n"})
+    assert answer.status_code == 401
+    assert client.post("/api/v1/auth/token", json={"api_key": ADMIN_KEY}).status_code == 200
 
 
 def test_refresh_rotates_and_reuse_revokes_the_whole_family(client: TestClient) -> None:

@@ -65,6 +65,12 @@ class Unauthorized(HTTPException):
         super().__init__(401, detail, headers={"WWW-Authenticate": challenge})
 
 
+MAX_CREDENTIAL_CHARS = 8192
+"""Longer than any key (55 characters) or token we issue (about 1 KB): refused unparsed."""
+MAX_REASON_CHARS = 200
+"""A refusal's reason, as audited and answered, is cut to this: it may quote the credential."""
+
+
 class Guard:
     """Credentials, tokens and limits of one running app (``app.state.guard``)."""
 
@@ -147,6 +153,8 @@ class Guard:
 
     async def refuse(self, request: Request, reason: str, credential: str | None) -> NoReturn:
         """Count a failed attempt against the caller's IP, audit it (bounded), answer 401."""
+        if len(reason) > MAX_REASON_CHARS:  # a reason may quote what the caller sent
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
         AUTH_FAILURES.labels(_reason_label(reason)).inc()
         ip = client_ip(request)
         verdict = await self.limits.hit("failure", ip)
@@ -175,6 +183,8 @@ class Guard:
 
     # -- credentials -------------------------------------------------------------------------------
     async def authenticate(self, credential: str) -> tuple[Principal | None, str]:
+        if len(credential) > MAX_CREDENTIAL_CHARS:  # refused before anything parses it
+            return None, f"credential longer than {MAX_CREDENTIAL_CHARS} characters"
         if credential.startswith("cpb_"):
             record, due = self.keyring.lookup(credential)
             reason = "ok"
