@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from copbridge.config import DestinationSettings, Settings
-from copbridge.cot import StreamDeframer, parse_protobuf, parse_xml
+from copbridge.cot import (
+    ParsedEvent,
+    StreamDeframer,
+    build_detection_event,
+    mesh_payload,
+    parse_protobuf,
+    parse_xml,
+    to_protobuf,
+    to_xml,
+)
 from copbridge.delivery import DestinationError, configured_destinations, parse_destination
 from copbridge.delivery.backoff import Backoff
 from copbridge.delivery.encoding import encode, event_body
@@ -92,6 +102,54 @@ def test_protobuf_streams_are_length_framed_tak_messages() -> None:
     (message,) = StreamDeframer().feed(encode(payload, destination))
     got, sent = parse_protobuf(message), parse_xml(payload)
     assert (got.uid, got.type, got.time, got.stale) == (sent.uid, sent.type, sent.time, sent.stale)
+
+
+def _as_received(event: ParsedEvent) -> tuple[object, ...]:
+    detail = sorted((d.tag, sorted(d.attrs.items()), d.text) for d in event.detail)
+    head = (event.uid, event.type, event.how, event.time, event.start, event.stale)
+    return (*head, event.lat, event.lon, event.hae, event.ce, event.le, detail)
+
+
+@pytest.mark.parametrize(
+    ("sensor", "label", "callsign"),
+    [
+        ("GeoChat", "person", "RAVEN 7"),  # takproto took any uid with "GeoChat." for a chat
+        ("GeoChat", "person\nrunning", "RAVEN\r7"),  # and lost the detail at a line break
+        ("uav-7", "\U0001f600 \u043f\u0435\u0448\u0438\u0439", "\U0001f681"),  # emoji, Cyrillic
+    ],
+    ids=["geochat-uid", "line-breaks", "non-ascii"],
+)
+def test_a_protobuf_destination_gets_every_detail_the_xml_holds(
+    sensor: str, label: str, callsign: str
+) -> None:
+    now = datetime.now(UTC)
+    event = build_detection_event(
+        now=now,
+        detection_id="d1",
+        detection_time=now,
+        sensor_id=sensor,
+        label=label,
+        confidence=0.9,
+        lat=41.1383,
+        lon=-104.7855,
+        hae=1839.6,
+        ce90=23.5,
+        le90=16.4,
+        sensor_callsign=callsign,
+        track_id="17",
+        image_url="https://cop.example/api/v1/detections/d1/image",
+        image_mime="image/jpeg",
+    )
+    payload = to_xml(event)
+    for url in ("tcp://tak:8087", "udp://239.2.3.1:6969"):
+        destination = parse_destination(DestinationSettings(url=url, protocol="protobuf"))
+        wire = encode(payload, destination)
+        message = mesh_payload(wire) if url.startswith("udp") else StreamDeframer().feed(wire)[0]
+        got = parse_protobuf(message)
+        assert _as_received(got) == _as_received(parse_xml(payload))
+        assert _as_received(got) == _as_received(parse_protobuf(to_protobuf(event)))
+        wide = {ch for ch in label + callsign if ord(ch) > 127}
+        assert all(ch.encode() in message for ch in wide)  # as UTF-8, not spelt &#128512;
 
 
 def test_backoff_doubles_with_jitter_up_to_the_ceiling() -> None:

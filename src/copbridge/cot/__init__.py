@@ -44,7 +44,13 @@ from copbridge.cot.mapping import (
     normalise_label,
     validate_template,
 )
-from copbridge.cot.proto import from_millis, parse_protobuf, to_millis, to_protobuf
+from copbridge.cot.proto import (
+    from_millis,
+    parse_protobuf,
+    protobuf_from_xml,
+    to_millis,
+    to_protobuf,
+)
 from copbridge.cot.text import clean_text, escape_attr, escape_text
 from copbridge.cot.timing import DEFAULT_STALE_POLICY, PlatformSchedule, StalePolicy
 from copbridge.cot.uids import DEFAULT_UID_PREFIX, detection_uid, platform_uid
@@ -114,6 +120,7 @@ __all__ = [
     "parse_xml",
     "ping_event",
     "platform_uid",
+    "protobuf_from_xml",
     "stream_frame",
     "to_millis",
     "to_protobuf",

@@ -11,6 +11,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lxml import etree
 from takproto.proto import TakMessage
 
 from copbridge.cot.event import UNKNOWN_ERROR, CotEvent, DetectionEvent, PlatformEvent
@@ -20,8 +21,10 @@ from copbridge.cot.xml import (
     DetailElement,
     ParsedEvent,
     detail_xml,
+    event_from_element,
     format_decimal,
     parse_detail_xml,
+    parse_element,
 )
 
 # Looked up at run time: protobuf ships no type stubs and pyproject does not add types-protobuf.
@@ -72,6 +75,63 @@ def to_protobuf(event: CotEvent) -> bytes:
         cot.ce = cot.le = UNKNOWN_ERROR
     data: bytes = message.SerializeToString()
     return data
+
+
+_TYPED_XML: dict[str, tuple[str, dict[str, type[str] | type[float]]]] = {
+    "contact": ("contact", {"callsign": str, "endpoint": str}),
+    "precisionlocation": ("precisionLocation", {"geopointsrc": str, "altsrc": str}),
+    "track": ("track", {"course": float, "speed": float}),
+}
+"""Detail elements TakMessage carries in typed fields: its field and the attributes it holds."""
+
+
+def protobuf_from_xml(payload: bytes) -> bytes:
+    """A CoT XML document (ours, as stored) as a serialised TakMessage.
+
+    Written here rather than with takproto's ``xml2message``, which takes any uid holding
+    "GeoChat." for a chat message (a sensor may be called GeoChat): it then copied the detail
+    with a pattern that stops at a line break, losing the remarks and links. Each detail element
+    TakMessage has a typed field for goes there, the rest is serialised as it stands (non-ASCII
+    text kept, a carriage return as ``&#13;``) into ``xmlDetail``."""
+    root = parse_element(payload)
+    event = event_from_element(root)
+    message: Any = TakMessage()
+    cot = message.cotEvent
+    cot.type = event.type
+    cot.uid = event.uid
+    cot.how = event.how or ""
+    cot.sendTime = to_millis(event.time)
+    cot.startTime = to_millis(event.start)
+    cot.staleTime = to_millis(event.stale)
+    cot.lat, cot.lon, cot.hae = event.lat, event.lon, event.hae
+    cot.ce, cot.le = event.ce, event.le
+    detail = root.find("detail")
+    if detail is None:
+        return bytes(message.SerializeToString())
+    rest: list[str] = []
+    for child in detail:
+        if not isinstance(child.tag, str):
+            continue  # a comment or processing instruction: not CoT
+        typed = _TYPED_XML.get(child.tag)
+        attrs = {str(k): str(v) for k, v in child.attrib.items()}
+        if (
+            typed is not None
+            and not len(child)
+            and not (child.text or "").strip()
+            and set(attrs) <= set(typed[1])
+            and not cot.detail.HasField(typed[0])
+        ):
+            target = getattr(cot.detail, typed[0])
+            try:
+                for name, value in attrs.items():
+                    setattr(target, name, typed[1][name](value))
+            except ValueError as exc:
+                raise CotParseError(f"<{child.tag}> {exc}") from None
+            continue
+        rest.append(etree.tostring(child, encoding="unicode", with_tail=False))
+    if rest:
+        cot.detail.xmlDetail = "".join(rest)
+    return bytes(message.SerializeToString())
 
 
 def _typed_detail(detail: Any) -> list[DetailElement]:

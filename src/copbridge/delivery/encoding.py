@@ -7,11 +7,15 @@ the stream (varint length) framing on TCP/TLS and the mesh header on UDP.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from takproto.functions import xml2message
-
-from copbridge.cot import mesh_frame, ping_event, stream_frame, to_xml
+from copbridge.cot import (
+    CotParseError,
+    mesh_frame,
+    ping_event,
+    protobuf_from_xml,
+    stream_frame,
+    to_xml,
+)
 from copbridge.delivery.destinations import Destination
 
 _DECLARATION = b"<?xml"
@@ -33,11 +37,9 @@ def event_body(payload: bytes) -> bytes:
 
 def _protobuf(payload: bytes) -> bytes:
     try:
-        message: Any = xml2message(bytearray(event_body(payload)))
-    except Exception as exc:  # takproto raises whatever ElementTree or protobuf raise
+        return protobuf_from_xml(payload)
+    except (CotParseError, ValueError) as exc:
         raise EncodingError(f"cannot convert CoT XML to TAK protobuf: {exc}") from exc
-    data: bytes = message.SerializeToString()
-    return data
 
 
 def encode(payload: bytes, destination: Destination) -> bytes:
