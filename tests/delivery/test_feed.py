@@ -60,6 +60,25 @@ async def test_client_gets_newest_current_events_then_live_ones_and_cannot_write
     assert stored == {uid_of(new_a), uid_of(b), uid_of(live)}
 
 
+async def test_stopping_with_clients_connected_ends_their_handlers(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    """Before, a connected client's handler was left waiting and cancelled when the loop
+    ended, which asyncio logs as an error with a traceback, one per client, at every stop."""
+    settings = make_settings(sqlite_url, feed="tcp://127.0.0.1:0")
+    clients: list[CotClient] = []
+    async with running(DeliveryService(settings, sqlite_store)) as service:
+        assert service.feed is not None
+        clients += [CotClient("127.0.0.1", service.feed.port) for _ in range(2)]
+        await asyncio.to_thread(clients[1].registered, "feed-client", datetime.now(UTC))
+    try:
+        left = [t for t in asyncio.all_tasks() if "_serve" in repr(t.get_coro())]
+        assert left == []
+    finally:
+        for client in clients:
+            client.close()
+
+
 async def test_tls_feed_serves_clients_with_a_certificate_and_refuses_others(
     tmp_path: Path, sqlite_store: SqlStore, sqlite_url: str
 ) -> None:

@@ -108,6 +108,7 @@ class CotFeed:
         self._server: asyncio.Server | None = None
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serving: set[asyncio.Task[Any]] = set()  # one per connected client's handler
 
     @property
     def port(self) -> int:
@@ -154,7 +155,11 @@ class CotFeed:
         if self._pump is not None:
             self._pump.cancel()
         for client in list(self._clients):
-            client.writer.close()
+            self._drop(client)  # its connection's handler ends now, not cancelled at exit
+        if self._serving:
+            # A handler cancelled by the loop's end is logged by asyncio as an error, with a
+            # traceback, once per client connected at shutdown.
+            await asyncio.wait(self._serving, timeout=2.0)
         tasks = [t for t in (self._pump, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -232,6 +237,9 @@ class CotFeed:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(writer)
         peer = writer.get_extra_info("peername")
+        serving = asyncio.current_task()
+        if serving is not None:
+            self._serving.add(serving)
         # Registered before the replay is read, so nothing stored meanwhile falls in between.
         self._clients.add(client)
         FEED_CLIENTS.inc()
@@ -250,6 +258,8 @@ class CotFeed:
         except (OSError, TimeoutError) as exc:
             _log.info("feed client gone", peer=str(peer), error=str(exc))
         finally:
+            if serving is not None:
+                self._serving.discard(serving)
             self._clients.discard(client)
             FEED_CLIENTS.dec()
             listener.cancel()
