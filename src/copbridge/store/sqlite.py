@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,12 +80,28 @@ class _Files:
         self._max_pages = max_pages
         self.wal_lost: str | None = None
 
-    def connect(self) -> _Connection:
-        if self.wal_lost is not None:
-            raise StoreUnavailable(self.wal_lost)
-        conn = _connect(self.path, self._max_pages)
+    def open(self, timeout: float, configure: Callable[[_Connection], object]) -> _Connection:
+        """A connection that knows the files it opened. mode=rw: it never creates the file. One
+        removed behind our back must stay an error (503, not ready) until it is back, not become
+        an empty database (SqliteStore makes the file once, when it is first opened)."""
+        conn = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=rw",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=timeout,
+            factory=_Connection,
+        )
+        conn.file_id = _file_id(self.path)
+        configure(conn)
         conn.wal_id = _file_id(self.wal)  # None until the first write makes it
         return conn
+
+    def connect(self) -> _Connection:
+        """A connection of the writer or a reader."""
+        if self.wal_lost is not None:
+            raise StoreUnavailable(self.wal_lost)
+        return self.open(5.0, lambda conn: _configure(conn, self.path, self._max_pages))
 
     def replaced(self, conn: _Connection) -> bool:
         if conn.file_id is None or _file_id(self.path) != conn.file_id:
@@ -137,19 +153,7 @@ def _is_busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF == 5
 
 
-def _connect(path: Path, max_pages: int | None) -> _Connection:
-    # mode=rw: a connection never creates the file. One removed behind our back must stay an
-    # error (503, not ready) until it is back, not become an empty database (SqliteStore makes
-    # the file once, when it is first opened).
-    conn = sqlite3.connect(
-        f"{path.resolve().as_uri()}?mode=rw",
-        uri=True,
-        isolation_level=None,
-        check_same_thread=False,
-        timeout=5.0,
-        factory=_Connection,
-    )
-    conn.file_id = _file_id(path)
+def _configure(conn: sqlite3.Connection, path: Path, max_pages: int | None) -> None:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if mode is None or str(mode[0]).lower() != "wal":
@@ -161,7 +165,6 @@ def _connect(path: Path, max_pages: int | None) -> _Connection:
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
     if max_pages is not None:
         conn.execute(f"PRAGMA max_page_count = {int(max_pages)}")
-    return conn
 
 
 class _Checkpointer:
@@ -178,19 +181,13 @@ class _Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        opened: tuple[int, int] | None = None
-        opened_wal: tuple[int, int] | None = None
+        conn: _Connection | None = None
         last_truncate = time.monotonic()
         while not self._stop.wait(PASSIVE_EVERY_S):
-            if (
-                conn is not None
-                and opened_wal is not None
-                and _file_id(self._files.wal) != opened_wal
-            ):
-                self._files.lose_wal()  # a checkpoint now would copy garbage into the file
-            if conn is not None and (_file_id(self._path) != opened or self._files.wal_lost):
-                conn.close()  # the file was removed or replaced: let go of the old one
+            # Let go of a file removed or replaced; with the WAL replaced, a checkpoint would
+            # copy garbage into the file, so none runs any more.
+            if conn is not None and self._files.replaced(conn):
+                conn.close()
                 conn = None
             if self._files.wal_lost:
                 continue
@@ -198,12 +195,10 @@ class _Checkpointer:
                 continue  # nothing written yet
             try:
                 if conn is None:
-                    # mode=rw: the checkpointer never creates the file, the writer does.
-                    uri = f"{self._path.resolve().as_uri()}?mode=rw"
-                    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0.1)
-                    opened = _file_id(self._path)
-                    opened_wal = _file_id(self._files.wal)
-                    conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_TIMEOUT_MS}")
+                    conn = self._files.open(
+                        0.1,
+                        lambda c: c.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_TIMEOUT_MS}"),
+                    )
                 if time.monotonic() - last_truncate >= self._truncate_every_s and self._quiet():
                     last_truncate = time.monotonic()
                     # TRUNCATE resets the WAL to zero bytes when no reader holds an old
@@ -226,7 +221,7 @@ class _Checkpointer:
         each following commit's sync slower (measured: ~1.5 s of 50-90 ms answers at 500/s after
         a TRUNCATE under load), so the file is only given back while nobody writes."""
         try:
-            wal = os.stat(f"{self._path}-wal")
+            wal = os.stat(self._files.wal)
         except FileNotFoundError:
             return False
         return wal.st_size > 0 and time.time() - wal.st_mtime >= QUIET_S
