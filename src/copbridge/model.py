@@ -10,7 +10,7 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -322,3 +322,8 @@ def field_errors(errors: Iterable[Any], prefix: str = "") -> list[dict[str, str]
             field = f"{prefix}.{field}" if field != "body" else prefix
         out.append({"field": field, "message": f"{field}: {message}"})
     return out
+
+
+def errors_detail(errors: Sequence[dict[str, str]]) -> str:
+    """The one-line ``detail`` of field errors: their first five messages."""
+    return "; ".join(e["message"] for e in errors[:5])

@@ -18,13 +18,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from copbridge.api.deps import StoreDep
-from copbridge.api.errors import (
-    STORED_UNKNOWN,
-    FastJSONResponse,
-    not_accepted,
-    problem,
-    unprocessable,
-)
+from copbridge.api.errors import FastJSONResponse, not_accepted, problem, unprocessable
 from copbridge.api.prepare_process import InvalidFields, PrepareProcess
 from copbridge.config import Settings
 from copbridge.images import ImageRejected, VerifiedImage, verify_image
@@ -34,12 +28,12 @@ from copbridge.model import (
     BatchAnswer,
     Detection,
     Rfc3339Time,
+    errors_detail,
     field_errors,
 )
 from copbridge.pipeline import Pipeline, Prepared, Rejection
 from copbridge.store import (
     Acceptance,
-    CommitInDoubt,
     DetectionQuery,
     ImageBlob,
     SqlStore,
@@ -298,12 +292,10 @@ def _item(
     return {"index": index, "status": status, "answer": answer, "error": error}
 
 
-def _refused(index: int, status: int, field: str | None, message: str) -> dict[str, Any]:
+def _refused(index: int, status: int, field: str, message: str) -> dict[str, Any]:
     """A refused item. Its error has the shape of a refused single detection's body
     (``detail``, and ``errors`` naming each field), the field named within the batch:
-    ``detections[3].time``. An error of no field (503) has no ``errors``."""
-    if field is None:
-        return _item(index, status, error={"detail": message, "errors": []})
+    ``detections[3].time``. (A 503 names no field: its ``errors`` is empty.)"""
     name = f"detections[{index}].{field}"
     entry = {"field": name, "message": f"{name}: {message.removeprefix(f'{field}: ')}"}
     return _item(index, status, error={"detail": entry["message"], "errors": [entry]})
@@ -341,8 +333,7 @@ def _validate_item(index: int, raw: object) -> _Checked | dict[str, Any]:
         image_bytes, declared = _inline_image(detection)
     except ValidationError as exc:
         errors = field_errors(exc.errors(), prefix=f"detections[{index}]")
-        detail = "; ".join(e["message"] for e in errors[:5])
-        return _item(index, 422, error={"detail": detail, "errors": errors})
+        return _item(index, 422, error={"detail": errors_detail(errors), "errors": errors})
     except ImageRejected as exc:
         return _image_refused(index, exc)
     return _Checked(index, detection, raw if isinstance(raw, dict) else None, image_bytes, declared)
@@ -405,10 +396,7 @@ async def _commit_items(
             committed += await pipeline.commit([p for _, p in chunk])
     except StoreUnavailable as exc:
         for index, _ in prepared[len(committed) :]:
-            refused = _refused(index, 503, None, not_accepted(exc))
-            if isinstance(exc, CommitInDoubt):
-                refused["error"]["stored"] = STORED_UNKNOWN
-            results[index] = refused
+            results[index] = _item(index, 503, error={**not_accepted(exc), "errors": []})
         prepared = prepared[: len(committed)]
     for (index, item), (result, answer) in zip(prepared, committed, strict=True):
         if result.outcome == "conflict":

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from copbridge import jsontext
-from copbridge.model import field_errors
+from copbridge.model import errors_detail, field_errors
 from copbridge.store import CommitInDoubt, StoreUnavailable
 
 RETRY_AFTER_S = "1"
@@ -28,8 +28,7 @@ class FastJSONResponse(JSONResponse):
 
 
 def unprocessable(errors: list[dict[str, str]]) -> JSONResponse:
-    detail = "; ".join(e["message"] for e in errors[:5])
-    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+    return JSONResponse({"detail": errors_detail(errors), "errors": errors}, status_code=422)
 
 
 def problem(status: int, detail: str, **headers: str) -> JSONResponse:
@@ -83,18 +82,17 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
         if request.method in ("GET", "HEAD"):  # a read: nothing was sent to be stored
-            detail = f"the store cannot answer now, retry later: {exc}"
+            body = {"detail": f"the store cannot answer now, retry later: {exc}"}
         else:
-            detail = not_accepted(exc)
-        body: dict[str, Any] = {"detail": detail}
-        if isinstance(exc, CommitInDoubt):
-            body["stored"] = STORED_UNKNOWN
+            body = not_accepted(exc)
         return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
-def not_accepted(exc: StoreUnavailable) -> str:
-    """The 503's detail: not stored, or (a commit cut off) perhaps stored; retried with the
-    same id, a stored detection is answered as a duplicate either way."""
+def not_accepted(exc: StoreUnavailable) -> dict[str, str]:
+    """What a write's 503 says: not stored, or (a commit cut off) perhaps stored, marked
+    ``"stored": "unknown"``; retried with the same id, a stored detection is answered as a
+    duplicate either way."""
     if isinstance(exc, CommitInDoubt):
-        return f"not accepted, retry later with the same id (it may have been stored): {exc}"
-    return f"not stored, retry later: {exc}"
+        detail = f"not accepted, retry later with the same id (it may have been stored): {exc}"
+        return {"detail": detail, "stored": STORED_UNKNOWN}
+    return {"detail": f"not stored, retry later: {exc}"}

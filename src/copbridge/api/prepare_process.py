@@ -39,7 +39,7 @@ from copbridge.metrics import (
     PREPARE_HELPER_UP,
     PREPARED_HERE,
 )
-from copbridge.model import Detection, field_errors
+from copbridge.model import Detection, errors_detail, field_errors
 from copbridge.pipeline import Pipeline, Prepared, Rejection
 from copbridge.store import DetectionRecord, ImageBlob, QueuedEvent
 
@@ -62,7 +62,7 @@ class InvalidFields(Exception):
     """The helper's contract refusal: the same field errors ``field_errors`` gives here."""
 
     def __init__(self, errors: list[dict[str, str]]) -> None:
-        super().__init__("; ".join(e["message"] for e in errors[:5]))
+        super().__init__(errors_detail(errors))
         self.errors = errors
 
 
