@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from copbridge.cot import StalePolicy, build_detection_event, parse_xml, to_xml
+from copbridge.cot import DetectionEvent, StalePolicy, build_detection_event, parse_xml, to_xml
 from copbridge.store import DetectionRecord, QueuedEvent, Store
 
 _ids = itertools.count(1)
@@ -15,6 +15,41 @@ _ids = itertools.count(1)
 
 def _us(value: datetime) -> int:
     return int(value.timestamp() * 1_000_000)
+
+
+def detection_event(
+    track: str,
+    *,
+    at: datetime | None = None,
+    stale_s: float = 300.0,
+    lat: float = 41.1383,
+    sensor: str = "uav-7",
+    label: str = "person",
+    callsign: str | None = None,
+    image_url: str | None = None,
+    n: int | None = None,
+) -> DetectionEvent:
+    """The CoT event of one detection of ``track`` (detection ``d<n>``), made as the pipeline
+    makes it."""
+    now = at or datetime.now(UTC)
+    return build_detection_event(
+        now=now,
+        detection_id=f"d{next(_ids) if n is None else n}",
+        detection_time=now - timedelta(milliseconds=100),
+        sensor_id=sensor,
+        label=label,
+        confidence=0.9,
+        lat=lat,
+        lon=-104.7855,
+        hae=1839.6,
+        ce90=23.5,
+        le90=16.4,
+        sensor_callsign=callsign,
+        track_id=track,
+        stale_policy=StalePolicy(default_seconds=stale_s),
+        image_url=image_url,
+        image_mime=None if image_url is None else "image/jpeg",
+    )
 
 
 def detection_record(
@@ -28,21 +63,7 @@ def detection_record(
     """One accepted detection of ``track`` whose CoT event is valid XML that taky can parse."""
     n = next(_ids)
     now = at or datetime.now(UTC)
-    event = build_detection_event(
-        now=now,
-        detection_id=f"d{n}",
-        detection_time=now - timedelta(milliseconds=100),
-        sensor_id=sensor,
-        label="person",
-        confidence=0.9,
-        lat=lat,
-        lon=-104.7855,
-        hae=1839.6,
-        ce90=23.5,
-        le90=16.4,
-        track_id=track,
-        stale_policy=StalePolicy(default_seconds=stale_s),
-    )
+    event = detection_event(track, at=now, stale_s=stale_s, lat=lat, sensor=sensor, n=n)
     payload = to_xml(event)
     queued = QueuedEvent(
         uid=event.uid,

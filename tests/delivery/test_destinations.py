@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ from copbridge.config import DestinationSettings, Settings
 from copbridge.cot import (
     ParsedEvent,
     StreamDeframer,
-    build_detection_event,
     mesh_payload,
     parse_protobuf,
     parse_xml,
@@ -22,7 +20,7 @@ from copbridge.delivery import DestinationError, configured_destinations, parse_
 from copbridge.delivery.backoff import Backoff
 from copbridge.delivery.encoding import encode, event_body
 
-from .events import detection_record
+from .events import detection_event, detection_record
 
 
 @pytest.mark.parametrize(
@@ -122,24 +120,8 @@ def _as_received(event: ParsedEvent) -> tuple[object, ...]:
 def test_a_protobuf_destination_gets_every_detail_the_xml_holds(
     sensor: str, label: str, callsign: str
 ) -> None:
-    now = datetime.now(UTC)
-    event = build_detection_event(
-        now=now,
-        detection_id="d1",
-        detection_time=now,
-        sensor_id=sensor,
-        label=label,
-        confidence=0.9,
-        lat=41.1383,
-        lon=-104.7855,
-        hae=1839.6,
-        ce90=23.5,
-        le90=16.4,
-        sensor_callsign=callsign,
-        track_id="17",
-        image_url="https://cop.example/api/v1/detections/d1/image",
-        image_mime="image/jpeg",
-    )
+    image = "https://cop.example/api/v1/detections/d1/image"
+    event = detection_event("17", sensor=sensor, label=label, callsign=callsign, image_url=image)
     payload = to_xml(event)
     for url in ("tcp://tak:8087", "udp://239.2.3.1:6969"):
         destination = parse_destination(DestinationSettings(url=url, protocol="protobuf"))
