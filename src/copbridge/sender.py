@@ -165,9 +165,10 @@ def pending(source: str, item: Item, summary: Summary) -> Pending | None:
         return Pending(place, with_id(item, made))
     # "id": null, which the service reads as no id (it would make a new one on every run).
     try:
-        return Pending(place, json.dumps({**item.value, "id": made}, ensure_ascii=False))
-    except ValueError:  # a number beyond float: the service refuses the text as it is
+        text = json.dumps({**item.value, "id": made}, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a number beyond float (read as inf): sent as written, to be refused
         return Pending(place, item.text)
+    return Pending(place, text)
 
 
 def content_id(text: str) -> str:
@@ -290,7 +291,7 @@ class Sender:
                 why = f"no answer from the service ({type(exc).__name__})"
             else:
                 status = answer.status_code
-                doubt = _in_doubt(status) or _stored_unknown(answer)
+                doubt = _in_doubt(status) or (status == 503 and _stored_unknown(answer))
                 if status not in _WHY_RETRIED and not doubt:
                     return answer, lost
                 if attempt == MAX_ATTEMPTS:
