@@ -9,13 +9,14 @@ import ssl
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from copbridge.cot import parse_xml
 from copbridge.delivery import DeliveryService
-from copbridge.store import SqlStore, open_store
+from copbridge.store import DetectionRecord, SqlStore, open_store
 from tests.cot.taky_server import CotClient
 
 from .conftest import make_settings, running
@@ -135,26 +136,13 @@ async def test_an_event_committed_below_the_cursor_still_reaches_connected_clien
     store.upgrade()
     settings = make_settings(pg_url, feed="tcp://127.0.0.1:0")
     late, first = detection_record("late"), detection_record("first")
-    event = late.events[0]
     try:
         async with running(DeliveryService(settings, store)) as service:
             assert service.feed is not None
             client = CotClient("127.0.0.1", service.feed.port)
             try:
                 with psycopg.connect(pg_url) as replica:  # a transaction left open
-                    replica.execute(
-                        "INSERT INTO events (uid, cot_type, kind, time_us, stale_us, created_us,"
-                        " payload) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        (
-                            event.uid,
-                            event.cot_type,
-                            event.kind,
-                            event.time_us,
-                            event.stale_us,
-                            event.time_us,
-                            event.payload,
-                        ),
-                    )
+                    _insert_event(replica, late)
                     queue(store, [], [first])  # a higher number, committed first
                     service.notify()
                     await asyncio.to_thread(client.wait_for, has_uid(uid_of(first)), 5)
@@ -162,5 +150,51 @@ async def test_an_event_committed_below_the_cursor_still_reaches_connected_clien
                 await asyncio.to_thread(client.wait_for, has_uid(uid_of(late)), 5)
             finally:
                 client.close()
+    finally:
+        store.close()
+
+
+def _insert_event(connection: psycopg.Connection[Any], record: DetectionRecord) -> None:
+    event = record.events[0]
+    connection.execute(
+        "INSERT INTO events (uid, cot_type, kind, time_us, stale_us, created_us, payload)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (
+            event.uid,
+            event.cot_type,
+            event.kind,
+            event.time_us,
+            event.stale_us,
+            event.time_us,
+            event.payload,
+        ),
+    )
+
+
+async def test_an_event_numbered_below_a_replayed_one_reaches_the_client_when_it_commits(
+    pg_url: str,
+) -> None:
+    # The replay can hold an event numbered above one whose transaction is still open; the pump
+    # reads both later as one run (no hole) and the client must still get the lower one.
+    store = open_store(pg_url)
+    store.upgrade()
+    settings = make_settings(pg_url, feed="tcp://127.0.0.1:0", delivery_poll_s=30.0)
+    late, first = detection_record("late"), detection_record("first")
+    try:
+        async with running(DeliveryService(settings, store)) as service:
+            assert service.feed is not None
+            with psycopg.connect(pg_url) as replica:  # a transaction left open
+                _insert_event(replica, late)
+                queue(store, [], [first])  # a higher number, committed first; pump not woken
+                client = CotClient("127.0.0.1", service.feed.port)
+                try:
+                    await asyncio.to_thread(client.wait_for, has_uid(uid_of(first)), 5)
+                    replica.commit()
+                    service.notify()  # the pump reads `late` and `first` in one page now
+                    await asyncio.to_thread(client.wait_for, has_uid(uid_of(late)), 5)
+                    await asyncio.sleep(0.3)
+                    assert not any(map(has_uid(uid_of(first)), client.received)), "sent twice"
+                finally:
+                    client.close()
     finally:
         store.close()

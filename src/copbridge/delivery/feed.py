@@ -72,7 +72,21 @@ class _Client:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.queue: asyncio.Queue[bytes | FeedEvent | None] = asyncio.Queue(_QUEUE)
-        self.cursor: int | None = None  # events at or below it came with the replay
+        # What the pump sends at or below `floor` was broadcast before this client registered
+        # (it got those with its replay); `replayed` holds the replay's events above the floor,
+        # which the pump will send again. Not one number: an event numbered below a replayed
+        # one can commit after the replay was read (PostgreSQL numbers before commit).
+        self.floor = 0
+        self.replayed: set[int] = set()
+
+    def fresh(self, event: FeedEvent) -> bool:
+        """Whether a broadcast event is current and did not already come with the replay."""
+        if event.seq <= self.floor or event.stale_us <= time.time_ns() // 1000:
+            return False
+        if event.seq in self.replayed:
+            self.replayed.discard(event.seq)
+            return False
+        return True
 
     def offer(self, item: bytes | FeedEvent | None) -> bool:
         try:
@@ -207,7 +221,7 @@ class CotFeed:
         for event in late:
             self._holes.pop(event.seq, None)
         now_us = time.time_ns() // 1000
-        # as bytes: below each client's cursor, yet never sent to it
+        # as bytes: the cursor passed them before they committed, so no client has them yet
         self._offer_all([event_body(e.payload) + b"\n" for e in late if e.stale_us > now_us])
 
     def _broadcast(self, events: Sequence[FeedEvent]) -> None:
@@ -245,15 +259,15 @@ class CotFeed:
         FEED_CLIENTS.inc()
         listener = self._spawn(self._listen(reader, client), f"feed read {peer}")
         try:
-            floor = self._cursor
+            client.floor = self._cursor
             snapshot = await asyncio.to_thread(self._store.feed_snapshot, time.time_ns() // 1000)
-            client.cursor = max([floor, *(e.seq for e in snapshot)])
+            client.replayed = {e.seq for e in snapshot if e.seq > client.floor}
             await self._write(writer, b"".join(event_body(e.payload) + b"\n" for e in snapshot))
             _log.info("feed client connected", peer=str(peer), replayed=len(snapshot))
             while (item := await client.queue.get()) is not None and client in self._clients:
                 if isinstance(item, bytes):
                     await self._write(writer, item)
-                elif item.seq > client.cursor and item.stale_us > time.time_ns() // 1000:
+                elif client.fresh(item):
                     await self._write(writer, event_body(item.payload) + b"\n")
         except (OSError, TimeoutError) as exc:
             _log.info("feed client gone", peer=str(peer), error=str(exc))
