@@ -310,6 +310,9 @@ def field_errors(errors: Iterable[Any], prefix: str = "") -> list[dict[str, str]
         loc = [str(p) for p in error.get("loc", ()) if p not in ("body",)]
         message = str(error.get("msg", "invalid"))
         message = message.removeprefix("Value error, ")
+        if "input" in error and error["input"] is None and error.get("type") != "missing":
+            # null is not "left out": a missing gimbal or roll read as 0 would move the point
+            message = f"{message}, not null (leave an optional field out to get its default)"
         if error.get("type") == "json_invalid":
             field = "body"
             message = f"not valid JSON: {error.get('ctx', {}).get('error', message)}"

@@ -235,6 +235,17 @@ def test_each_invalid_field_is_422_naming_it(client: TestClient, field: str, val
     assert field in answer.json()["detail"]
 
 
+@pytest.mark.parametrize("field", ["gimbal", "gimbal.roll", "platform.alt_ref", "affiliation"])
+def test_null_for_a_field_with_a_default_is_422_saying_to_leave_it_out(
+    client: TestClient, field: str
+) -> None:
+    # A detector that lost its gimbal reading must not have it taken as 0 degrees.
+    answer = client.post(URL, json=_with(field, None))
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
+    assert "not null (leave an optional field out" in answer.json()["detail"]
+
+
 def test_camera_without_hfov_or_fx_is_422(client: TestClient) -> None:
     body = example()
     body["camera"] = {"width": 1920, "height": 1080}
