@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     """How far ahead of this server's clock a detection's time may be (a sensor's clock is off
     by that much at most); later frames are refused: one would hide a track's real ones."""
 
+    ready_after_write_failure_s: float = Field(default=10.0, ge=0, le=3600)
+    """/readyz is 503 this long after the store last refused a write (a full disk, a read-only
+    file or PostgreSQL standby): reads alone would call it ready while every POST gets 503."""
+
     group_commit_max_delay_ms: float = Field(default=2.0, ge=0, le=100)
     prepare_process: bool = True
     """Prepare single JSON detections in a helper process (api/prepare_process.py), so that

@@ -34,7 +34,7 @@ def _check_consistent(client: TestClient, accepted: list[str], refused: list[str
 
 
 def test_full_sqlite_disk_gives_503_and_nothing_half_written(tmp_path: Path) -> None:
-    settings = app_settings(tmp_path, sqlite_max_pages=80)
+    settings = app_settings(tmp_path, sqlite_max_pages=80, ready_after_write_failure_s=1.0)
     accepted: list[str] = []
     refused: list[str] = []
     with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
@@ -52,6 +52,16 @@ def test_full_sqlite_disk_gives_503_and_nothing_half_written(tmp_path: Path) -> 
         assert accepted
         assert refused, "the capped database never filled up"
         assert client.get("/livez").status_code == 200
+        # Reads still work, yet the store takes no detection: not ready, saying why.
+        ready = client.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        assert "refused a write in the last 1 s" in ready.json()["reason"]
+        assert "full" in ready.json()["reason"]
+        # Out of service nothing would write to show the store is back: ready again after 1 s.
+        deadline = time.monotonic() + 5
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "never ready again"
+            time.sleep(0.1)
         _check_consistent(client, accepted, refused)
 
 

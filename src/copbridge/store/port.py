@@ -43,6 +43,10 @@ class Store(Protocol):
         """Answer a trivial query or raise ``StoreUnavailable`` with the reason."""
         ...
 
+    def write_failure(self, within_s: float) -> str | None:
+        """Why the store refused a write in the last ``within_s`` seconds (None: it did not)."""
+        ...
+
     def close(self) -> None: ...
 
     # -- detections -----------------------------------------------------------------------------

@@ -83,6 +83,7 @@ class SqlStore:
         self._intake_scheduled = False
         self._readers: list[_Reader] = []
         self._closed = False
+        self._ingested_at = 0.0  # time.monotonic() of the last detections committed
         self._readers_lock = threading.Lock()
         self._writer: GroupWriter[Any] = GroupWriter(
             connect=connect,
@@ -167,6 +168,15 @@ class SqlStore:
     def ping(self) -> None:
         self._read(lambda tx: tx.one("SELECT 1"))
 
+    def write_failure(self, within_s: float) -> str | None:
+        """Why the store refused a write in the last ``within_s`` seconds, unless detections
+        were committed since (other writes do not count: a full database still takes the
+        delivery's updates while it refuses every new detection)."""
+        last = self._writer.last_failure
+        if last is None or time.monotonic() - last[0] > within_s or self._ingested_at > last[0]:
+            return None
+        return last[1]
+
     def close(self) -> None:
         self._closed = True
         self._writer.close()
@@ -218,6 +228,7 @@ class SqlStore:
             for _, waiting in taken:
                 waiting.set_exception(error)
             return
+        self._ingested_at = time.monotonic()
         for (_, waiting), answers in zip(taken, done.result(), strict=True):
             waiting.set_result(answers)
 

@@ -89,6 +89,9 @@ class GroupWriter(Generic[C]):
         self._max_delay_s = max_delay_s
         self._max_items = max_items
         self._observe = observe
+        self.last_failure: tuple[float, str] | None = None
+        """When (``time.monotonic()``) and why the store last refused a write: a whole batch
+        failed, or one job's statement did (a full database fails inserts one by one)."""
         self._queue: queue.SimpleQueue[_Job[C] | None] = queue.SimpleQueue()
         self._conn: C | None = None
         self._closed = False
@@ -337,6 +340,7 @@ class GroupWriter(Generic[C]):
 
     def _refuse_batch(self, jobs: list[_Job[C]], exc: BaseException, started: float) -> None:
         self._drop_connection()
+        self._note_failure(exc)
         self._fail_all(jobs, exc)
         self._observe_batch(len(jobs), started, ok=False)
 
@@ -367,6 +371,7 @@ class GroupWriter(Generic[C]):
         with contextlib.suppress(Exception):
             self._rollback(conn)
         self._drop_connection()
+        self._note_failure(exc)
         self._fail_all(jobs, exc)
         self._observe_batch(len(jobs), started, ok=False)
 
@@ -384,8 +389,13 @@ class GroupWriter(Generic[C]):
 
     def _as_store_error(self, exc: BaseException) -> BaseException:
         if self._is_store_error(exc):
-            return StoreUnavailable(f"the store refused the write: {_first_line(exc)}")
+            refused = StoreUnavailable(f"the store refused the write: {_first_line(exc)}")
+            self._note_failure(refused)
+            return refused
         return exc
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self.last_failure = (time.monotonic(), _first_line(exc))
 
     def _fail_all(self, jobs: list[_Job[C]], exc: BaseException) -> None:
         error = (
