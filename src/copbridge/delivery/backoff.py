@@ -15,7 +15,8 @@ class Backoff:
 
     def next(self) -> float:
         ceiling = min(self.high, self.low * 2.0**self._attempt)
-        self._attempt += 1
+        if ceiling < self.high and self._attempt < 64:  # 2.0**1024 would overflow
+            self._attempt += 1
         return ceiling / 2 + random.random() * ceiling / 2  # noqa: S311 - jitter, not secrecy
 
     def reset(self) -> None:

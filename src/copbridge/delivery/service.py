@@ -11,7 +11,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from copbridge.config import Settings
@@ -91,12 +91,12 @@ class DeliveryService:
         if self.feed is not None:
             await self.feed.start()
         for courier in self.couriers:
-            self._spawn(courier.run(), f"courier {courier.destination.name}")
+            self._spawn(courier.run, f"courier {courier.destination.name}")
         if self.destinations:
-            self._spawn(self._refresh_stats(), "link monitor")
+            self._spawn(self._refresh_stats, "link monitor")
         if self.run_worker:
-            self._spawn(self._purge_old_rows(), "retention")
-            self._spawn(self._expire_stale_rows(), "stale rows")
+            self._spawn(self._purge_old_rows, "retention")
+            self._spawn(self._expire_stale_rows, "stale rows")
         _log.info(
             "delivery started",
             owner=self.owner,
@@ -105,8 +105,8 @@ class DeliveryService:
             feed=self.feed is not None,
         )
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))
+    def _spawn(self, make: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        self._tasks.append(asyncio.create_task(_supervised(make, name), name=name))
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Let couriers finish the batch in hand (up to ``grace_s``), then cancel what is left."""
@@ -177,3 +177,19 @@ class DeliveryService:
             except Exception as exc:
                 _log.warning("cannot purge", error=str(exc))
             await asyncio.sleep(self.settings.purge_interval_s)
+
+
+_RESTART_S = 5.0
+
+
+async def _supervised(make: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+    """Run a delivery task; one that fails (a bug) is logged and started again, so that a
+    destination never stops being served until the process restarts."""
+    while True:
+        try:
+            await make()
+        except Exception:
+            _log.exception("delivery task failed; starting it again", task=name, in_s=_RESTART_S)
+            await asyncio.sleep(_RESTART_S)
+        else:
+            return

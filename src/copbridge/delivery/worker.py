@@ -158,6 +158,18 @@ class Courier:
 
     async def _dropped(self, transport: Transport, error: str) -> None:
         delay = self._backoff.next()
+        try:
+            await self._settle_drop(transport, error, delay)
+        except Exception:  # the next connection must still come: log it and wait as planned
+            _log.exception(
+                "courier could not settle a dropped link", destination=self.destination.name
+            )
+        # Only finish() cuts the wait short: new events must not hammer a server that is down.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _settle_drop(self, transport: Transport, error: str, delay: float) -> None:
+        """Mark what the peer confirmed, hand back what it did not, keep what must be re-sent."""
         now_us = _now_us()
         confirmed = transport.confirmed_at()
         if confirmed is not None:
@@ -183,9 +195,6 @@ class Courier:
             resend=len(self._resend),
         )
         await self._monitor.failed(self.destination.name, error)
-        # Only finish() cuts the wait short: new events must not hammer a server that is down.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)
 
     def _release_held_now(self, error: str) -> None:
         # Called while being cancelled: no awaiting (and no blocking: the store's writer may run

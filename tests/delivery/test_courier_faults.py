@@ -1,0 +1,74 @@
+"""A courier keeps serving its destination whatever goes wrong around a dropped link: a long
+outage, a bug in what settles a drop, a task that fails outright."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from copbridge.delivery import DeliveryService, service
+from copbridge.delivery.backoff import Backoff
+from copbridge.store import SqlStore
+from tests.system.processes import free_port
+
+from .conftest import make_settings, poll_until, running
+from .events import detection_record, queue, uid_of
+from .sink import CotSink
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_backoff_stays_at_its_ceiling_however_long_the_outage() -> None:
+    backoff = Backoff(0.5, 30.0)
+    delays = [backoff.next() for _ in range(5_000)]  # 2.0**1024 overflowed at try 1,025
+    assert all(15.0 <= d <= 30.0 for d in delays[-100:])
+
+
+async def test_a_failure_while_settling_a_drop_does_not_end_delivery(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    port = free_port()  # nobody listens yet: the first connections fail
+    url = f"tcp://127.0.0.1:{port}"
+    settings = make_settings(sqlite_url, destinations=url, delivery_backoff_max_s=0.3)
+    record = detection_record("after-bug")
+    async with running(DeliveryService(settings, sqlite_store)) as delivery:
+        courier = delivery.couriers[0]
+        calls = 0
+        failed = courier._monitor.failed
+
+        async def failing(name: str, error: str) -> None:
+            nonlocal calls
+            calls += 1
+            if calls <= 2:
+                raise RuntimeError("a bug in the link monitor")
+            await failed(name, error)
+
+        courier._monitor.failed = failing  # type: ignore[method-assign]
+        await poll_until(lambda: calls >= 3, 10)
+        sink = CotSink()
+        await sink.start(port)
+        try:
+            queue(sqlite_store, [url], [record])
+            delivery.notify()
+            await sink.wait_count(1, 10)
+        finally:
+            await sink.stop()
+    assert sink.uids() == [uid_of(record)]
+
+
+async def test_a_delivery_task_that_fails_is_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service, "_RESTART_S", 0.01)
+    runs: list[int] = []
+
+    async def flaky() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise RuntimeError("bug")
+
+    make: Any = flaky
+    await asyncio.wait_for(service._supervised(make, "test task"), 5)
+    assert runs == [0, 1, 2]
