@@ -198,3 +198,51 @@ async def test_an_event_numbered_below_a_replayed_one_reaches_the_client_when_it
                     client.close()
     finally:
         store.close()
+
+
+async def test_a_client_connecting_while_the_pump_is_behind_never_gets_an_older_position(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    settings = make_settings(sqlite_url, feed="tcp://127.0.0.1:0", delivery_poll_s=30.0)
+    base = datetime.now(UTC)
+    older = detection_record("t17", at=base - timedelta(seconds=1))
+    newer = detection_record("t17", at=base)
+    async with running(DeliveryService(settings, sqlite_store)) as service:
+        assert service.feed is not None
+        queue(sqlite_store, [], [older, newer])  # stored, the pump not woken: it is behind
+        client = CotClient("127.0.0.1", service.feed.port)
+        try:
+            got = await asyncio.to_thread(client.wait_for, has_uid(uid_of(newer)), 5)
+            assert parse_xml(got).time == parse_xml(newer.cot_xml).time
+            service.notify()  # the pump now reads both updates of the track
+            marker = detection_record("after")
+            queue(sqlite_store, [], [marker])
+            service.notify()
+            await asyncio.to_thread(client.wait_for, has_uid(uid_of(marker)), 5)
+            assert not any(map(has_uid(uid_of(older)), client.received)), "older position sent"
+        finally:
+            client.close()
+
+
+async def test_a_late_detection_with_an_older_time_does_not_move_a_feed_marker_back(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    settings = make_settings(sqlite_url, feed="tcp://127.0.0.1:0")
+    base = datetime.now(UTC)
+    async with running(DeliveryService(settings, sqlite_store)) as service:
+        assert service.feed is not None
+        client = CotClient("127.0.0.1", service.feed.port)
+        try:
+            await asyncio.to_thread(client.registered, "feed-client", base)
+            newer = detection_record("t18", at=base)
+            queue(sqlite_store, [], [newer])
+            service.notify()
+            await asyncio.to_thread(client.wait_for, has_uid(uid_of(newer)), 5)
+            late = detection_record("t18", at=base - timedelta(seconds=5))
+            marker = detection_record("after")
+            queue(sqlite_store, [], [late, marker])  # stored later, captured earlier
+            service.notify()
+            await asyncio.to_thread(client.wait_for, has_uid(uid_of(marker)), 5)
+            assert not any(map(has_uid(uid_of(late)), client.received)), "older position sent"
+        finally:
+            client.close()

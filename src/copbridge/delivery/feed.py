@@ -34,6 +34,7 @@ before its transaction commits, so another replica's event can land below the pu
 moment later; a number still missing after this long belonged to a transaction that rolled
 back (writes end within the silence limit, 35 s by default)."""
 _MAX_HOLES = 10_000
+_PRUNE_AT = 4096  # uids a client's memory of sent events holds before stale ones are dropped
 _HOLES_EVERY_S = 0.5  # looked for at most this often: a rolled-back batch leaves 1,000 holes
 
 
@@ -72,20 +73,31 @@ class _Client:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.queue: asyncio.Queue[bytes | FeedEvent | None] = asyncio.Queue(_QUEUE)
-        # What the pump sends at or below `floor` was broadcast before this client registered
-        # (it got those with its replay); `replayed` holds the replay's events above the floor,
-        # which the pump will send again. Not one number: an event numbered below a replayed
-        # one can commit after the replay was read (PostgreSQL numbers before commit).
-        self.floor = 0
-        self.replayed: set[int] = set()
+        # Per uid, the newest event this client was sent: (time, seq, stale). The order is the
+        # outbox's (time, then seq): a late detection with an older time, an event numbered
+        # below a replayed one that committed after the replay (PostgreSQL numbers before
+        # commit) or the replay's own events coming again from the pump are not sent, so a
+        # marker never jumps back to an older position.
+        self.newest: dict[str, tuple[int, int, int]] = {}
+        self._prune_at = _PRUNE_AT
+
+    def replayed(self, events: Sequence[FeedEvent]) -> None:
+        for event in events:
+            self.newest[event.uid] = (event.time_us, event.seq, event.stale_us)
+        self._prune_at = max(_PRUNE_AT, 2 * len(self.newest))
 
     def fresh(self, event: FeedEvent) -> bool:
-        """Whether a broadcast event is current and did not already come with the replay."""
-        if event.seq <= self.floor or event.stale_us <= time.time_ns() // 1000:
+        """Whether an event is current and newer than what this client has for its uid."""
+        now_us = time.time_ns() // 1000
+        if event.stale_us <= now_us:
             return False
-        if event.seq in self.replayed:
-            self.replayed.discard(event.seq)
+        known = self.newest.get(event.uid)
+        if known is not None and (event.time_us, event.seq) <= known[:2]:
             return False
+        self.newest[event.uid] = (event.time_us, event.seq, event.stale_us)
+        if len(self.newest) > self._prune_at:  # forget uids gone stale: their markers are gone
+            self.newest = {u: k for u, k in self.newest.items() if k[2] > now_us}
+            self._prune_at = max(_PRUNE_AT, 2 * len(self.newest))
         return True
 
     def offer(self, item: bytes | FeedEvent | None) -> bool:
@@ -220,9 +232,9 @@ class CotFeed:
         late = await asyncio.to_thread(self._store.feed_events, sorted(self._holes))
         for event in late:
             self._holes.pop(event.seq, None)
-        now_us = time.time_ns() // 1000
-        # as bytes: the cursor passed them before they committed, so no client has them yet
-        self._offer_all([event_body(e.payload) + b"\n" for e in late if e.stale_us > now_us])
+        # The cursor passed them before they committed; each client sends those it has nothing
+        # newer for.
+        self._offer_all(late)
 
     def _broadcast(self, events: Sequence[FeedEvent]) -> None:
         if not events:
@@ -259,13 +271,12 @@ class CotFeed:
         FEED_CLIENTS.inc()
         listener = self._spawn(self._listen(reader, client), f"feed read {peer}")
         try:
-            client.floor = self._cursor
             snapshot = await asyncio.to_thread(self._store.feed_snapshot, time.time_ns() // 1000)
-            client.replayed = {e.seq for e in snapshot if e.seq > client.floor}
+            client.replayed(snapshot)
             await self._write(writer, b"".join(event_body(e.payload) + b"\n" for e in snapshot))
             _log.info("feed client connected", peer=str(peer), replayed=len(snapshot))
             while (item := await client.queue.get()) is not None and client in self._clients:
-                if isinstance(item, bytes):
+                if isinstance(item, bytes):  # a pong
                     await self._write(writer, item)
                 elif client.fresh(item):
                     await self._write(writer, event_body(item.payload) + b"\n")
