@@ -39,6 +39,18 @@ def test_a_null_id_is_replaced_by_the_same_made_id_on_every_run() -> None:
     assert texts[0][2] == lines[2]
 
 
+def test_a_null_id_beside_a_lone_surrogate_escape_is_sent_for_the_service_to_refuse() -> None:
+    # Re-written with the made id, the escape became raw text that cannot be encoded: the
+    # whole run stopped with a traceback before sending anything.
+    line = '{"id": null, "label": "snd\\ud800x"}'
+    _length, found = read(line.encode())
+    made = pending("f", next(iter(found)), Summary())
+    assert made is not None
+    assert "\\ud800" in made.text
+    batches = list(Sender(httpx.Client(), Summary()).batches([made]))
+    assert [p.text for p in batches[0]] == [made.text]
+
+
 def test_a_batch_refused_whole_reads_as_its_first_items_reason() -> None:
     batch = {
         "accepted": 0,

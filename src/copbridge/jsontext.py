@@ -17,11 +17,16 @@ _INT_END = 2**64
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON, UTF-8, keys in their given order."""
+    """Compact JSON, UTF-8, keys in their given order. Text that is not Unicode (a lone
+    surrogate a client sent as ``"\\ud800"``, echoed in an error) is written escaped."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def dumps_text(value: Any) -> str:

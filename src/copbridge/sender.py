@@ -165,7 +165,8 @@ def pending(source: str, item: Item, summary: Summary) -> Pending | None:
         return Pending(place, with_id(item, made))
     # "id": null, which the service reads as no id (it would make a new one on every run).
     try:
-        text = json.dumps({**item.value, "id": made}, ensure_ascii=False, allow_nan=False)
+        # ensure_ascii: a lone surrogate the file spelt as an escape stays one, not raw text
+        text = json.dumps({**item.value, "id": made}, allow_nan=False)
     except ValueError:  # a number beyond float (read as inf): sent as written, to be refused
         return Pending(place, item.text)
     return Pending(place, text)

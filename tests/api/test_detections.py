@@ -246,6 +246,22 @@ def test_null_for_a_field_with_a_default_is_422_saying_to_leave_it_out(
     assert "not null (leave an optional field out" in answer.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("url", "raw", "field"),
+    [
+        (f"{URL}/batch", b'{"detections": [], "\\ud800": 1}', "\ud800"),
+        ("/api/v1/keys", b'{"name": "k", "scopes": ["\\ud800"]}', "scopes"),
+    ],
+)
+def test_a_lone_surrogate_echoed_in_an_error_is_a_422_not_a_500(
+    client: TestClient, url: str, raw: bytes, field: str
+) -> None:
+    answer = client.post(url, content=raw, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    assert b"\\ud800" in answer.content  # escaped: the text is not Unicode
+    assert answer.json()["errors"][0]["field"] == field
+
+
 def test_camera_without_hfov_or_fx_is_422(client: TestClient) -> None:
     body = example()
     body["camera"] = {"width": 1920, "height": 1080}

@@ -28,11 +28,12 @@ class FastJSONResponse(JSONResponse):
 
 
 def unprocessable(errors: list[dict[str, str]]) -> JSONResponse:
-    return JSONResponse({"detail": errors_detail(errors), "errors": errors}, status_code=422)
+    # FastJSONResponse: what a client sent is echoed here, lone surrogates included
+    return FastJSONResponse({"detail": errors_detail(errors), "errors": errors}, status_code=422)
 
 
 def problem(status: int, detail: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+    return FastJSONResponse({"detail": detail}, status_code=status, headers=headers or None)
 
 
 #: The 422 body as sent, documented under the names FastAPI's generated schema refers to (its own
@@ -85,7 +86,7 @@ def install(app: FastAPI) -> None:
             body = {"detail": f"the store cannot answer now, retry later: {exc}"}
         else:
             body = not_accepted(exc)
-        return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+        return FastJSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
 def not_accepted(exc: StoreUnavailable) -> dict[str, str]:
