@@ -248,9 +248,11 @@ class Pipeline:
             if self._platform_schedule.claim(detection.sensor.id, now)
             else None
         )
+        hashed = body_hashes(detection, image)
         record = DetectionRecord(
             id=detection_id,
-            body_hash=body_hash(detection, image),
+            body_hash=hashed[0],
+            earlier_body_hashes=hashed[1],
             time_us=_us(detection.time),
             received_us=_us(now),
             sensor_id=detection.sensor.id,
@@ -619,10 +621,39 @@ def body_hash(detection: Detection, image: ImageBlob | None) -> str:
     JSON library (1920.0 for 1920, 0 for 0.0, +00:00 for Z, a default spelt out or left
     out, track 17 for "17") is a duplicate, not a 409. The image counts by its SHA-256,
     whether it came inline or as a multipart part."""
+    return body_hashes(detection, image)[0]
+
+
+def body_hashes(detection: Detection, image: ImageBlob | None) -> tuple[str, tuple[str, ...]]:
+    """:func:`body_hash`, and the hashes versions before 12-03 gave the same body: they kept
+    ``"uncertainty": {}`` apart from no uncertainty and all-zero distortion apart from none, so
+    a detection stored by them and retried now must still be its duplicate."""
     body = detection.model_dump(mode="json", exclude={"image"})
     if image is not None:
         body["_image_sha256"] = image.sha256
-    return hashlib.sha256(jsontext.dumps_sorted(body)).hexdigest()
+    earlier: tuple[str, ...] = ()
+    same = _without_spelt_defaults(body)
+    if same is not body:
+        earlier = (hashlib.sha256(jsontext.dumps_sorted(body)).hexdigest(),)
+    return hashlib.sha256(jsontext.dumps_sorted(same)).hexdigest(), earlier
+
+
+def _without_spelt_defaults(body: dict[str, Any]) -> dict[str, Any]:
+    """The dumped body with an all-default uncertainty or distortion taken as left out (the
+    same object when there is none)."""
+    uncertainty = body.get("uncertainty")
+    camera = body["camera"]
+    distortion = camera.get("distortion")
+    drop_uncertainty = uncertainty is not None and all(v is None for v in uncertainty.values())
+    drop_distortion = distortion is not None and all(v == 0 for v in distortion.values())
+    if not (drop_uncertainty or drop_distortion):
+        return body
+    same = dict(body)
+    if drop_uncertainty:
+        same["uncertainty"] = None
+    if drop_distortion:
+        same["camera"] = {**camera, "distortion": None}
+    return same
 
 
 def _stored_copy(raw: dict[str, Any], time: datetime) -> dict[str, Any]:

@@ -80,9 +80,8 @@ def accept(
             body_hash, answer = (
                 (first.body_hash, first.answer) if record.id in inserted else stored[record.id]
             )
-            outcome: Literal["duplicate", "conflict"] = (
-                "duplicate" if body_hash == record.body_hash else "conflict"
-            )
+            same = body_hash == record.body_hash or body_hash in record.earlier_body_hashes
+            outcome: Literal["duplicate", "conflict"] = "duplicate" if same else "conflict"
             results.append(Acceptance(record.id, outcome, answer))
         answers.append(results)
     audits.extend(_queue_events(tx, queued))

@@ -41,6 +41,9 @@ class DetectionRecord:
     platform_interval_us: int = 0
     image_sha256: str | None = None
     actor: str | None = None
+    earlier_body_hashes: tuple[str, ...] = ()
+    """What earlier versions hashed this body to: a stored detection with one of them is its
+    duplicate too (see ``pipeline.body_hashes``)."""
     image: ImageBlob | None = None
     """The image the detection names: its row is written with the detection, in the same
     commit, when the detection is accepted (its file already kept by ``keep_image_files`` where
