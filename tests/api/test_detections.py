@@ -148,6 +148,52 @@ def test_a_retry_spelt_differently_is_a_duplicate_not_a_conflict(client: TestCli
     assert client.post(URL, json=moved).status_code == 409
 
 
+@pytest.mark.parametrize(
+    "respell",
+    [
+        lambda b: b.update(uncertainty={}),
+        lambda b: b.update(uncertainty={"horizontal_m": None}),
+        lambda b: b["camera"].update(distortion={"k1": 0.0, "k2": 0}),
+    ],
+    ids=["empty uncertainty", "null uncertainty member", "zero distortion"],
+)
+def test_defaults_spelt_out_in_an_object_are_a_duplicate_not_a_conflict(
+    client: TestClient, respell: Any
+) -> None:
+    body = example()
+    del body["uncertainty"]
+    del body["camera"]["distortion"]
+    first = client.post(URL, json=body).json()
+    again = copy.deepcopy(body)
+    respell(again)
+    answer = client.post(URL, json=again)
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {**first, "duplicate": True}
+
+
+def test_a_detection_stored_with_an_earlier_hash_is_still_its_retrys_duplicate(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Versions before 12-03 hashed an all-zero distortion apart from none (the contract's
+    # example spells one out): their stored detections must stay duplicates of their retries.
+    from copbridge import pipeline
+    from copbridge.model import Detection
+
+    body = example()
+    new, earlier = pipeline.body_hashes(Detection.model_validate(body), None)
+    assert earlier
+    assert new not in earlier
+    with monkeypatch.context() as old_version:
+        old_version.setattr(pipeline, "body_hashes", lambda d, i: (earlier[0], ()))
+        first = client.post(URL, json=body).json()
+    store = client.app.state.store  # type: ignore[attr-defined]
+    sql = "SELECT body_hash FROM detections WHERE id = ?"
+    assert store._read(lambda tx: tx.one(sql, (body["id"],)))[0] == earlier[0]
+    answer = client.post(URL, json=body)
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {**first, "duplicate": True}
+
+
 def test_reused_id_with_other_body_is_409(client: TestClient) -> None:
     client.post(URL, json=EXAMPLE)
     answer = client.post(URL, json=example(confidence=0.5))
@@ -318,6 +364,22 @@ def test_oversized_body_is_413_before_parsing(tmp_path: Path) -> None:
     with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         answer = client.post(URL, json=example(label="x", sensor={"id": "a", "model": "m" * 8000}))
     assert answer.status_code == 413
+
+
+@pytest.mark.parametrize("url", [URL, f"{URL}/batch", "/api/v1/auth/token", "/api/v1/keys"])
+def test_an_oversized_chunked_body_is_413_on_every_route(tmp_path: Path, url: str) -> None:
+    settings = app_settings(tmp_path, max_body_bytes=4096)
+
+    def chunks() -> Any:  # no Content-Length: sent chunked
+        yield b'{"name": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
+        answer = client.post(url, content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413, answer.text
+    assert "4096 byte limit" in answer.json()["detail"]
 
 
 def test_oversized_image_is_413(tmp_path: Path) -> None:
@@ -599,6 +661,19 @@ def test_a_batch_commits_slice_by_slice_and_says_which_slices_were_stored(
     monkeypatch.setattr(pipeline, "commit", original)
     retried = client.post(f"{URL}/batch", json=batch).json()
     assert (retried["accepted"], retried["duplicates"]) == (350, 250)
+
+
+def test_a_batch_the_store_refuses_whole_is_503_with_retry_after(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(prepared: Any) -> Any:
+        raise StoreUnavailable("database is locked")
+
+    monkeypatch.setattr(client.app.state.pipeline, "commit", refused)  # type: ignore[attr-defined]
+    answer = client.post(f"{URL}/batch", json=[example(id=f"r{i}") for i in range(2)])
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"  # as a single detection's 503
+    assert [r["status"] for r in answer.json()["results"]] == [503, 503]
 
 
 def test_list_filters_and_paginates(client: TestClient) -> None:

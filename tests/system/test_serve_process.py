@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,30 @@ def test_serve_answers_livez_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
     output = serve.output()
     assert code == 0, output
     assert "Traceback" not in output
+
+
+def test_a_client_gone_mid_body_is_no_server_error(tmp_path: Path) -> None:
+    serve = start_serve(tmp_path)
+    try:
+        head = (
+            "POST /api/v1/detections HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: {serve.headers['Authorization']}\r\nContent-Length: 500\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", serve.port), timeout=5) as sock:
+            sock.sendall(head.encode() + b'{"id": "cut')  # 489 bytes short, then gone
+        metrics = ""
+        for _ in range(50):  # the server notices the close within a few loop turns
+            metrics = httpx.get(f"{serve.url}/metrics", timeout=5).text
+            if 'status="499"' in metrics:
+                break
+            time.sleep(0.1)
+        assert 'route="/api/v1/detections",status="499"' in metrics
+    finally:
+        code = serve.stop(signal.SIGTERM)
+    output = serve.output()
+    assert code == 0, output
+    assert "Traceback" not in output
+    assert "Exception in ASGI application" not in output
 
 
 @pytest.mark.parametrize(

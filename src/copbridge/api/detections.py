@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from copbridge.api.deps import StoreDep
-from copbridge.api.errors import FastJSONResponse, not_accepted, problem, unprocessable
+from copbridge.api.errors import (
+    RETRY_AFTER_S,
+    FastJSONResponse,
+    not_accepted,
+    problem,
+    unprocessable,
+)
 from copbridge.api.prepare_process import InvalidFields, PrepareProcess
 from copbridge.config import Settings
 from copbridge.images import ImageRejected, VerifiedImage, verify_image
@@ -194,10 +200,9 @@ async def post_batch(request: Request) -> Response:
     failed = len(final) - len(answers)
     batch = {"accepted": accepted, "duplicates": duplicates, "rejected": failed, "results": final}
     if failed and not answers and all(r["status"] == 503 for r in final):
-        status = 503
-    else:
-        status = 207 if failed else 202
-    return FastJSONResponse(batch, status_code=status)
+        # as a single detection's 503: the client retries the batch, after Retry-After
+        return FastJSONResponse(batch, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+    return FastJSONResponse(batch, status_code=207 if failed else 202)
 
 
 SortedBatch = tuple[list[dict[str, Any] | None], list[tuple[int, Prepared]]]

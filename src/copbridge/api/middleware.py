@@ -11,12 +11,14 @@ import secrets
 import time
 
 import structlog
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from copbridge.logs import get_logger
 from copbridge.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 _log = get_logger("copbridge.http")
+_CLIENT_CLOSED = 499  # nginx's name for it: the client closed the connection mid-request
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # A request id needs to be unique, not secret: a random prefix per process and a counter cost a
 # fraction of uuid4's urandom call (~4 % of a single detection's CPU on the event loop).
@@ -53,6 +55,9 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # Gone before its body was read: nobody to answer, and not a server error.
+            status = _CLIENT_CLOSED
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
