@@ -162,6 +162,11 @@ def test_health_routes_can_require_a_scope(tmp_path: Path) -> None:
         assert client.get("/metrics", headers=h.bearer(other)).status_code == 403
         metrics = h.make_key(app, "health:read")
         assert client.get("/metrics", headers=h.bearer(metrics)).status_code == 200
+        # the same routes under /api/v1, where the contract lists them, with the same scope
+        assert client.get("/api/v1/metrics").status_code == 401
+        assert client.get("/api/v1/metrics", headers=h.bearer(metrics)).status_code == 200
+        assert client.get("/api/v1/livez").json() == {"status": "ok"}
+        assert client.get("/api/v1/readyz").status_code == 200
 
 
 def test_app_with_an_undeclared_route_refuses_to_start(tmp_path: Path) -> None:

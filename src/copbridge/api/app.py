@@ -111,6 +111,7 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
     # Routes are matched in order: the ingest routes, by far the most called, come first.
     app.include_router(detections.router)
     app.include_router(health.router)
+    app.include_router(health.router, prefix="/api/v1", include_in_schema=False)
     app.include_router(destinations.router)
     app.include_router(auth_routes.router)
     app.include_router(auth_routes.jwks_router)

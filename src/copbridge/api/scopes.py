@@ -37,6 +37,10 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], str]] = {
     ("GET", "/livez"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
+    # the contract puts every endpoint under /api/v1; probes usually ask at the root
+    ("GET", "/api/v1/livez"): PUBLIC,
+    ("GET", "/api/v1/readyz"): PUBLIC,
+    ("GET", "/api/v1/metrics"): PUBLIC,
 }
 
 #: Families declared as a whole: reading anything under /api/v1/destinations is one scope.
@@ -58,6 +62,7 @@ def scope_table(settings: Settings) -> dict[tuple[str, str], str]:
     ):
         if scope is not None:
             table[("GET", path)] = scope
+            table[("GET", f"/api/v1{path}")] = scope
     return table
 
 
