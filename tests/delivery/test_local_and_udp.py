@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,46 @@ async def test_file_destination_appends_one_event_per_line(
     lines = path.read_bytes().splitlines()
     assert [parse_xml(line).uid for line in lines] == [uid_of(r) for r in records]
     assert all(line.startswith(b"<event") for line in lines)
+
+
+_FULL_DISK = """
+import asyncio, resource, signal, sys
+from copbridge.delivery.destinations import parse_destination
+from copbridge.delivery.local import FileTransport
+from copbridge.delivery.transports import LinkError
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+
+async def main() -> None:
+    transport = FileTransport(parse_destination("file://" + sys.argv[1]))
+    await transport.open()
+    await transport.send([b"<a/>\\n"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8, hard))  # the disk fills 3 bytes on
+    try:
+        await transport.send([b"<bb/>\\n", b"<cc/>\\n"])
+    except LinkError as exc:
+        print("refused:", exc)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again: the retry
+    await transport.send([b"<bb/>\\n", b"<cc/>\\n"])
+    await transport.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_batch_cut_short_by_a_full_disk_leaves_no_half_event_in_the_file(
+    tmp_path: Path,
+) -> None:
+    # In its own process: the file size limit that stands for the full disk is per process.
+    path = tmp_path / "events.cot"
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused:" in done.stdout
+    assert path.read_bytes() == b"<a/>\n<bb/>\n<cc/>\n"

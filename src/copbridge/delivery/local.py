@@ -6,6 +6,8 @@ Useful for archiving, debugging and piping into other tools; they never go half-
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -15,7 +17,9 @@ from copbridge.delivery.transports import LinkError, Unacknowledged
 
 
 class FileTransport(Unacknowledged):
-    """Appends one event per line and flushes each batch to the operating system."""
+    """Appends one event per line; each batch is on disk (fsync) before its rows are marked
+    sent, and a batch that cannot be written whole (a full disk) is cut off the file again,
+    so the retry never glues half an event to the next one."""
 
     def __init__(self, destination: Destination) -> None:
         self.destination = destination
@@ -27,7 +31,7 @@ class FileTransport(Unacknowledged):
 
             path = Path(self.destination.path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            return path.open("ab")
+            return path.open("ab", buffering=0)
 
         try:
             self._file = await asyncio.to_thread(_open)
@@ -40,8 +44,17 @@ class FileTransport(Unacknowledged):
             raise LinkError("file is closed")
 
         def _write() -> None:
-            file.write(b"".join(frames))
-            file.flush()
+            fd = file.fileno()
+            start = os.fstat(fd).st_size  # appends land here
+            data = memoryview(b"".join(frames))
+            try:
+                while data:
+                    data = data[file.write(data) or 0 :]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
 
         try:
             await asyncio.to_thread(_write)
