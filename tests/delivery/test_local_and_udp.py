@@ -13,7 +13,7 @@ import pytest
 
 from copbridge.config import DestinationSettings
 from copbridge.cot import mesh_payload, parse_protobuf, parse_xml
-from copbridge.delivery import DeliveryService
+from copbridge.delivery import DeliveryService, LinkState
 from copbridge.store import SqlStore
 
 from .conftest import make_settings, poll_until, running
@@ -140,3 +140,30 @@ def test_a_batch_cut_short_by_a_full_disk_leaves_no_half_event_in_the_file(
     assert done.returncode == 0, done.stderr
     assert "refused:" in done.stdout
     assert path.read_bytes() == b"<a/>\n<bb/>\n<cc/>\n"
+
+
+async def test_udp_unicast_nobody_listening_is_a_failed_link_and_resent_once_someone_does(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free now: the kernel answers "port unreachable"
+    url = f"udp://127.0.0.1:{port}"
+    records = [detection_record(f"late-rx{i}") for i in range(3)]
+    async with running(
+        DeliveryService(make_settings(sqlite_url, destinations=url), sqlite_store)
+    ) as service:
+        queue(sqlite_store, [url], records)
+        service.notify()
+        failing = {LinkState.BACKING_OFF, LinkState.FAILING}
+        await poll_until(lambda: service.snapshot()[0].state in failing, 10)
+        with _udp_listener_on(port) as sock:
+            datagrams = await _receive(sock, 3)
+    assert sorted(parse_xml(d).uid for d in datagrams) == sorted(uid_of(r) for r in records)
+
+
+def _udp_listener_on(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", port))
+    sock.settimeout(10)
+    return sock

@@ -1,6 +1,9 @@
 """UDP destinations: one event per datagram, unicast or multicast (the ATAK mesh, 239.2.3.1:6969).
 
-UDP has no connection to lose, so there is no keepalive; sending is fire-and-forget by nature.
+UDP has no connection to lose, so there is no keepalive; sending is fire-and-forget by nature,
+except that on unicast the kernel reports an ICMP "port unreachable" for an earlier datagram:
+nobody listens there, so the link counts as failed and what went out lately is sent again once it
+is back (the courier's re-send window). Multicast gets no such word.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class _Sender(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.writable = asyncio.Event()
         self.writable.set()
+        self.refused: Exception | None = None
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -32,8 +36,14 @@ class _Sender(asyncio.DatagramProtocol):
         self.writable.set()
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP "port unreachable" for an earlier datagram: nobody listens now; UDP never retries.
+        # ICMP "port unreachable" (or another error) for an earlier datagram: nobody listens.
         _log.debug("udp error", error=str(exc))
+        self.refused = exc
+
+    def raise_refused(self) -> None:
+        exc, self.refused = self.refused, None
+        if exc is not None:
+            raise LinkError(f"nobody receives there: {exc}")
 
 
 class DatagramTransport(Unacknowledged):
@@ -59,9 +69,13 @@ class DatagramTransport(Unacknowledged):
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
         self._transport = transport
 
+    async def keepalive(self) -> None:
+        self._protocol.raise_refused()
+
     async def send(self, frames: Sequence[bytes]) -> None:
         if self._transport is None or self._transport.is_closing():
             raise LinkError("UDP socket is closed")
+        self._protocol.raise_refused()
         for frame in frames:
             if len(frame) > _MAX_DATAGRAM:
                 _log.warning("event too large for one datagram", size=len(frame))
