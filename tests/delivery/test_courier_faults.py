@@ -4,6 +4,7 @@ outage, a bug in what settles a drop, a task that fails outright."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from tests.system.processes import free_port
 
 from .conftest import make_settings, poll_until, running
 from .events import detection_record, queue, uid_of
+from .proxy import FaultProxy
 from .sink import CotSink
 
 pytestmark = pytest.mark.timeout(30)
@@ -72,3 +74,41 @@ async def test_a_delivery_task_that_fails_is_started_again(
     make: Any = flaky
     await asyncio.wait_for(service._supervised(make, "test task"), 5)
     assert runs == [0, 1, 2]
+
+
+async def test_a_resend_after_a_drop_skips_a_track_another_replica_has_sent_newer(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    # A peer that never answers pings: drained rows are marked sent and kept to send again
+    # after a drop. Meanwhile another replica sent the track's newer position; the old one
+    # sent again would be left on the map.
+    sink = CotSink()
+    await sink.start()
+    proxy = FaultProxy("127.0.0.1", sink.port)
+    await proxy.start()
+    url = f"tcp://127.0.0.1:{proxy.port}"
+    base = datetime.now(UTC)
+    older = detection_record("t9", at=base - timedelta(seconds=2))
+    newer = detection_record("t9", at=base)
+    settings = make_settings(sqlite_url, destinations=url, delivery_poll_s=30.0)
+    try:
+        async with running(DeliveryService(settings, sqlite_store)) as delivery:
+            queue(sqlite_store, [url], [older])
+            delivery.notify()
+            await sink.wait_count(1, 10)
+            await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 1, 10)
+            queue(sqlite_store, [url], [newer])  # replica B claims and sends it at once
+            now_us = int(datetime.now(UTC).timestamp() * 1e6)
+            claimed = sqlite_store.claim(url, "replica-b", 10, 30_000_000, now_us)
+            assert [i.uid for i in claimed] == [uid_of(newer)]
+            assert sqlite_store.mark_sent(claimed, now_us) == 1
+            proxy.reset()  # the link drops; this replica reconnects and re-sends
+            await poll_until(lambda: len(sink.connections) >= 2, 10)
+            marker = detection_record("marker")
+            queue(sqlite_store, [url], [marker])
+            delivery.notify()
+            await sink.wait_count(2, 10)
+            assert sink.uids() == [uid_of(older), uid_of(marker)]
+    finally:
+        await proxy.stop()
+        await sink.stop()

@@ -118,3 +118,21 @@ def test_three_replicas_send_each_tracks_positions_in_time_order(
     [stats] = replicas[0].outbox_stats([DEST])
     assert stats.pending == 0
     assert stats.sent == len(written)
+
+
+def test_a_row_is_outdated_once_a_newer_row_of_its_uid_is_pending_or_sent(
+    replicas: list[SqlStore],
+) -> None:
+    """What a courier may send again from memory after a drop: not a position another replica
+    has replaced since (on PostgreSQL, three connections to one database)."""
+    a, b, ingest = replicas
+    t0 = now_us()
+    ingest.accept_detections([detection("first", uid=TRACK, time_us=t0)], [DEST])
+    [first] = a.claim(DEST, "A", 10, 30 * SECOND_US, now_us())
+    assert a.mark_sent([first], now_us()) == 1
+    assert a.outdated([first]) == set()
+    ingest.accept_detections([detection("second", uid=TRACK, time_us=t0 + 1)], [DEST])
+    assert a.outdated([first]) == {first.id}  # pending: it is on its way
+    [second] = b.claim(DEST, "B", 10, 30 * SECOND_US, now_us())
+    assert b.mark_sent([second], now_us()) == 1
+    assert a.outdated([first, second]) == {first.id}

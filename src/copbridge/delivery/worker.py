@@ -209,7 +209,7 @@ class Courier:
         await transport.keepalive()  # the first ping goes out at once
         await self._learn_acknowledgement(transport)
         if self._resend:
-            resend = [i for i in self._resend if i.stale_us > _now_us()]
+            resend = await self._still_newest([i for i in self._resend if i.stale_us > _now_us()])
             frames, good = await self._encode(resend, release=False)
             await self._write(transport, frames, good)
             self._resend = []
@@ -279,6 +279,18 @@ class Courier:
         while not self._acknowledges(transport) and time.monotonic() < deadline:
             await self._idle(deadline - time.monotonic())
             await transport.keepalive()  # raises if the link closed meanwhile
+
+    async def _still_newest(self, items: list[OutboxItem]) -> list[OutboxItem]:
+        """The items to re-send: not those whose uid has a newer row, which another replica
+        (or this courier) may have sent since; the older one would move the marker back."""
+        if not items:
+            return items
+        try:
+            outdated = await asyncio.to_thread(self._store.outdated, items)
+        except StoreError as exc:  # unknown: sent again, as a re-send is meant to be
+            _log.warning("cannot check re-sends", destination=self.destination.name, error=str(exc))
+            return items
+        return [i for i in items if i.id not in outdated]
 
     def _take_confirmed(self, confirmed: float | None) -> list[OutboxItem]:
         taken: list[OutboxItem] = []

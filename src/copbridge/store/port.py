@@ -103,6 +103,11 @@ class Store(Protocol):
         """``release`` without waiting for the commit (safe on an event loop)."""
         ...
 
+    def outdated(self, items: Sequence[OutboxItem]) -> set[int]:
+        """The ids of the rows whose destination has a newer row of their uid (pending or
+        sent): another replica may have sent it since, so they must not be sent again."""
+        ...
+
     def outbox_stats(self, destinations: Sequence[str]) -> list[OutboxStats]: ...
 
     def expire_stale(self, now_us: int) -> int:

@@ -466,6 +466,24 @@ class SqlStore:
         )
         return [_feed(r) for r in rows]
 
+    def outdated(self, items: Sequence[OutboxItem]) -> set[int]:
+        def job(tx: Tx) -> set[int]:
+            found: set[int] = set()
+            for chunk in chunks([i.id for i in items], 500):
+                found.update(
+                    int(r[0])
+                    for r in tx.all(
+                        f"SELECT o.id FROM outbox o WHERE o.id IN ({placeholders(len(chunk))}) "
+                        "AND EXISTS (SELECT 1 FROM outbox n WHERE n.destination = o.destination "
+                        "AND n.uid = o.uid AND n.state IN ('pending', 'sent') "
+                        "AND (n.time_us > o.time_us OR (n.time_us = o.time_us AND n.id > o.id)))",
+                        list(chunk),
+                    )
+                )
+            return found
+
+        return self._read(job)
+
     def feed_events(self, seqs: Sequence[int]) -> list[FeedEvent]:
         def job(tx: Tx) -> list[FeedEvent]:
             found = []
