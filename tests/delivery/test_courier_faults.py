@@ -11,7 +11,9 @@ import pytest
 
 from copbridge.delivery import DeliveryService, service
 from copbridge.delivery.backoff import Backoff
-from copbridge.store import SqlStore
+from copbridge.delivery.destinations import parse_destination
+from copbridge.delivery.monitor import LinkMonitor
+from copbridge.store import SqlStore, StoreUnavailable
 from tests.system.processes import free_port
 
 from .conftest import make_settings, poll_until, running
@@ -112,3 +114,26 @@ async def test_a_resend_after_a_drop_skips_a_track_another_replica_has_sent_newe
     finally:
         await proxy.stop()
         await sink.stop()
+
+
+async def test_a_state_change_the_store_could_not_take_is_audited_with_the_next(
+    sqlite_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    destination = parse_destination("tcp://127.0.0.1:9")
+    monitor = LinkMonitor(sqlite_store, [destination], "test")
+    real = sqlite_store.append_audit
+
+    def down(entries: Any) -> None:
+        raise StoreUnavailable("disk full")
+
+    monkeypatch.setattr(sqlite_store, "append_audit", down)
+    await monitor.failed(destination.name, "refused")  # connecting -> backing off: not written
+    monkeypatch.setattr(sqlite_store, "append_audit", real)
+    await monitor.connected(destination.name)  # written with the one held
+    changes = sqlite_store.audit_records(kind="destination.state_changed", limit=10)
+    assert [(c.data["from"], c.data["to"]) for c in changes] == [
+        ("connecting", "backing_off"),
+        ("backing_off", "connected"),
+    ]
+    assert all(c.data["at"] for c in changes)
+    assert sqlite_store.verify_audit().ok

@@ -29,6 +29,7 @@ _log = get_logger("copbridge.delivery")
 
 #: Failed attempts in a row after which a link is reported ``failing`` rather than backing off.
 FAILING_AFTER = 3
+_UNAUDITED_MAX = 1000  # state changes held while the store cannot take them
 
 
 class LinkState(StrEnum):
@@ -82,6 +83,10 @@ class LinkMonitor:
             for d in destinations
         }
         self._expired_seen: dict[str, int] = {}
+        # State changes the store could not take yet (it was down or full): written with the
+        # next change or refresh, oldest first, each saying when it happened.
+        self._unaudited: list[AuditEntry] = []
+        self._auditing = asyncio.Lock()
         for name in self._states:
             DESTINATION_UP.labels(name).set(0)
 
@@ -98,16 +103,37 @@ class LinkMonitor:
             return
         DESTINATION_UP.labels(name).set(1 if new.state is LinkState.CONNECTED else 0)
         _log.info("destination state", destination=name, state=str(new.state), error=new.last_error)
-        entry = AuditEntry(
-            kind="destination.state_changed",
-            subject=name,
-            actor=self._actor,
-            data={"from": str(old.state), "to": str(new.state), "error": new.last_error},
+        if len(self._unaudited) >= _UNAUDITED_MAX:
+            _log.error("destination state change not audited: too many held", destination=name)
+            return
+        self._unaudited.append(
+            AuditEntry(
+                kind="destination.state_changed",
+                subject=name,
+                actor=self._actor,
+                data={
+                    "from": str(old.state),
+                    "to": str(new.state),
+                    "error": new.last_error,
+                    "at": _now().isoformat(),
+                },
+            )
         )
-        try:
-            await asyncio.to_thread(self._store.append_audit, [entry])
-        except Exception as exc:  # the audit must not take the link down with it
-            _log.warning("cannot audit destination state", destination=name, error=str(exc))
+        await self._write_audit()
+
+    async def _write_audit(self) -> None:
+        async with self._auditing:  # one writer: two couriers' changes are written once each
+            entries = self._unaudited[:]
+            if not entries:
+                return
+            try:
+                await asyncio.to_thread(self._store.append_audit, entries)
+            except Exception as exc:  # the audit must not take the link down with it
+                _log.warning(
+                    "cannot audit destination state yet", held=len(entries), error=str(exc)
+                )
+                return
+            del self._unaudited[: len(entries)]
 
     async def connected(self, name: str) -> None:
         await self._change(name, replace(self._states[name], state=LinkState.CONNECTED))
@@ -130,6 +156,7 @@ class LinkMonitor:
         """Read the outbox figures of every destination from the store and update the gauges."""
         if not self._states:
             return
+        await self._write_audit()
         stats = await asyncio.to_thread(self._store.outbox_stats, list(self._states))
         now_us = time.time_ns() // 1000
         for row in stats:
