@@ -255,3 +255,35 @@ def test_the_default_pixel_centres_leave_the_idempotency_hash_as_it_was(tmp_path
     refused["camera"]["pixel_centres"] = "corner"
     with pytest.raises(ValueError, match="pixel_centres"):
         Detection.model_validate(refused)
+
+
+@pytest.mark.parametrize(
+    "label", ["man", "child", "rider", "motorbike", "pickup", "suv", "elephant", "Person ", "boat"]
+)
+def test_every_ground_object_is_located_where_it_touches_the_ground(
+    tmp_path: Path, label: str
+) -> None:
+    """geolocation.md: ground objects (people, vehicles, animals) are located at the bottom-centre
+    of the box. A name the CoT type mapping takes as a person or a vehicle was located at the
+    box centre, 88 m away in the contract's geometry."""
+    body = copy.deepcopy(EXAMPLE)
+    body["label"] = label
+    [prepared] = _one_by_one(_pipeline(tmp_path), [body])
+    assert isinstance(prepared, Prepared)
+    assert prepared.answer["location"]["point"] == "bbox-bottom-centre"
+
+
+def test_the_ground_labels_hold_every_people_and_vehicle_name_of_the_type_mapping() -> None:
+    from copbridge.config import DEFAULT_GROUND_LABELS
+    from copbridge.cot.mapping import _DEFAULT_SYNONYMS, PEOPLE, VEHICLE, VESSEL
+
+    names = {n for kind in (PEOPLE, VEHICLE, VESSEL) for n in _DEFAULT_SYNONYMS[kind]}
+    assert names <= set(DEFAULT_GROUND_LABELS)
+
+
+def test_airborne_objects_are_located_at_the_box_centre(tmp_path: Path) -> None:
+    body = copy.deepcopy(EXAMPLE)
+    body["label"] = "Drone"
+    [prepared] = _one_by_one(_pipeline(tmp_path), [body])
+    assert isinstance(prepared, Prepared)
+    assert prepared.answer["location"]["point"] == "bbox-centre"

@@ -24,25 +24,53 @@ from pydantic_settings import (
 
 _config_file: ContextVar[Path | None] = ContextVar("copbridge_config_file", default=None)
 
-#: Labels located where they touch the ground (bottom-centre of the box), not at the box centre.
+#: Labels located where they touch the ground (bottom-centre of the box), not at the box centre:
+#: every people and vehicle name the CoT type mapping knows (tests keep the two in step), the
+#: COCO animals that walk, and vessels, whose box ends at the waterline. Compared after
+#: ``cot.mapping.normalise_label`` ("Person ", "jet_ski").
 DEFAULT_GROUND_LABELS = (
+    # people
     "person",
-    "pedestrian",
     "people",
+    "pedestrian",
+    "human",
+    "man",
+    "woman",
+    "child",
+    "rider",
+    # vehicles
+    "vehicle",
     "car",
     "truck",
     "bus",
     "motorcycle",
+    "motorbike",
     "bicycle",
-    "vehicle",
     "van",
+    "pickup",
+    "suv",
     "tractor",
+    "train",
     "trailer",
+    # animals
     "animal",
+    "cat",
     "dog",
     "horse",
-    "cow",
     "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    # vessels
+    "vessel",
+    "boat",
+    "ship",
+    "yacht",
+    "canoe",
+    "kayak",
+    "jet ski",
 )
 
 

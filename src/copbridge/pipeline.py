@@ -113,7 +113,9 @@ class Pipeline:
         self.stale = cot.StalePolicy(
             default_seconds=settings.stale_seconds, per_label=dict(settings.stale_seconds_by_label)
         )
-        self.ground_labels = frozenset(label.lower() for label in settings.ground_labels)
+        self.ground_labels = frozenset(
+            cot.normalise_label(label) for label in settings.ground_labels
+        )
         self.sigmas = geo.InputSigmas()
         self._platform_schedule = cot.PlatformSchedule(settings.platform_interval_s)
         #: Where each geolocation's duration goes (a helper process sends it home instead).
@@ -426,7 +428,11 @@ class Pipeline:
             gimbal_roll=gimbal.roll,
         )
         u, v, point = geo.box_point(
-            box.x, box.y, box.width, box.height, detection.label.lower() in self.ground_labels
+            box.x,
+            box.y,
+            box.width,
+            box.height,
+            cot.normalise_label(detection.label) in self.ground_labels,
         )
         if cam.pixel_centres == "half-integer":
             u, v = u + 0.5, v + 0.5
