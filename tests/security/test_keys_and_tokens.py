@@ -117,6 +117,60 @@ def test_created_key_is_shown_once_then_listed_without_secret(client: TestClient
     assert "root" in unknown.text
 
 
+def test_a_key_admin_grants_and_revokes_only_what_it_holds(
+    app: FastAPI, client: TestClient
+) -> None:
+    """keys:admin alone must not mint itself every scope, nor lock out the bootstrap key."""
+    admin = h.bearer(h.make_key(app, "keys:admin"))
+    stronger = client.post(
+        "/api/v1/keys", json={"name": "x", "scopes": ["keys:admin", "audit:read"]}, headers=admin
+    )
+    assert stronger.status_code == 403, stronger.text
+    assert "audit:read" in stronger.json()["detail"]
+    peer = client.post("/api/v1/keys", json={"name": "y", "scopes": ["keys:admin"]}, headers=admin)
+    assert peer.status_code == 201, peer.text
+    bootstrap = ADMIN_KEY.split("_")[1]
+    refused = client.delete(f"/api/v1/keys/{bootstrap}", headers=admin)
+    assert refused.status_code == 403, refused.text
+    assert client.get("/api/v1/audit", headers=ADMIN_HEADERS).status_code == 200  # still works
+    assert client.delete(f"/api/v1/keys/{peer.json()['key_id']}", headers=admin).status_code == 204
+    assert client.delete(f"/api/v1/keys/{bootstrap}", headers=ADMIN_HEADERS).status_code == 204
+
+
+@pytest.mark.parametrize("key_id", ["a%00b", "A11CE5000001", "a11ce50000011", "nope"])
+def test_revoking_an_id_no_key_can_have_is_404_and_leaves_the_store_well(
+    client: TestClient, key_id: str
+) -> None:
+    answer = client.delete(f"/api/v1/keys/{key_id}", headers=ADMIN_HEADERS)
+    assert answer.status_code == 404, answer.text
+    assert client.get("/readyz").status_code == 200
+
+
+def test_revoking_an_id_with_a_nul_on_postgresql_is_404_not_503(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # PostgreSQL text refuses NUL: looked up, the id failed a write and took /readyz down.
+    with TestClient(create_app(h.secured_settings(tmp_path, url=pg_url))) as client:
+        answer = client.delete("/api/v1/keys/a%00b", headers=ADMIN_HEADERS)
+        assert answer.status_code == 404, answer.text
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_key_calling_what_it_may_not_in_a_loop_leaves_a_bounded_audit(
+    app: FastAPI, client: TestClient
+) -> None:
+    reader = h.bearer(h.make_key(app, "detections:read"))
+    for _ in range(70):
+        assert client.get("/api/v1/audit", headers=reader).status_code == 403
+    guard = h.guard_of(app)
+    deadline = time.monotonic() + 5  # audit records are queued, not waited for
+    while len(records := guard.store.audit_records(kind="auth.forbidden", limit=1000)) < 60:
+        assert time.monotonic() < deadline, len(records)
+        time.sleep(0.05)
+    assert len(records) == 60  # one minute's budget for the key
+    assert guard._unaudited["auth.forbidden"] == 10  # counted, written with the next record
+
+
 def test_expired_key_is_refused(app: FastAPI, client: TestClient) -> None:
     guard = h.guard_of(app)
     from copbridge.security.keys import new_key_record, now_us

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal, NoReturn
 
 from cachetools import TTLCache
@@ -43,8 +43,12 @@ AUTH_FAILURES = Counter(
 )
 RATE_LIMITED = Counter("copbridge_rate_limited_total", "Requests answered 429.", ["limit"])
 
-#: At most this many auth-failure audit records per minute across all clients.
+#: At most this many auth-failure audit records per minute across all clients; the failures
+#: past it are counted and the count written with the next record the budget lets through.
 _FAILURE_AUDITS_PER_MINUTE = 600
+#: At most this many ``auth.forbidden`` records per minute for one credential (a valid key
+#: calling what it may not, in a loop, must not grow the audit without bound).
+_FORBIDDEN_AUDITS_PER_MINUTE = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +107,14 @@ class Guard:
                 "auth": settings.rate_limit_auth,
                 "failure": settings.rate_limit_auth,
                 "failure-audit": f"{_FAILURE_AUDITS_PER_MINUTE}/minute",
+                "forbidden-audit": f"{_FORBIDDEN_AUDITS_PER_MINUTE}/minute",
             },
             prefix=settings.rate_limit_prefix,
             timeout_s=settings.rate_limit_storage_timeout_ms / 1000,
         )
         self.index: dict[tuple[int, str], tuple[str, str]] = {}
         self._revoked: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=settings.key_cache_ttl_s)
+        self._unaudited: dict[str, int] = {}  # refusals past an audit budget, by record kind
         self._verifying: dict[str, asyncio.Future[KeyAnswer]] = {}
 
     # -- the gate ----------------------------------------------------------------------------------
@@ -133,13 +139,15 @@ class Guard:
         request.state.principal = principal
         if needed not in principal.scopes:
             AUTH_FAILURES.labels("forbidden").inc()
-            self.audit(
+            await self.audit_within(
+                "forbidden-audit",
+                principal.subject,
                 AuditEntry(
                     kind="auth.forbidden",
                     subject=principal.subject,
                     actor=principal.subject,
                     data={"route": path, "method": request.method, "scope": needed},
-                )
+                ),
             )
             raise HTTPException(403, f"this credential lacks the {needed} scope")
 
@@ -162,20 +170,21 @@ class Guard:
             request.state.ratelimit = verdict
             RATE_LIMITED.labels("failure").inc()
             raise HTTPException(429, "too many failed attempts", headers=verdict.headers())
-        if (await self.limits.hit("failure-audit", "all")).allowed:
-            self.audit(
-                AuditEntry(
-                    kind="auth.failed",
-                    subject=_key_id_of(credential),
-                    data={
-                        "reason": reason,
-                        "route": getattr(request.state, "route_template", None),
-                        "method": request.method,
-                        "ip": ip,
-                        "credential": _credential_kind(credential),
-                    },
-                )
-            )
+        await self.audit_within(
+            "failure-audit",
+            "all",
+            AuditEntry(
+                kind="auth.failed",
+                subject=_key_id_of(credential),
+                data={
+                    "reason": reason,
+                    "route": getattr(request.state, "route_template", None),
+                    "method": request.method,
+                    "ip": ip,
+                    "credential": _credential_kind(credential),
+                },
+            ),
+        )
         # The audit keeps the exact reason; the caller is not told whether the key id exists
         # (the secret check already costs the same either way).
         shown = _UNPROVEN if reason in UNPROVEN_REFUSALS else reason
@@ -246,6 +255,17 @@ class Guard:
         if self.keyring.has_record(key_id):
             return self.keyring.record(key_id)
         return await run_in_threadpool(self.keyring.record, key_id)
+
+    async def audit_within(self, budget: str, identity: str, entry: AuditEntry) -> None:
+        """Audit ``entry`` if the budget allows; else count it. The next record let through
+        says how many of its kind went unrecorded meanwhile (``"unrecorded"``)."""
+        if not (await self.limits.hit(budget, identity)).allowed:
+            self._unaudited[entry.kind] = self._unaudited.get(entry.kind, 0) + 1
+            return
+        missed = self._unaudited.pop(entry.kind, 0)
+        if missed:
+            entry = replace(entry, data={**entry.data, "unrecorded": missed})
+        self.audit(entry)
 
     def audit(self, entry: AuditEntry) -> None:
         """Queue an audit record without waiting for its commit."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from copbridge.security.keys import SCOPES, mint_key, new_key_record, now_us
 from copbridge.store import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
+_KEY_ID = re.compile(r"[0-9a-f]{12}")  # as keys.mint_key makes them
 
 
 class NewKey(BaseModel):
@@ -59,6 +61,11 @@ async def create_key(body: NewKey, guard: GuardDep, principal: PrincipalDep) -> 
     if unknown:
         message = f"scopes: unknown {', '.join(unknown)} (known: {', '.join(SCOPES)})"
         return unprocessable([{"field": "scopes", "message": message}])
+    beyond = sorted(set(body.scopes) - principal.scopes)
+    if beyond:  # keys:admin hands out what its holder holds, never more
+        return problem(
+            403, f"cannot grant scopes this credential does not hold: {', '.join(beyond)}"
+        )
     key, text = mint_key()
     at = now_us()
     expires = None if body.expires_in_s is None else at + body.expires_in_s * 1_000_000
@@ -67,13 +74,24 @@ async def create_key(body: NewKey, guard: GuardDep, principal: PrincipalDep) -> 
     return JSONResponse({"key": text, **key_view(record)}, status_code=201)
 
 
-@router.delete("/{key_id}", status_code=204, responses={404: {"description": "unknown key"}})
+@router.delete(
+    "/{key_id}",
+    status_code=204,
+    responses={404: {"description": "unknown key"}, 403: {"description": "a stronger key"}},
+)
 async def revoke_key(key_id: str, guard: GuardDep, principal: PrincipalDep) -> Response:
-    """Revoke a key: this replica at once, every other within the key cache TTL (≤ 5 s)."""
-    revoked = await run_in_threadpool(guard.store.revoke_key, key_id, now_us(), principal.subject)
-    guard.keyring.forget(key_id)
-    if not revoked:
-        existing = await run_in_threadpool(guard.store.get_key, key_id)
-        if existing is None:
-            return problem(404, f"no key {key_id}")
+    """Revoke a key: this replica at once, every other within the key cache TTL (≤ 5 s). Only
+    a key whose scopes the caller holds too: a lesser admin cannot lock out a greater one."""
+    existing = (
+        await run_in_threadpool(guard.store.get_key, key_id) if _KEY_ID.fullmatch(key_id) else None
+    )
+    if existing is None:  # an id no key can have (a NUL) is not even looked up
+        return problem(404, "no key with that id")
+    beyond = sorted(set(existing.scopes) - principal.scopes)
+    if beyond:
+        return problem(
+            403, f"key {key_id} holds scopes this credential does not: {', '.join(beyond)}"
+        )
+    await run_in_threadpool(guard.store.revoke_key, key_id, now_us(), principal.subject)
+    guard.keyring.forget(key_id)  # revoked now, or already
     return Response(status_code=204)
