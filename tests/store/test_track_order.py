@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from copbridge.store import OutboxItem, SqlStore
+from copbridge.store import OutboxItem, RefreshTokenRecord, SqlStore
 from copbridge.store.sql import _claim
 from copbridge.store.tx import Tx
 from tests.store.factories import SECOND_US, detection, now_us
@@ -136,3 +136,28 @@ def test_a_row_is_outdated_once_a_newer_row_of_its_uid_is_pending_or_sent(
     [second] = b.claim(DEST, "B", 10, 30 * SECOND_US, now_us())
     assert b.mark_sent([second], now_us()) == 1
     assert a.outdated([first, second]) == {first.id}
+
+
+def test_a_refresh_token_used_on_two_replicas_at_once_is_a_reuse_on_one(
+    replicas: list[SqlStore],
+) -> None:
+    """Both replicas read the row unused; only one may rotate it, the other sees the reuse
+    (and burns the family), never two successes from one refresh token."""
+    a, b, _ = replicas
+    t = now_us()
+    outcomes: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(2) as pool:
+        for n in range(40):
+            jti = f"race-{n}"
+            a.add_refresh_token(
+                RefreshTokenRecord(jti, f"fam-{n}", "k1", t, t + 60 * SECOND_US, None, None)
+            )
+            start = threading.Barrier(2)
+
+            def use(store: SqlStore, jti: str = jti, start: threading.Barrier = start) -> str:
+                start.wait(5)
+                return store.use_refresh_token(jti, now_us())[0]
+
+            first, second = pool.submit(use, a), pool.submit(use, b)
+            outcomes.append((first.result(10), second.result(10)))
+    assert all(sorted(pair) == ["ok", "reused"] for pair in outcomes), outcomes

@@ -624,31 +624,17 @@ class SqlStore:
             if record.revoked_us is not None:
                 return "revoked", record
             if record.used_us is not None:
-                # A rotated token came back: someone holds a stolen copy. Burn the family.
-                tx.execute(
-                    "UPDATE refresh_tokens SET revoked_us = ? WHERE family = ? "
-                    "AND revoked_us IS NULL",
-                    (now_us, record.family),
-                )
-                _mark_family_revoked(
-                    tx, "SELECT CAST(? AS TEXT) AS family", (record.family,), now_us
-                )
-                audit_log.append(
-                    tx,
-                    [
-                        AuditEntry(
-                            kind="token.family_revoked",
-                            subject=record.family,
-                            data={"reason": "refresh token reused", "key_id": record.key_id},
-                        )
-                    ],
-                    now_us,
-                )
-                return "reused", record
+                return _burn_family(tx, record, now_us)
             if record.expires_us <= now_us:
                 return "expired", record
-            tx.execute("UPDATE refresh_tokens SET used_us = ? WHERE jti = ?", (now_us, jti))
-            return "ok", record
+            # Guarded: two replicas may both read the row unused; on PostgreSQL the second
+            # UPDATE waits for the first to commit, then finds it used: a reuse like any other.
+            used = tx.all(
+                "UPDATE refresh_tokens SET used_us = ? WHERE jti = ? AND used_us IS NULL "
+                "AND revoked_us IS NULL RETURNING jti",
+                (now_us, jti),
+            )
+            return ("ok", record) if used else _burn_family(tx, record, now_us)
 
         return self._write_now(job)
 
@@ -850,6 +836,27 @@ def _refresh(row: tuple[Any, ...]) -> RefreshTokenRecord:
 #: Access tokens live at most a day (``access_token_ttl_s`` <= 86400): a family's revocation
 #: entry outlives every access token of that family.
 _FAMILY_MARK_LIFE_US = 86_400 * 1_000_000
+
+
+def _burn_family(tx: Tx, record: RefreshTokenRecord, now_us: int) -> tuple[str, RefreshTokenRecord]:
+    """A rotated refresh token came back: someone holds a stolen copy. Revoke its family."""
+    tx.execute(
+        "UPDATE refresh_tokens SET revoked_us = ? WHERE family = ? AND revoked_us IS NULL",
+        (now_us, record.family),
+    )
+    _mark_family_revoked(tx, "SELECT CAST(? AS TEXT) AS family", (record.family,), now_us)
+    audit_log.append(
+        tx,
+        [
+            AuditEntry(
+                kind="token.family_revoked",
+                subject=record.family,
+                data={"reason": "refresh token reused", "key_id": record.key_id},
+            )
+        ],
+        now_us,
+    )
+    return "reused", record
 
 
 def _mark_family_revoked(
