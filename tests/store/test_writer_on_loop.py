@@ -58,6 +58,47 @@ def test_writes_from_the_loop_and_from_threads_all_commit(tmp_path: Path) -> Non
         store.close()
 
 
+def test_a_write_from_a_thread_during_the_hand_over_waits_for_the_thread_to_let_go(
+    tmp_path: Path,
+) -> None:
+    """serve attaches the writer while delivery already writes from threads: a job arriving
+    while the thread finishes its last batch ran on the loop at once, on the connection inside
+    the thread's transaction ("cannot start a transaction within a transaction"), and the
+    refusal closed the connection under the thread, failing its batch too."""
+    store = open_store(f"sqlite:///{tmp_path / 'handover.db'}")
+    store.upgrade()
+    writer = store._writer
+    in_batch = threading.Event()
+
+    def last_batch(conn: object) -> str:
+        in_batch.set()
+        time.sleep(0.3)  # the thread's batch before the hand-over, still running
+        return "done"
+
+    before = writer.submit(last_batch)
+    assert in_batch.wait(5)
+    outcomes: list[str] = []
+
+    def meanwhile() -> None:
+        time.sleep(0.05)  # attach() has taken the loop; the thread is in its batch
+        outcomes.append(store.accept_detections([detection("during")], DESTS)[0].outcome)
+
+    async def scenario() -> None:
+        thread = threading.Thread(target=meanwhile)
+        thread.start()
+        await store.attach_loop()
+        await asyncio.to_thread(thread.join)
+        await store.detach_loop()
+
+    try:
+        asyncio.run(scenario())
+        assert before.result(5) == "done"
+        assert outcomes == ["accepted"]
+        assert store.write_failure(60) is None
+    finally:
+        store.close()
+
+
 def test_a_blocking_write_on_the_loop_is_refused_not_a_deadlock(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'loop.db'}")
     store.upgrade()

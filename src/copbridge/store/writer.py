@@ -100,6 +100,7 @@ class GroupWriter(Generic[C]):
         self._loop_thread: int | None = None
         self._pending: collections.deque[_Job[C]] = collections.deque()
         self._draining = False
+        self._handing_over = False  # the thread still holds the connection: jobs only wait
         self._conn_lock = asyncio.Lock()
         self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-commit")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -160,9 +161,15 @@ class GroupWriter(Generic[C]):
             return
         self._event_loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        # The thread finishes what was queued before, then leaves the connection to the loop.
+        # The thread finishes what was queued before, then leaves the connection to the loop;
+        # what arrives meanwhile waits on the loop (a drain now would BEGIN on the connection
+        # inside the thread's transaction, and its refusal close it under the thread).
+        self._handing_over = True
         self._queue.put(_HANDOVER)
-        await asyncio.to_thread(self._thread.join)
+        try:
+            await asyncio.to_thread(self._thread.join)
+        finally:
+            self._handing_over = False
         if self._pending and not self._draining:
             self._start_drain()
 
@@ -187,7 +194,7 @@ class GroupWriter(Generic[C]):
                 self._queue.put(job)
             return
         self._pending.append(job)
-        if not self._draining:
+        if not self._draining and not self._handing_over:
             self._start_drain()
 
     def _start_drain(self) -> None:
