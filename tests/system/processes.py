@@ -76,7 +76,7 @@ def run_copbridge(
 def start_serve(
     workdir: Path,
     env: Mapping[str, str] | None = None,
-    timeout: float = 20,
+    timeout: float = 60,  # under a loaded CI, serve waits up to 15 s for its niced batch helper
     *,
     port: int | None = None,
     args: Sequence[str] = (),
