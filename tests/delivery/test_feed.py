@@ -246,3 +246,29 @@ async def test_a_late_detection_with_an_older_time_does_not_move_a_feed_marker_b
             assert not any(map(has_uid(uid_of(late)), client.received)), "older position sent"
         finally:
             client.close()
+
+
+async def test_an_event_committing_below_the_newest_when_the_feed_starts_still_reaches_clients(
+    pg_url: str,
+) -> None:
+    # Another replica's transaction holds a lower number while this one starts its feed.
+    store = open_store(pg_url)
+    store.upgrade()
+    settings = make_settings(pg_url, feed="tcp://127.0.0.1:0")
+    late, first = detection_record("late"), detection_record("first")
+    try:
+        with psycopg.connect(pg_url) as replica:  # a transaction left open
+            _insert_event(replica, late)
+            queue(store, [], [first])  # a higher number, committed first
+            async with running(DeliveryService(settings, store)) as service:
+                assert service.feed is not None
+                client = CotClient("127.0.0.1", service.feed.port)
+                try:
+                    await asyncio.to_thread(client.wait_for, has_uid(uid_of(first)), 5)
+                    replica.commit()
+                    service.notify()
+                    await asyncio.to_thread(client.wait_for, has_uid(uid_of(late)), 5)
+                finally:
+                    client.close()
+    finally:
+        store.close()

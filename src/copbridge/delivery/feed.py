@@ -35,6 +35,7 @@ moment later; a number still missing after this long belonged to a transaction t
 back (writes end within the silence limit, 35 s by default)."""
 _MAX_HOLES = 10_000
 _PRUNE_AT = 4096  # uids a client's memory of sent events holds before stale ones are dropped
+_START_BACK_S = 60.0
 _HOLES_EVERY_S = 0.5  # looked for at most this often: a rolled-back batch leaves 1,000 holes
 
 
@@ -164,9 +165,12 @@ class CotFeed:
                 password=password,
                 client_ca=Path(client_ca) if client_ca else None,
             )
-        # Start after the newest current event; older ones reach clients through the replay.
-        current = await asyncio.to_thread(self._store.feed_snapshot, time.time_ns() // 1000)
-        self._cursor = max((e.seq for e in current), default=0)
+        # Start a minute back: on PostgreSQL another replica's event can commit below the
+        # newest number (numbers are handed out before commit, writes end within the silence
+        # limit, 35 s by default); the pump notes such holes from here on. Clients skip what
+        # they already have, so reading that minute again sends nobody anything twice.
+        back_us = time.time_ns() // 1000 - int(_START_BACK_S * 1e6)
+        self._cursor = await asyncio.to_thread(self._store.last_event_seq, back_us)
         self._server = await asyncio.start_server(
             self._serve, self._address.host, self._address.port, ssl=context
         )

@@ -124,6 +124,10 @@ class Store(Protocol):
         """The stored events of these sequence numbers (stale or not), in sequence order."""
         ...
 
+    def last_event_seq(self, created_before_us: int | None = None) -> int:
+        """The highest event number (of those received before ``created_before_us``); 0."""
+        ...
+
     def feed_snapshot(self, now_us: int) -> list[FeedEvent]:
         """The newest non-stale event of every uid, for replay to a newly connected client."""
         ...

@@ -509,8 +509,16 @@ class SqlStore:
         )
         return [_feed(r) for r in rows]
 
-    def last_event_seq(self) -> int:
-        row = self._read(lambda tx: tx.one("SELECT MAX(seq) FROM events"))
+    def last_event_seq(self, created_before_us: int | None = None) -> int:
+        if created_before_us is None:
+            row = self._read(lambda tx: tx.one("SELECT MAX(seq) FROM events"))
+        else:  # walks the newest rows back to the first old enough (the primary key's order)
+            row = self._read(
+                lambda tx: tx.one(
+                    "SELECT seq FROM events WHERE created_us < ? ORDER BY seq DESC LIMIT 1",
+                    (created_before_us,),
+                )
+            )
         return 0 if row is None or row[0] is None else int(row[0])
 
     # -- audit ----------------------------------------------------------------------------------
