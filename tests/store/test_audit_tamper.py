@@ -24,6 +24,7 @@ def _sqlite(url: str, *statements: str) -> None:
     try:
         conn.execute("DROP TRIGGER IF EXISTS audit_no_update")
         conn.execute("DROP TRIGGER IF EXISTS audit_no_delete")
+        conn.execute("DROP TRIGGER IF EXISTS audit_append_only")
         for sql in statements:
             conn.execute(sql)
     finally:
@@ -109,6 +110,76 @@ def test_reordering_records_is_detected(chained: tuple[str, SqlStore]) -> None:
 def test_untouched_chain_verifies(chained: tuple[str, SqlStore], tmp_path: Path) -> None:
     _, store = chained
     try:
+        report = store.verify_audit()
+        assert report.ok
+        assert report.records == 6
+    finally:
+        store.close()
+
+
+def test_a_record_numbered_outside_the_chain_is_detected(chained: tuple[str, SqlStore]) -> None:
+    url, store = chained
+    try:
+        _edit(
+            url,
+            "INSERT INTO audit (seq, at_us, kind, actor, subject, data, prev_hash, hash) "
+            "VALUES (0, 1, 'forged', NULL, NULL, '{}', 'x', 'y')",
+        )
+        report = store.verify_audit()
+        assert not report.ok
+        assert report.first_broken_seq == 0
+        assert "outside the chain" in (report.reason or "")
+    finally:
+        store.close()
+
+
+def test_data_stored_otherwise_than_hashed_is_detected(chained: tuple[str, SqlStore]) -> None:
+    # Parsed, {"n":99,"n":3} is {"n":3} (the hash holds), but SQL's json_extract reads 99.
+    url, store = chained
+    try:
+        _edit(url, 'UPDATE audit SET data = \'{"n":99,"n":3}\' WHERE seq = 4')
+        report = store.verify_audit()
+        assert not report.ok
+        assert report.first_broken_seq == 4
+        assert "not stored as it was hashed" in (report.reason or "")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "insert",
+    [
+        # SQLite fires no DELETE trigger for the row a REPLACE removes
+        "INSERT OR REPLACE INTO audit (seq, at_us, kind, actor, subject, data, prev_hash, hash) "
+        "SELECT seq, at_us, 'forged', actor, subject, data, prev_hash, hash FROM audit "
+        "WHERE seq = 2",
+        "INSERT INTO audit (seq, at_us, kind, actor, subject, data, prev_hash, hash) "
+        "VALUES (0, 1, 'forged', NULL, NULL, '{}', 'x', 'y')",
+        "INSERT INTO audit (seq, at_us, kind, actor, subject, data, prev_hash, hash) "
+        "VALUES (-5, 1, 'forged', NULL, NULL, '{}', 'x', 'y')",
+    ],
+    ids=["replace", "zero", "negative"],
+)
+def test_the_database_refuses_a_record_not_appended_after_the_last(
+    chained: tuple[str, SqlStore], insert: str
+) -> None:
+    url, store = chained
+    try:
+        if url.startswith("sqlite"):
+            conn = sqlite3.connect(path_from_url(url), isolation_level=None)
+            try:
+                with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                    conn.execute(insert)
+            finally:
+                conn.close()
+        else:
+            if insert.startswith("INSERT OR REPLACE"):
+                insert = insert.replace("INSERT OR REPLACE", "INSERT") + " ON CONFLICT DO NOTHING"
+            with (
+                psycopg.connect(url, autocommit=True) as conn,
+                pytest.raises(psycopg.errors.RaiseException, match="append-only"),
+            ):
+                conn.execute(insert)
         report = store.verify_audit()
         assert report.ok
         assert report.records == 6

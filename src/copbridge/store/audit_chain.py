@@ -78,12 +78,15 @@ def record_hash(
     return hashlib.sha256(canonical(seq, at_us, kind, actor, subject, data, prev_hash)).hexdigest()
 
 
-def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
-    """Walk the records in stored order; name the first one whose link or content is broken."""
+def verify_chain(records: Iterable[tuple[AuditRecord, str]]) -> ChainReport:
+    """Walk the records in stored order, each with its data as stored; name the first one whose
+    link or content is broken. The stored data must be the canonical text the hash covers: any
+    other text that parses alike (a key given twice: SQL's json_extract reads the first, a JSON
+    parser the last) would show one thing to a query and verify another."""
     expected_prev = GENESIS_HASH
     expected_seq = 1
     count = 0
-    for rec in records:
+    for rec, stored in records:
         count += 1
         if rec.seq != expected_seq:
             return ChainReport(
@@ -102,6 +105,10 @@ def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
         if actual != rec.hash:
             return ChainReport(
                 False, count, rec.seq, f"record {rec.seq} content does not match its hash"
+            )
+        if jsontext.canonical(rec.data) != stored.encode():
+            return ChainReport(
+                False, count, rec.seq, f"record {rec.seq} data is not stored as it was hashed"
             )
         expected_prev = rec.hash
         expected_seq += 1

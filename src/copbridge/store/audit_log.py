@@ -64,8 +64,9 @@ def page(tx: Tx, after_seq: int, limit: int, kind: str | None) -> list[AuditReco
     return [_record(r) for r in rows]
 
 
-def walk(tx: Tx, chunk: int = 5000) -> Iterator[AuditRecord]:
-    """Every record in sequence order, read in chunks so a long chain is not held in memory."""
+def walk(tx: Tx, chunk: int = 5000) -> Iterator[tuple[AuditRecord, str]]:
+    """Every record in sequence order with its data as stored, read in chunks so a long chain
+    is not held in memory."""
     after = 0
     while True:
         rows = tx.all(
@@ -76,4 +77,10 @@ def walk(tx: Tx, chunk: int = 5000) -> Iterator[AuditRecord]:
         for row in rows:
             record = _record(row)
             after = record.seq
-            yield record
+            yield record, str(row[5])
+
+
+def below_chain(tx: Tx) -> int | None:
+    """The lowest number of a record numbered below 1, outside the chain ``walk`` reads."""
+    row = tx.one("SELECT MIN(seq) FROM audit WHERE seq < 1")
+    return None if row is None or row[0] is None else int(row[0])

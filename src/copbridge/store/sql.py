@@ -536,7 +536,15 @@ class SqlStore:
         return self._read(lambda tx: audit_log.page(tx, after_seq, limit, kind))
 
     def verify_audit(self) -> ChainReport:
-        return self._read(lambda tx: verify_chain(audit_log.walk(tx)))
+        def job(tx: Tx) -> ChainReport:
+            outside = audit_log.below_chain(tx)
+            if outside is not None:
+                return ChainReport(
+                    False, 0, outside, f"record {outside} is numbered outside the chain (below 1)"
+                )
+            return verify_chain(audit_log.walk(tx))
+
+        return self._read(job)
 
     # -- keys and tokens ------------------------------------------------------------------------
 
