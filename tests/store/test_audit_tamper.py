@@ -176,10 +176,10 @@ def test_the_database_refuses_a_record_not_appended_after_the_last(
             if insert.startswith("INSERT OR REPLACE"):
                 insert = insert.replace("INSERT OR REPLACE", "INSERT") + " ON CONFLICT DO NOTHING"
             with (
-                psycopg.connect(url, autocommit=True) as conn,
+                psycopg.connect(url, autocommit=True) as pg,
                 pytest.raises(psycopg.errors.RaiseException, match="append-only"),
             ):
-                conn.execute(insert)
+                pg.execute(insert)
         report = store.verify_audit()
         assert report.ok
         assert report.records == 6
