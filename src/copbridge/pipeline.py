@@ -308,7 +308,14 @@ class Pipeline:
     ) -> None:
         """Count and audit a refused detection. The audit write is not awaited: a flood of bad
         input must not hold request slots, and nothing of the detection is stored anyway."""
-        DETECTIONS_REJECTED.labels(reason).inc()
+        self.reject_many([(reason, subject, error)], actor)
+
+    def reject_many(
+        self, refused: Sequence[tuple[str, str | None, dict[str, Any]]], actor: str | None
+    ) -> None:
+        """:meth:`reject` for several detections (a batch's refused items), in one write."""
+        for reason, _, _ in refused:
+            DETECTIONS_REJECTED.labels(reason).inc()
         self.store.submit_audit(
             [
                 AuditEntry(
@@ -317,6 +324,7 @@ class Pipeline:
                     actor=actor,
                     data={"reason": reason, **_bounded(error)},
                 )
+                for reason, subject, error in refused
             ]
         )
 

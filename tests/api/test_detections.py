@@ -735,3 +735,28 @@ def test_rejections_are_audited_with_their_reason(client: TestClient) -> None:
     rejected = [r for r in store.audit_records(limit=100) if r.kind == "detection.rejected"]
     assert len(rejected) == 1
     assert rejected[0].data["reason"] == "contract"
+
+
+def test_every_refused_detection_is_audited_with_its_reason_and_id_batch_items_too(
+    client: TestClient,
+) -> None:
+    store = client.app.state.store  # type: ignore[attr-defined]
+    assert client.post(URL, json=example(id="taken")).status_code == 202
+    assert client.post(URL, json=example(id="taken", confidence=0.5)).status_code == 409
+    sky = example(id="sky")
+    sky["gimbal"]["elevation"] = 10.0  # above the horizon
+    batch = [sky, example(id="odd", confidence=7), example(id="taken", confidence=0.4)]
+    answer = client.post(f"{URL}/batch", json=batch)
+    assert [r["status"] for r in answer.json()["results"]] == [422, 422, 409]
+    assert all("_refusal" not in r for r in answer.json()["results"])
+    store._writer.run(lambda conn: None)  # the audit writes are queued, not awaited
+    rejected = [
+        (r.subject, r.data["reason"], r.data.get("index"))
+        for r in store.audit_records(kind="detection.rejected", limit=100)
+    ]
+    assert rejected == [
+        ("taken", "conflict", None),
+        ("sky", "geometry", 0),
+        ("odd", "contract", 1),
+        ("taken", "conflict", 2),
+    ]

@@ -161,7 +161,9 @@ async def post_detection(request: Request) -> Response:
         return unprocessable([{"field": "image", "message": f"image: {exc}"}])
     [(result, answer)] = await pipeline.commit([prepared])
     if result.outcome == "conflict":
-        return problem(409, f"id {prepared.record.id} was already used with a different body")
+        used = f"id {prepared.record.id} was already used with a different body"
+        pipeline.reject("conflict", prepared.record.id, {"field": "id", "message": used}, actor)
+        return problem(409, used)
     return FastJSONResponse(answer, status_code=202)
 
 
@@ -184,16 +186,16 @@ async def post_batch(request: Request) -> Response:
     if sorted_out is None:
         items = _batch_items(body)
         if isinstance(items, Response):
+            refused = json.loads(bytes(items.body))  # the whole body refused: one record
+            pipeline.reject("contract", None, {"batch": refused["detail"]}, actor)
             return items
         sorted_out = await _prepare_batch_here(pipeline, settings, items, actor)
     results, prepared = sorted_out
-    rejected = sum(1 for r in results if r is not None)
-    if rejected:
-        pipeline.reject("contract", None, {"batch_items_rejected": rejected}, actor)
     if prepared:
         await _commit_items(pipeline, prepared, results)
 
     final = [r for r in results if r is not None]
+    _audit_refusals(pipeline, final, actor)
     answers = [r["answer"] for r in final if r["answer"] is not None]
     duplicates = sum(1 for a in answers if a["duplicate"])
     accepted = len(answers) - duplicates
@@ -260,7 +262,8 @@ def _sort_located(
     prepared: list[tuple[int, Prepared]] = []
     for item, ready in zip(valid, located, strict=True):
         if isinstance(ready, Rejection):
-            results[item.index] = _refused(item.index, 422, ready.field, ready.message)
+            refusal = (ready.reason, ready.subject or item.detection.id)
+            results[item.index] = _refused(item.index, 422, ready.field, ready.message, refusal)
         else:
             prepared.append((item.index, ready))
     return prepared
@@ -292,18 +295,53 @@ def _item(
     status: int,
     answer: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
+    refusal: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
-    """One batch result, the JSON of :class:`copbridge.model.BatchItemResult`."""
-    return {"index": index, "status": status, "answer": answer, "error": error}
+    """One batch result, the JSON of :class:`copbridge.model.BatchItemResult`; ``refusal``,
+    the reason and the detection's id for its audit record, leaves before it is sent."""
+    item: dict[str, Any] = {"index": index, "status": status, "answer": answer, "error": error}
+    if refusal is not None:
+        item[_REFUSAL] = refusal
+    return item
 
 
-def _refused(index: int, status: int, field: str, message: str) -> dict[str, Any]:
+_REFUSAL = "_refusal"
+
+
+def _refused(
+    index: int, status: int, field: str, message: str, refusal: tuple[str, str | None]
+) -> dict[str, Any]:
     """A refused item. Its error has the shape of a refused single detection's body
     (``detail``, and ``errors`` naming each field), the field named within the batch:
     ``detections[3].time``. (A 503 names no field: its ``errors`` is empty.)"""
     name = f"detections[{index}].{field}"
     entry = {"field": name, "message": f"{name}: {message.removeprefix(f'{field}: ')}"}
-    return _item(index, status, error={"detail": entry["message"], "errors": [entry]})
+    return _item(
+        index, status, error={"detail": entry["message"], "errors": [entry]}, refusal=refusal
+    )
+
+
+def _audit_refusals(pipeline: Pipeline, results: list[dict[str, Any]], actor: str | None) -> None:
+    """One ``detection.rejected`` record per refused item, with its reason, index and id, as a
+    refused single detection has; the private marks leave the answers."""
+    refused = []
+    for result in results:
+        refusal = result.pop(_REFUSAL, None)
+        if refusal is not None:
+            reason, subject = refusal
+            error = {"index": result["index"], "errors": result["error"]["errors"][:5]}
+            refused.append((reason, subject, error))
+    if refused:
+        pipeline.reject_many(refused, actor)
+
+
+def _id_of(raw: object) -> str | None:
+    """The id a refused item gave, for its audit record (only one the contract could take)."""
+    given = raw.get("id") if isinstance(raw, dict) else None
+    return given if isinstance(given, str) and _ID_TEXT.fullmatch(given) else None
+
+
+_ID_TEXT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 async def _check_items(items: list[Any], results: list[dict[str, Any] | None]) -> list[_Checked]:
@@ -338,14 +376,16 @@ def _validate_item(index: int, raw: object) -> _Checked | dict[str, Any]:
         image_bytes, declared = _inline_image(detection)
     except ValidationError as exc:
         errors = field_errors(exc.errors(), prefix=f"detections[{index}]")
-        return _item(index, 422, error={"detail": errors_detail(errors), "errors": errors})
+        error = {"detail": errors_detail(errors), "errors": errors}
+        return _item(index, 422, error=error, refusal=("contract", _id_of(raw)))
     except ImageRejected as exc:
-        return _image_refused(index, exc)
+        return _image_refused(index, exc, _id_of(raw))
     return _Checked(index, detection, raw if isinstance(raw, dict) else None, image_bytes, declared)
 
 
-def _image_refused(index: int, exc: ImageRejected) -> dict[str, Any]:
-    return _refused(index, 413 if exc.too_large else 422, "image", str(exc))
+def _image_refused(index: int, exc: ImageRejected, detection_id: str | None) -> dict[str, Any]:
+    status = 413 if exc.too_large else 422
+    return _refused(index, status, "image", str(exc), ("image", detection_id))
 
 
 async def _keep_images(
@@ -370,7 +410,7 @@ async def _keep_images(
     kept: dict[int, ImageBlob] = {}
     for item, outcome in zip(with_image, verified, strict=True):
         if isinstance(outcome, ImageRejected):
-            results[item.index] = _image_refused(item.index, outcome)
+            results[item.index] = _image_refused(item.index, outcome, item.detection.id)
             continue
         kept[item.index] = ImageBlob(outcome.sha256, outcome.media_type, outcome.data)
     if pipeline.store.keeps_image_files:
@@ -406,7 +446,7 @@ async def _commit_items(
     for (index, item), (result, answer) in zip(prepared, committed, strict=True):
         if result.outcome == "conflict":
             used = f"{item.record.id} was already used with a different body"
-            results[index] = _refused(index, 409, "id", used)
+            results[index] = _refused(index, 409, "id", used, ("conflict", item.record.id))
         else:
             results[index] = _item(index, 202, answer=answer)
 
