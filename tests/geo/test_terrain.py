@@ -205,3 +205,37 @@ def test_a_ray_that_enters_the_model_below_its_ground_is_not_put_on_the_model_ed
     )
     assert fix.ground == "agl"
     assert fix.lat == pytest.approx(41.020566, abs=2e-5)  # 500 m / tan 10 deg north
+
+
+def test_agl_with_a_terrain_model_that_misses_the_platform_answers_agl_not_terrain(
+    tmp_path: Path,
+) -> None:
+    """A GeoTIFF cut around the area watched, the drone just outside it reporting AGL: its HAE
+    rests on an assumed 0 HAE ground, no height to march the model from (the hit was 470 m off
+    and reported absolute). The answer is the AGL one, relative in height."""
+    path = tmp_path / "flat100.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=200,
+        height=200,
+        count=1,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=Affine(0.001, 0.0, -104.6, 0.0, -0.001, 41.2),
+        nodata=-9999.0,
+    ) as ds:
+        ds.write(np.full((200, 200), 100.0, dtype=np.float32), 1)
+    cut = GeoTiffTerrain(path)
+    lat, lon = 40.999, -104.5  # 110 m south of the model's edge
+    height = resolve_platform_hae(500.0, "agl", lat, lon, terrain=cut)
+    assert not height.absolute
+    intr = Intrinsics.from_request(1920, 1080, hfov=10.0)
+    pose = Pose(lat, lon, height.hae, gimbal_elevation=-10.0)  # looking north, into the model
+    common = {"platform_agl": height.agl, "platform_absolute": height.absolute}
+    got = locate_pixel(intr, pose, 960, 540, terrain=cut, **common)
+    flat = locate_pixel(intr, pose, 960, 540, **common)
+    assert got.ground == "agl"
+    assert not got.height_absolute
+    assert (got.lat, got.lon) == (flat.lat, flat.lon)

@@ -325,7 +325,8 @@ def locate_pixel(
 
     1. ``ground_height`` from the request (``msl`` is converted with the geoid at the located
        point, one refinement) -> ``ground="request"``;
-    2. else ``terrain``, if the ray meets it within its coverage -> ``"terrain"``;
+    2. else ``terrain``, if the ray meets it within its coverage (and the platform height is
+       ``platform_absolute``) -> ``"terrain"``;
     3. else ``platform_agl``: ground = pose.hae - AGL -> ``"agl"`` (when the platform height
        is not ``platform_absolute``, the height is relative: :func:`relative_height`);
     4. else 0 HAE -> ``"ellipsoid"`` (with a wide ground-height sigma).
@@ -355,7 +356,10 @@ def locate_pixel(
             f = scalar.locate_ray(r, pose, h, sig, gsig)
         return _fix(f, "request")
 
-    if terrain is not None:
+    # A platform height above an assumed 0 HAE (AGL with no model under the platform) is no
+    # height to march a terrain model from: the ray would cross it at the wrong place, 470 m
+    # off from 500 m AGL over 100 m MSL, and be reported as absolute. AGL answers instead.
+    if terrain is not None and platform_absolute:
         g = geoid if geoid is not None else load_egm96()
         r = scalar.ray(intrinsics, pose, u, v)
         dnorm = math.sqrt(r.d[0] ** 2 + r.d[1] ** 2 + r.d[2] ** 2)
