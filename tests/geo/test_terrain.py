@@ -233,9 +233,11 @@ def test_agl_with_a_terrain_model_that_misses_the_platform_answers_agl_not_terra
     assert not height.absolute
     intr = Intrinsics.from_request(1920, 1080, hfov=10.0)
     pose = Pose(lat, lon, height.hae, gimbal_elevation=-10.0)  # looking north, into the model
-    common = {"platform_agl": height.agl, "platform_absolute": height.absolute}
-    got = locate_pixel(intr, pose, 960, 540, terrain=cut, **common)
-    flat = locate_pixel(intr, pose, 960, 540, **common)
+    agl, absolute = height.agl, height.absolute
+    got = locate_pixel(
+        intr, pose, 960, 540, terrain=cut, platform_agl=agl, platform_absolute=absolute
+    )
+    flat = locate_pixel(intr, pose, 960, 540, platform_agl=agl, platform_absolute=absolute)
     assert got.ground == "agl"
     assert not got.height_absolute
     assert (got.lat, got.lon) == (flat.lat, flat.lon)
