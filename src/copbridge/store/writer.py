@@ -141,8 +141,10 @@ class GroupWriter(Generic[C]):
             self._event_loop = None
             self._fail_all(list(self._pending), StoreUnavailable("the store is shutting down"))
             self._pending.clear()
-            self._drop_connection()
+            # A COMMIT may be running in the committer thread: let it end before the
+            # connection under it is closed.
             self._committer.shutdown(wait=True)
+            self._drop_connection()
             return
         self._queue.put(None)
         self._thread.join(timeout)
