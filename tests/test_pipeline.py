@@ -287,3 +287,26 @@ def test_airborne_objects_are_located_at_the_box_centre(tmp_path: Path) -> None:
     [prepared] = _one_by_one(_pipeline(tmp_path), [body])
     assert isinstance(prepared, Prepared)
     assert prepared.answer["location"]["point"] == "bbox-centre"
+
+
+def test_the_platform_cone_reaches_as_far_as_the_image_centre_sees(tmp_path: Path) -> None:
+    """The sensor's <sensor range> is the boresight's distance to the ground, not the distance
+    of whichever detection sent the platform event (2292 m for the contract's off-centre box)."""
+    from lxml import etree
+
+    from copbridge import geo
+
+    [prepared] = _one_by_one(_pipeline(tmp_path), [EXAMPLE])
+    assert isinstance(prepared, Prepared)
+    platform = prepared.record.platform_event
+    assert platform is not None
+    sensor = etree.fromstring(platform.payload).find("detail/sensor")
+    assert sensor is not None
+    detection = Detection.model_validate(EXAMPLE)
+    ray = _pipeline(tmp_path / "again")._ray_inputs(detection)
+    hae = prepared.answer["location"]["hae"]
+    centre = geo.locate_pixel(
+        ray.intrinsics, ray.pose, ray.intrinsics.cx, ray.intrinsics.cy, ground_height=hae
+    )
+    assert float(sensor.get("range", "nan")) == pytest.approx(centre.slant_range, abs=1.0)
+    assert abs(centre.slant_range - prepared.answer["location"]["slant_range"]) > 50.0

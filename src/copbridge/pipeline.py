@@ -555,7 +555,7 @@ class Pipeline:
             roll=detection.gimbal.roll,
             fov=_fov(intrinsics.width, intrinsics.fx),
             vfov=_fov(intrinsics.height, intrinsics.fy),
-            range_m=located.fix.slant_range,
+            range_m=_boresight_range(located),
             sensor_model=detection.sensor.model,
             stale_seconds=max(60.0, self.settings.platform_interval_s * PLATFORM_STALE_FACTOR),
         )
@@ -617,6 +617,19 @@ def _intrinsics(
         p2=p2,
         k3=k3,
     )
+
+
+def _boresight_range(located: Located) -> float:
+    """How far the camera's cone reaches: the image centre's line of sight to the ground the
+    detection was located on (the detection's own range if that line never meets it)."""
+    intrinsics, pose = located.intrinsics, located.pose
+    try:
+        centre = geo.scalar.locate_scalar(
+            intrinsics, pose, intrinsics.cx, intrinsics.cy, located.fix.hae, None, 0.0
+        )
+    except geo.GeolocationError:
+        return located.fix.slant_range
+    return centre.slant_range
 
 
 def _geometry_rejection(exc: geo.GeolocationError, detection: Detection) -> Rejection:
