@@ -28,7 +28,7 @@ from copbridge.metrics import (
     DETECTIONS_REJECTED,
     GEOLOCATION_SECONDS,
 )
-from copbridge.model import Detection, Distortion
+from copbridge.model import Detection, Distortion, Uncertainty
 from copbridge.store import (
     Acceptance,
     AuditEntry,
@@ -659,28 +659,29 @@ def body_hashes(detection: Detection, image: ImageBlob | None) -> tuple[str, tup
     if image is not None:
         body["_image_sha256"] = image.sha256
     earlier: tuple[str, ...] = ()
-    same = _without_spelt_defaults(body)
+    same = _without_spelt_defaults(detection, body)
     if same is not body:
         earlier = (hashlib.sha256(jsontext.dumps_sorted(body)).hexdigest(),)
     return hashlib.sha256(jsontext.dumps_sorted(same)).hexdigest(), earlier
 
 
-def _without_spelt_defaults(body: dict[str, Any]) -> dict[str, Any]:
-    """The dumped body with an all-default uncertainty or distortion taken as left out (the
-    same object when there is none)."""
-    uncertainty = body.get("uncertainty")
-    camera = body["camera"]
-    distortion = camera.get("distortion")
-    drop_uncertainty = uncertainty is not None and all(v is None for v in uncertainty.values())
-    drop_distortion = distortion is not None and all(v == 0 for v in distortion.values())
+def _without_spelt_defaults(detection: Detection, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` (the detection dumped) with an all-default uncertainty or distortion taken as
+    left out; the same object when there is none (compared on the model, the cheaper way)."""
+    u, d = detection.uncertainty, detection.camera.distortion
+    drop_uncertainty = u is not None and u.horizontal_m is None and u == _NO_UNCERTAINTY
+    drop_distortion = d is not None and d.k1 == d.k2 == d.p1 == d.p2 == d.k3 == 0.0
     if not (drop_uncertainty or drop_distortion):
         return body
     same = dict(body)
     if drop_uncertainty:
         same["uncertainty"] = None
     if drop_distortion:
-        same["camera"] = {**camera, "distortion": None}
+        same["camera"] = {**body["camera"], "distortion": None}
     return same
+
+
+_NO_UNCERTAINTY = Uncertainty()
 
 
 def _stored_copy(raw: dict[str, Any], time: datetime) -> dict[str, Any]:
