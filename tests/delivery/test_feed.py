@@ -171,6 +171,7 @@ def _insert_event(connection: psycopg.Connection[Any], record: DetectionRecord) 
     )
 
 
+@pytest.mark.postgres
 async def test_an_event_numbered_below_a_replayed_one_reaches_the_client_when_it_commits(
     pg_url: str,
 ) -> None:
@@ -248,6 +249,7 @@ async def test_a_late_detection_with_an_older_time_does_not_move_a_feed_marker_b
             client.close()
 
 
+@pytest.mark.postgres
 async def test_an_event_committing_below_the_newest_when_the_feed_starts_still_reaches_clients(
     pg_url: str,
 ) -> None:

@@ -146,6 +146,7 @@ def test_revoking_an_id_no_key_can_have_is_404_and_leaves_the_store_well(
     assert client.get("/readyz").status_code == 200
 
 
+@pytest.mark.postgres
 def test_revoking_an_id_with_a_nul_on_postgresql_is_404_not_503(
     tmp_path: Path, pg_url: str
 ) -> None:
