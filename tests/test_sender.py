@@ -338,3 +338,58 @@ def test_a_half_refused_for_now_after_a_lost_try_is_in_doubt(
     assert stopped is not None
     assert "in doubt: f:2 (1 detection)" in str(stopped)
     assert (summary.accepted, summary.in_doubt, summary.rejected) == (1, 1, 0)
+
+
+def _answers(*bodies: tuple[int, dict[str, Any] | str]) -> tuple[httpx.Client, list[bytes]]:
+    """A client whose service answers ``bodies`` in turn (httpx.MockTransport: a service that
+    answers 503 for some items of a batch and not others cannot be made to on cue here)."""
+    sent: list[bytes] = []
+    queue = list(bodies)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        status, body = queue.pop(0)
+        if isinstance(body, str):
+            return httpx.Response(status, text=body)
+        return httpx.Response(status, json=body)
+
+    return httpx.Client(base_url="http://svc", transport=httpx.MockTransport(handle)), sent
+
+
+def _ok(index: int, duplicate: bool = False) -> dict[str, Any]:
+    return {"index": index, "status": 202, "answer": {"duplicate": duplicate}, "error": None}
+
+
+def _busy(index: int, unknown: bool = False) -> dict[str, Any]:
+    error: dict[str, Any] = {"detail": "not stored, retry later: database is locked", "errors": []}
+    if unknown:
+        error["stored"] = "unknown"
+    return {"index": index, "status": 503, "answer": None, "error": error}
+
+
+def test_items_the_store_was_too_busy_for_are_sent_again_not_counted_as_refused() -> None:
+    client, sent = _answers(
+        (207, {"results": [_ok(0), _busy(1), _busy(2, unknown=True)]}),
+        (202, {"results": [_ok(0), _ok(1, duplicate=True)]}),
+    )
+    summary = Summary()
+    detections = [Pending(f"f:{i}", json.dumps({"id": f"d{i}"})) for i in range(3)]
+    Sender(client, summary, sleep=lambda _: None).send(detections)
+    assert [len(json.loads(body)["detections"]) for body in sent] == [3, 2]
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (2, 1, 0)
+    assert summary.duplicates_after_retry == 1  # its first commit was cut off
+
+
+@pytest.mark.parametrize(
+    "body", ["<html>proxy</html>", {"results": [_ok(0)]}, {"results": [_ok(0), _ok(0)]}]
+)
+def test_an_answer_that_does_not_account_for_every_detection_stops_the_run_in_doubt(
+    body: dict[str, Any] | str,
+) -> None:
+    client, _ = _answers((202, body))
+    summary = Summary()
+    detections = [Pending(f"f:{i}", json.dumps({"id": f"d{i}"})) for i in range(2)]
+    with pytest.raises(Stopped, match="does not list every detection"):
+        Sender(client, summary, sleep=lambda _: None).send(detections)
+    assert summary.in_doubt == 2
+    assert summary.accepted == 0

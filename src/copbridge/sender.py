@@ -56,6 +56,28 @@ def _stored_unknown(answer: httpx.Response) -> bool:
     )
 
 
+def _item_stored_unknown(result: dict[str, Any]) -> bool:
+    error = result.get("error")
+    return isinstance(error, dict) and error.get("stored") == "unknown"
+
+
+def _results(answer: httpx.Response, sent: int) -> list[dict[str, Any]] | None:
+    """A batch answer's per-item results, one per detection sent, each index once; None when
+    the answer is not that (a proxy's page, a truncated body)."""
+    try:
+        results = answer.json()["results"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(results, list) or len(results) != sent:
+        return None
+    indexes = [r.get("index") if isinstance(r, dict) else None for r in results]
+    if sorted(i for i in indexes if isinstance(i, int)) != list(range(sent)):
+        return None
+    if not all(isinstance(r.get("status"), int) for r in results):
+        return None
+    return results
+
+
 def _in_doubt(status: int) -> bool:
     """An answer that does not say whether the batch was stored: every 5xx but 503 (which the
     service sends when nothing was stored; one whose commit was cut off says so, see
@@ -221,7 +243,7 @@ class Sender:
         if batch:
             yield batch
 
-    def post(self, batch: list[Pending], *, retried: bool = False) -> None:
+    def post(self, batch: list[Pending], *, retried: bool = False, round_: int = 1) -> None:
         """Send one batch (split in halves while it is too large) and count its answers.
 
         Raises :class:`Stopped` naming this batch's first detection as the first one not
@@ -246,9 +268,23 @@ class Sender:
             for detection in batch:
                 self.summary.refuse(f"HTTP {status}: {_detail(answer)}", detection.place)
             return
-        results = answer.json()["results"]
+        results = _results(answer, len(batch))
+        if results is None:  # sent and taken, but the answer does not say what became of it
+            why = f"the service's answer (HTTP {status}) does not list every detection sent"
+            raise self._stopped(batch, why, maybe_stored=True)
+        # Items the store could not take then (503 within a 207) go again, as a whole 503 does.
+        again = [r for r in results if r["status"] == 503 and round_ < MAX_ATTEMPTS]
+        going = {int(r["index"]) for r in again}
         for result in results:
-            self._count(result, batch[int(result["index"])], retried)
+            if int(result["index"]) not in going:
+                self._count(result, batch[int(result["index"])], retried)
+        if again:
+            wait = min(0.5 * 2 ** (round_ - 1), MAX_WAIT_S)
+            self.on_wait(wait, f"store busy (503) for {len(again)} of the batch")
+            self.sleep(wait)
+            doubt = retried or any(_item_stored_unknown(r) for r in again)
+            subset = [batch[int(r["index"])] for r in again]
+            self.post(subset, retried=doubt, round_=round_ + 1)
 
     def _stopped(self, batch: list[Pending], why: str, *, maybe_stored: bool) -> Stopped:
         """Why sending stops at ``batch``, and which detections that leaves in doubt."""
@@ -262,6 +298,9 @@ class Sender:
         )
 
     def _count(self, result: dict[str, Any], detection: Pending, retried: bool) -> None:
+        if result["status"] == 503 and _item_stored_unknown(result):
+            self.summary.in_doubt += 1  # its commit was cut off: it may be stored
+            return
         if result["status"] == 202:
             if result["answer"]["duplicate"]:
                 self.summary.duplicates += 1
