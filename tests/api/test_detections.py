@@ -760,3 +760,14 @@ def test_every_refused_detection_is_audited_with_its_reason_and_id_batch_items_t
         ("odd", "contract", 1),
         ("taken", "conflict", 2),
     ]
+
+
+def test_a_refusal_echoing_a_lone_surrogate_is_still_audited(client: TestClient) -> None:
+    store = client.app.state.store  # type: ignore[attr-defined]
+    raw = b'{"detections": [], "\\ud800": 1}'
+    answer = client.post(f"{URL}/batch", content=raw, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422
+    store._writer.run(lambda conn: None)  # the audit write is queued, not awaited: flush it
+    [record] = store.audit_records(kind="detection.rejected", limit=10)
+    assert record.data["batch"] == "\\ud800: unknown field"  # the escape, as text
+    assert store.verify_audit().ok

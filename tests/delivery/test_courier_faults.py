@@ -137,3 +137,43 @@ async def test_a_state_change_the_store_could_not_take_is_audited_with_the_next(
     ]
     assert all(c.data["at"] for c in changes)
     assert sqlite_store.verify_audit().ok
+
+
+class _DeadLink:
+    """A dropped link whose peer had acknowledged what was written before ``confirmed``."""
+
+    answers_pings = True
+
+    def __init__(self, confirmed: float) -> None:
+        self.confirmed = confirmed
+
+    def confirmed_at(self) -> float:
+        return self.confirmed
+
+
+async def test_rows_written_to_a_dead_link_go_back_even_when_marking_the_rest_times_out(
+    sqlite_store: SqlStore, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marking the acknowledged rows may time out on a stalled store (TimeoutError, not a
+    StoreError); the unacknowledged ones must still be handed back, not left waiting for the
+    next link's first pong to mark them sent."""
+    url = "tcp://127.0.0.1:9"
+    queue(sqlite_store, [url], [detection_record("acked"), detection_record("unacked")])
+    now_us = int(datetime.now(UTC).timestamp() * 1e6)
+    acked, unacked = sqlite_store.claim(url, "here:1:x", 10, 30_000_000, now_us)
+    delivery = DeliveryService(make_settings(sqlite_url, destinations=url), sqlite_store)
+    courier = delivery.couriers[0]
+    courier._unconfirmed.extend([(1.0, [acked]), (3.0, [unacked])])
+
+    def stalled(items: Any, now_us: int) -> int:
+        raise TimeoutError
+
+    monkeypatch.setattr(sqlite_store, "mark_sent", stalled)
+    courier.finish()  # no backoff wait after the drop
+    await courier._dropped(_DeadLink(2.0), "link dropped")  # type: ignore[arg-type]
+    assert not courier._unconfirmed
+    [stats] = sqlite_store.outbox_stats([url])
+    assert (stats.pending, stats.sent) == (2, 0)  # both pending; the unacked one released
+    monkeypatch.undo()
+    again = sqlite_store.claim(url, "here:1:y", 10, 30_000_000, now_us + 5_000_000)
+    assert [i.uid for i in again] == [uid_of(detection_record("unacked"))]

@@ -167,3 +167,17 @@ def _udp_listener_on(port: int) -> socket.socket:
     sock.bind(("127.0.0.1", port))
     sock.settimeout(10)
     return sock
+
+
+async def test_a_file_destination_that_is_not_a_regular_file_still_takes_events(
+    sqlite_store: SqlStore, sqlite_url: str
+) -> None:
+    # /dev/null (or a FIFO read by another tool) can be neither fsynced nor cut back.
+    url = "file:///dev/null"
+    records = [detection_record(f"null{i}") for i in range(3)]
+    async with running(
+        DeliveryService(make_settings(sqlite_url, destinations=url), sqlite_store)
+    ) as service:
+        queue(sqlite_store, [url], records)
+        service.notify()
+        await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 3, 10)

@@ -114,7 +114,7 @@ class Guard:
         )
         self.index: dict[tuple[int, str], tuple[str, str]] = {}
         self._revoked: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=settings.key_cache_ttl_s)
-        self._unaudited: dict[str, int] = {}  # refusals past an audit budget, by record kind
+        self._unaudited: dict[tuple[str, str], int] = {}  # past a budget: (kind, identity)
         self._verifying: dict[str, asyncio.Future[KeyAnswer]] = {}
 
     # -- the gate ----------------------------------------------------------------------------------
@@ -259,10 +259,11 @@ class Guard:
     async def audit_within(self, budget: str, identity: str, entry: AuditEntry) -> None:
         """Audit ``entry`` if the budget allows; else count it. The next record let through
         says how many of its kind went unrecorded meanwhile (``"unrecorded"``)."""
+        key = (entry.kind, identity)  # counted for whoever was left out, not the next one
         if not (await self.limits.hit(budget, identity)).allowed:
-            self._unaudited[entry.kind] = self._unaudited.get(entry.kind, 0) + 1
+            self._unaudited[key] = self._unaudited.get(key, 0) + 1
             return
-        missed = self._unaudited.pop(entry.kind, 0)
+        missed = self._unaudited.pop(key, 0)
         if missed:
             entry = replace(entry, data={**entry.data, "unrecorded": missed})
         self.audit(entry)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -45,15 +46,19 @@ class FileTransport(Unacknowledged):
 
         def _write() -> None:
             fd = file.fileno()
-            start = os.fstat(fd).st_size  # appends land here
+            info = os.fstat(fd)
+            # A FIFO, /dev/null or a terminal can be neither cut back nor fsynced (EINVAL).
+            regular = stat.S_ISREG(info.st_mode)
             data = memoryview(b"".join(frames))
             try:
                 while data:
                     data = data[file.write(data) or 0 :]
-                os.fsync(fd)
+                if regular:
+                    os.fsync(fd)
             except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
+                if regular:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, info.st_size)  # appends began there
                 raise
 
         try:

@@ -176,16 +176,18 @@ class Courier:
             self._recent.confirmed(confirmed)
         self._resend = [i for i in self._resend if i.stale_us > now_us]
         self._resend += self._recent.take(time.monotonic(), now_us)
+        # Taken before anything is awaited: rows written to the dead link must never stay
+        # pending confirmation, or the next link's first pong would mark them sent.
         confirmed_items = self._take_confirmed(confirmed)
+        held, self._held = [*self._held, *self._take_unconfirmed()], []
         if confirmed_items:
             await self._mark_sent(confirmed_items)
-        held, self._held = [*self._held, *self._take_unconfirmed()], []
         if held:
             try:
                 await asyncio.to_thread(
                     self._store.release, held, error, now_us + int(delay * _S), now_us
                 )
-            except StoreError as exc:  # the lease runs out on its own; the rows come back then
+            except (StoreError, TimeoutError) as exc:  # the lease runs out; they come back then
                 _log.warning("cannot release", destination=self.destination.name, error=str(exc))
         _log.warning(
             "destination link failed",
@@ -359,7 +361,8 @@ class Courier:
             return
         try:
             marked = await asyncio.to_thread(self._store.mark_sent, items, _now_us())
-        except StoreError as exc:  # sent but not recorded: the lease expires, a duplicate follows
+        except (StoreError, TimeoutError) as exc:  # sent but not recorded: the lease expires,
+            # a duplicate follows (TimeoutError: a store stalled past the writer's wait)
             _log.warning("cannot mark sent", destination=self.destination.name, error=str(exc))
             return
         if marked < len(items):

@@ -6,10 +6,11 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from copbridge import jsontext
 from copbridge.store.audit_chain import GENESIS_HASH, canonical_with
-from copbridge.store.records import AuditEntry, AuditRecord
+from copbridge.store.records import AuditEntry, AuditRecord, JsonObject
 from copbridge.store.tx import Tx
 
 _COLUMNS = "seq, at_us, kind, actor, subject, data, prev_hash, hash"
@@ -28,13 +29,33 @@ def append(tx: Tx, entries: Sequence[AuditEntry], at_us: int | None = None) -> N
     rows = []
     for entry in entries:
         seq += 1
-        data = jsontext.canonical(entry.data)
+        data = _canonical_data(entry.data)
         content = canonical_with(seq, when, entry.kind, entry.actor, entry.subject, data, prev)
         digest = hashlib.sha256(content).hexdigest()
         text = data.decode()
         rows.append((seq, when, entry.kind, entry.actor, entry.subject, text, prev, digest))
         prev = digest
     tx.many(f"INSERT INTO audit ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
+
+
+def _canonical_data(data: JsonObject) -> bytes:
+    """The record's data as canonical JSON. Text that is not Unicode (a lone surrogate a client
+    sent, echoed in a refusal) cannot be written as UTF-8: it is kept as its escape, text
+    (``\\ud800``), so the record is written rather than lost with its whole batch."""
+    try:
+        return jsontext.canonical(data)
+    except (TypeError, UnicodeEncodeError):
+        return jsontext.canonical(_as_unicode(data))
+
+
+def _as_unicode(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_as_unicode(k): _as_unicode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_unicode(v) for v in value]
+    return value
 
 
 def _record(row: tuple[object, ...]) -> AuditRecord:
