@@ -82,3 +82,26 @@ def test_cot_format_prints_one_event_per_detection() -> None:
     events = [etree.fromstring(line.encode()) for line in result.stdout.splitlines()]
     assert [e.get("uid") for e in events] == [f"copbridge.uav-7.{i}" for i in range(3)]
     assert all(e.get("how") == "m-i" for e in events)
+
+
+def test_a_nan_in_one_element_of_an_array_refuses_that_element_not_the_rest() -> None:
+    items = [json.dumps(example(id=f"a{i}"), indent=2) for i in range(4)]
+    items[1] = items[1].replace('"confidence": 0.91', '"confidence": NaN')
+    items[2] = items[2].replace('"confidence": 0.91', '"confidence": 1' + "0" * 5000)
+    result = _geolocate("[\n" + ",\n".join(items) + "\n]\n")
+    assert result.returncode == 1
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert ["location" in o for o in out] == [True, False, False, True]
+    assert "NaN is not a JSON number" in out[1]["errors"][0]["message"]
+    assert out[3]["id"] == "a3"
+
+
+def test_cot_format_keeps_a_line_break_the_label_holds() -> None:
+    """The offline event is the one the service stores: a newline in text stays one
+    (as &#10;), instead of being deleted to keep the event on one line."""
+    result = _geolocate(json.dumps(example(label="person\nnew")), "--format", "cot")
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    remarks = etree.fromstring(line.encode()).findtext("detail/remarks")
+    assert remarks is not None
+    assert remarks.startswith("person\nnew")

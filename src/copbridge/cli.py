@@ -304,8 +304,8 @@ def _readable(files: list[str]) -> list[tuple[str, Callable[[], bytes]]]:
         path = Path(name)
         if not path.exists():
             fail(f"{name}: no such file", 2)
-        if not path.is_file():
-            fail(f"{name} is not a file", 2)
+        if path.is_dir():  # a pipe or <(process substitution) is read like a file
+            fail(f"{name} is a directory, not a file", 2)
         if not os.access(path, os.R_OK):
             fail(f"{name}: not readable", 2)
         sources.append((name, path.read_bytes))

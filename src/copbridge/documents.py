@@ -118,13 +118,20 @@ class _Reader:
             return
         while True:
             try:
-                value, end = _DECODER.raw_decode(text, self.pos)
+                value, end = _LENIENT.raw_decode(text, self.pos)
             except (ValueError, RecursionError) as exc:
                 # The rest of the array cannot be split reliably: one refusal for all of it.
                 yield Unreadable(self.line(), f"{_reason(exc)} (the rest of the array)", len(text))
                 self.pos = len(text)
                 return
-            yield Document(self.line(), text[self.pos : end], value, end)
+            try:
+                bad = _first_bad(value)
+            except RecursionError:
+                bad = _Bad("nested too deeply")
+            if bad is not None:  # a NaN or an endless integer breaks its element, not the rest
+                yield Unreadable(self.line(), bad.reason, end)
+            else:
+                yield Document(self.line(), text[self.pos : end], value, end)
             self.pos = end
             self.skip_blank()
             if self.pos < len(text) and text[self.pos] == ",":
@@ -155,6 +162,39 @@ def _refuse_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)  # NaN, Infinity: not JSON
+
+
+class _Bad:
+    """A value JSON does not have, kept in place so that its array element alone is refused."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _bad_int(digits: str) -> int | _Bad:
+    try:
+        return int(digits)
+    except ValueError as exc:  # more digits than Python converts (4,300)
+        return _Bad(_reason(exc))
+
+
+_LENIENT = json.JSONDecoder(
+    parse_constant=lambda name: _Bad(f"{name} is not a JSON number"), parse_int=_bad_int
+)
+
+
+def _first_bad(value: Any) -> _Bad | None:
+    if isinstance(value, _Bad):
+        return value
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list):
+        return None
+    for item in value:
+        found = _first_bad(item)
+        if found is not None:
+            return found
+    return None
 
 
 def _reason(exc: BaseException) -> str:

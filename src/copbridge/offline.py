@@ -46,10 +46,20 @@ def geolocate(data: bytes, pipeline: Pipeline, fmt: Format = "json") -> Iterator
             yield _error(item.line, detection_id, [{"field": exc.field, "message": exc.message}])
             continue
         if fmt == "cot":
-            yield Line(prepared.record.cot_xml.decode().replace("\n", ""), ok=True)
+            yield Line(_one_line(prepared.record.cot_xml), ok=True)
         else:
             answer = {k: v for k, v in prepared.answer.items() if k not in ("status", "duplicate")}
             yield Line(json.dumps(answer, ensure_ascii=False), ok=True)
+
+
+def _one_line(cot_xml: bytes) -> str:
+    """The stored event on one line: the declaration's line break dropped, one in text kept
+    as the character reference it is (deleting it changed the text the service sends)."""
+    text = cot_xml.decode()
+    head, event = ("", text)
+    if text.startswith("<?xml"):
+        head, _, event = text.partition("\n")
+    return head + event.replace("\n", "&#10;")
 
 
 def _id_of(value: Any) -> str | None:

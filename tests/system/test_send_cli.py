@@ -4,6 +4,7 @@ status, and never a detection stored twice or lost from the count."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -253,3 +255,28 @@ def test_geolocate_reads_files_as_send_does(tmp_path: Path) -> None:
     result = run_copbridge(["geolocate", str(source)], {}, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["p1", "p2"]
+
+
+def test_send_reads_a_named_pipe_like_a_file(tmp_path: Path) -> None:
+    """`copbridge send <(grep person today.jsonl)`: a pipe, not a regular file, was refused."""
+    fifo = tmp_path / "detections.pipe"
+    os.mkfifo(fifo)
+    lines = [json.dumps(example(id=f"p{i}")) for i in range(3)]
+
+    def feed() -> None:
+        with fifo.open("w") as pipe:
+            pipe.write("\n".join(lines) + "\n")
+
+    serve = start_serve(tmp_path, env={"COPBRIDGE_RUN_WORKER": "false"})
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        result = _send(serve, str(fifo))
+    finally:
+        serve.stop()
+        if writer.is_alive():  # send never opened it: let the writer go
+            with contextlib.suppress(OSError), fifo.open("r"):
+                pass
+        writer.join(5)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == "accepted 3, duplicates 0, rejected 0 of 3"
