@@ -393,3 +393,16 @@ def test_an_answer_that_does_not_account_for_every_detection_stops_the_run_in_do
         Sender(client, summary, sleep=lambda _: None).send(detections)
     assert summary.in_doubt == 2
     assert summary.accepted == 0
+
+
+def test_a_url_without_the_batch_endpoint_stops_the_run_at_once() -> None:
+    client, sent = _answers((404, {"detail": "Not Found"}))
+    detections = [Pending(f"f:{i}", json.dumps({"id": f"d{i}"})) for i in range(2)]
+    with pytest.raises(Stopped, match="base URL"):
+        Sender(client, Summary(), sleep=lambda _: None, batch_items=1).send(detections)
+    assert len(sent) == 1  # not one 404 per batch of the file
+
+
+def test_a_byte_order_mark_where_cat_joined_two_files_is_not_a_refusal() -> None:
+    _length, found = read(b'{"id": "a"}\n\xef\xbb\xbf{"id": "b"}\n')
+    assert [getattr(item, "value", None) for item in found] == [{"id": "a"}, {"id": "b"}]

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-_BLANK = " \t\r\n"
+_BLANK = " \t\r\n\ufeff"  # a byte-order mark also starts each file cat joined after the first
 
 
 @dataclass(frozen=True, slots=True)

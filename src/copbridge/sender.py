@@ -264,6 +264,12 @@ class Sender:
         if status in (401, 403):
             why = f"the service refused the credential ({status}: {_detail(answer)})"
             raise self._stopped(batch, why, maybe_stored=retried)
+        if status in (404, 405):  # no batch endpoint there: every batch would get the same
+            why = (
+                f"HTTP {status} from {self.client.base_url}/api/v1/detections/batch "
+                "(is the URL the service's base URL, without /api/v1?)"
+            )
+            raise self._stopped(batch, why, maybe_stored=retried)
         if status not in (202, 207):
             for detection in batch:
                 self.summary.refuse(f"HTTP {status}: {_detail(answer)}", detection.place)
