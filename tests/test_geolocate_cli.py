@@ -105,3 +105,10 @@ def test_cot_format_keeps_a_line_break_the_label_holds() -> None:
     remarks = etree.fromstring(line.encode()).findtext("detail/remarks")
     assert remarks is not None
     assert remarks.startswith("person\nnew")
+
+
+def test_a_line_that_is_not_an_object_is_refused_as_the_api_refuses_it() -> None:
+    result = _geolocate('"person"\n')
+    assert result.returncode == 1
+    [line] = result.stdout.splitlines()
+    assert json.loads(line)["error"] == "body: expected a JSON object (one detection), not a string"

@@ -223,3 +223,10 @@ def _skip_blank_in_line(text: str, pos: int) -> int:
     while pos < len(text) and text[pos] in " \t\r":
         pos += 1
     return pos
+
+
+def kind_of(value: Any) -> str:
+    """What a JSON value that is not an object is, as a refusal names it."""
+    return {list: "an array", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number"
+    )

@@ -34,6 +34,11 @@ def geolocate(data: bytes, pipeline: Pipeline, fmt: Format = "json") -> Iterator
         if isinstance(item, documents.Unreadable):
             yield _error(item.line, None, [{"field": "body", "message": f"not JSON: {item.error}"}])
             continue
+        if not isinstance(item.value, dict):
+            kind = documents.kind_of(item.value)
+            message = f"body: expected a JSON object (one detection), not {kind}"
+            yield _error(item.line, None, [{"field": "body", "message": message}])
+            continue
         detection_id = _id_of(item.value)
         try:
             # The value the reader parsed, validated as the API validates a body's.

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from copbridge.documents import Document, Item, Unreadable
+from copbridge.documents import Document, Item, Unreadable, kind_of
 
 _WHY_RETRIED = {429: "rate limited (429)", 503: "store busy (503)"}
 
@@ -178,7 +178,7 @@ def pending(source: str, item: Item, summary: Summary) -> Pending | None:
         summary.refuse(f"not JSON: {item.error}", place)
         return None
     if not isinstance(item.value, dict):
-        summary.refuse(f"not a JSON object but {_kind(item.value)}", place)
+        summary.refuse(f"not a JSON object but {kind_of(item.value)}", place)
         return None
     if item.value.get("id") is not None:
         return Pending(place, item.text)
@@ -374,12 +374,6 @@ def retry_after(header: str | None, default: float) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _kind(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "true/false", type(None): "null"}.get(
-        type(value), "a number"
-    )
 
 
 def _never_connected(exc: httpx.TransportError) -> bool:
