@@ -110,3 +110,35 @@ def test_serving_role_is_refused_when_it_owns_the_tables_or_does_not_exist(
     )
     assert sqlite.returncode == 2
     assert "PostgreSQL" in sqlite.stderr
+
+
+def test_a_table_a_later_migration_creates_is_granted_to_the_serving_role(
+    roles: tuple[str, str], tmp_path: Path
+) -> None:
+    """An upgrade run without --serving-role (0002 added outbox_purged after the grant
+    existed) left serve refused on the new table: default privileges now cover it."""
+    owner_url, serving_url = roles
+    server = serving_url.split("//", 1)[1].split("@", 1)[0]
+    upgraded = run_copbridge(
+        ["db", "upgrade", "--serving-role", server], {"COPBRIDGE_DATABASE_URL": owner_url}, tmp_path
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    with psycopg.connect(owner_url, autocommit=True, connect_timeout=5) as owner:
+        owner.execute("CREATE TABLE later_table (id BIGSERIAL PRIMARY KEY, note TEXT)")
+    with psycopg.connect(serving_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("INSERT INTO later_table (note) VALUES ('x')")
+        assert conn.execute("SELECT count(*) FROM later_table").fetchone() == (1,)
+
+
+def test_pgoptions_from_the_environment_reach_the_server(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq's PGOPTIONS (a schema picked by search_path, say) was silently overridden by the
+    options copbridge adds; a URL's own options still come first."""
+    monkeypatch.setenv("PGOPTIONS", "-c work_mem=77MB")
+    plain = pg_url.split("?", 1)[0]  # without the test schema's options
+    store = open_store(plain)
+    try:
+        assert store._read(lambda tx: tx.one("SHOW work_mem")) == ("77MB",)
+    finally:
+        store.close()

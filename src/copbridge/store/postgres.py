@@ -6,6 +6,8 @@ audit appends take one of their own.
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -54,7 +56,8 @@ def _connect(url: str, stalls: StallWatch) -> WatchedConnection:
         " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
     )
     # Sent with the startup packet (covered by connect_timeout), after the URL's own options.
-    given = conninfo_to_dict(url).get("options")
+    # The URL's options, else PGOPTIONS (an explicit options= would silently override it).
+    given = conninfo_to_dict(url).get("options") or os.environ.get("PGOPTIONS")
     conn = psycopg.connect(
         make_conninfo(url, options=f"{given} {server}" if given else server),
         autocommit=True,
@@ -120,6 +123,11 @@ def _grant_serving_role(conn: WatchedConnection, role: str) -> None:
         "GRANT USAGE ON SCHEMA {schema} TO {who}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {who}",
         "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {who}",
+        # and on what later migrations create (run by this same owner): an upgrade without
+        # --serving-role left serve refused on the new tables (0002's outbox_purged)
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema}"
+        " GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {who}",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {who}",
         "REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON audit FROM {who}",
         "REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER"
         " ON schema_migrations FROM {who}",
