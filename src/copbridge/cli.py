@@ -312,6 +312,11 @@ def _readable(files: list[str]) -> list[tuple[str, Callable[[], bytes]]]:
     return sources
 
 
+_LOCK_WAIT = (
+    "no answer within 30 s (another replica may be migrating it and hold the lock; try again)"
+)
+
+
 def _make_ready(settings: Settings, store: Store) -> None:
     """Migrate (or just reach) the store before serving from it; exit 1 with one line if not."""
     try:
@@ -322,6 +327,9 @@ def _make_ready(settings: Settings, store: Store) -> None:
     except StoreError as exc:
         store.close()
         fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+    except TimeoutError:  # another replica held the migration lock past the writer's wait
+        store.close()
+        fail(f"store {settings.redacted_database_url()} is not usable: {_LOCK_WAIT}")
 
 
 @db_app.command("upgrade")
@@ -350,6 +358,8 @@ def db_upgrade(
             store.grant_serving_role(serving_role)
     except StoreError as exc:
         fail(f"store {settings.redacted_database_url()} is not usable: {exc}")
+    except TimeoutError:
+        fail(f"store {settings.redacted_database_url()} is not usable: {_LOCK_WAIT}")
     finally:
         store.close()
     typer.echo(f"schema at version {version_now}")

@@ -142,3 +142,17 @@ def test_pgoptions_from_the_environment_reach_the_server(
         assert store._read(lambda tx: tx.one("SHOW work_mem")) == ("77MB",)
     finally:
         store.close()
+
+
+def test_db_upgrade_waiting_past_its_limit_for_another_migrator_says_so_in_one_line(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Another replica holds the migration lock: after the 30 s wait, one line (it was a bare
+    concurrent.futures TimeoutError traceback)."""
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(7461001)")  # held until this block ends
+        result = run_copbridge(["db", "upgrade"], {"COPBRIDGE_DATABASE_URL": pg_url}, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "is not usable" in result.stderr
