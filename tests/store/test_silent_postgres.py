@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from copbridge.api.app import create_app
 from copbridge.config import load_settings
-from copbridge.store import StoreUnavailable
+from copbridge.store import StoreUnavailable, open_store
 from copbridge.store.postgres import PostgresStore
 from copbridge.store.tx import Tx
 from tests.api.conftest import example
@@ -189,3 +190,28 @@ class _OneThread:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+@pytest.mark.postgres
+def test_connections_the_server_ended_are_replaced_without_a_refusal(pg_url: str) -> None:
+    """A PostgreSQL restart ends every idle connection: the next read of each thread and the
+    next group commit failed once (503s, and /readyz unready), though the server was back."""
+    store = open_store(pg_url)
+    store.upgrade()
+    try:
+
+        def pid(tx: Tx) -> object:
+            row = tx.one("SELECT pg_backend_pid()")
+            assert row is not None
+            return row[0]
+
+        first_reader, first_writer = store._read(pid), store._write_now(pid)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            for backend in (first_reader, first_writer):
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (backend,))
+        store.ping()  # read again on a new connection (it raised StoreUnavailable)
+        [accepted] = store.accept_detections([detection("after-restart")], DESTS)
+        assert accepted.outcome == "accepted"
+        assert store.write_failure(60) is None
+    finally:
+        store.close()

@@ -138,17 +138,25 @@ class SqlStore:
         with reader.lock:
             if self._closed:
                 raise StoreUnavailable("the store is closed")
-            try:
-                if reader.conn is not None and self._is_stale(reader.conn):
+            if reader.conn is not None and self._is_stale(reader.conn):
+                reader.drop()
+            for attempt in (1, 2):
+                reused, started = reader.conn is not None, time.monotonic()
+                try:
+                    if reader.conn is None:
+                        reader.conn = self._connect()
+                    return job(Tx(reader.conn, self._dialect))
+                except Exception as exc:
+                    if not self._is_store_error(exc):
+                        raise
+                    # An idle connection the server ended (PostgreSQL restarted) fails its
+                    # next query at once: read again on a new one, not a 503 per thread.
+                    ended = reused and getattr(reader.conn, "broken", False)
                     reader.drop()
-                if reader.conn is None:
-                    reader.conn = self._connect()
-                return job(Tx(reader.conn, self._dialect))
-            except Exception as exc:
-                if self._is_store_error(exc):
-                    reader.drop()
+                    if attempt == 1 and ended and time.monotonic() - started < _ENDED_AT_ONCE_S:
+                        continue
                     raise StoreUnavailable(f"the store cannot be read: {exc}") from exc
-                raise
+            raise AssertionError("unreachable")  # pragma: no cover
 
     def _drop_reader(self) -> None:
         """Forget this thread's read connection (the next read opens a new one)."""
@@ -676,6 +684,11 @@ class SqlStore:
     def is_token_revoked(self, jti: str) -> bool:
         row = self._read(lambda tx: tx.one("SELECT 1 FROM revoked_tokens WHERE jti = ?", (jti,)))
         return row is not None
+
+
+_ENDED_AT_ONCE_S = 1.0
+"""A query on a connection the server had ended fails within this; a slower failure (a silent
+path cut by the stall watch) is not tried again, which would double the wait."""
 
 
 class _Reader:

@@ -131,6 +131,11 @@ class WatchedConnection:
         cost a request the whole silence limit when next used."""
         return self.watch.cuts != self._born
 
+    @property
+    def broken(self) -> bool:
+        """The server ended the connection (a restart, an administrator): a new one is needed."""
+        return bool(getattr(self.raw, "broken", False))
+
     def execute(self, sql: Any, params: Any = None, /) -> Any:
         with self.watch.watching(self._sock, self.who):
             return self.raw.execute(sql, params)

@@ -320,13 +320,19 @@ class GroupWriter(Generic[C]):
         self, jobs: list[_Job[C]], started: float
     ) -> tuple[C, list[tuple[_Job[C], bool, Any]]] | None:
         """BEGIN and every job in its savepoint; None (futures failed) if that goes wrong."""
-        try:
-            conn = self._connection()
-            self._begin(conn)
-        except Exception as exc:
-            self._refuse_batch(jobs, exc, started)
-            return None
-        return self._run_jobs(conn, jobs, started)
+        for attempt in (1, 2):
+            reused = self._conn is not None
+            try:
+                conn = self._connection()
+                self._begin(conn)
+            except Exception as exc:
+                if attempt == 1 and reused and _ended(self._conn):
+                    self._drop_connection()  # ended by the server while idle: try a new one
+                    continue
+                self._refuse_batch(jobs, exc, started)
+                return None
+            return self._run_jobs(conn, jobs, started)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _begin_on_loop(self, jobs: list[_Job[C]], started: float) -> C | None:
         """BEGIN on the event loop. While another process holds the write lock, BEGIN is tried
@@ -334,11 +340,17 @@ class GroupWriter(Generic[C]):
         thread may) would hold the loop, and every request of the process, for that long."""
         deadline = time.monotonic() + self._busy_wait_s
         pause = 0.001
+        reconnected = False
         while True:
+            reused = self._conn is not None
             try:
                 conn = self._connection()
                 (self._begin_nowait or self._begin)(conn)
             except Exception as exc:
+                if reused and not reconnected and _ended(self._conn):
+                    reconnected = True  # the server ended it while idle: nothing was done yet
+                    self._drop_connection()
+                    continue
                 if not (self._is_busy(exc) and time.monotonic() < deadline):
                     self._refuse_batch(jobs, exc, started)
                     return None
@@ -424,6 +436,11 @@ class GroupWriter(Generic[C]):
                 return
             if job is not None and not job.future.done():
                 job.future.set_exception(StoreUnavailable("the store is shutting down"))
+
+
+def _ended(conn: object) -> bool:
+    """A connection the server ended (PostgreSQL restarted): BEGIN fails at once on it."""
+    return bool(getattr(conn, "broken", False))
 
 
 def _first_line(exc: BaseException) -> str:
