@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,29 @@ def test_backoff_doubles_with_jitter_up_to_the_ceiling() -> None:
         assert ceiling / 2 <= delay <= ceiling
     backoff.reset()
     assert backoff.next() <= 0.5
+
+
+def test_an_encrypted_client_key_without_its_password_is_a_clear_error_not_a_prompt(
+    tmp_path: Path,
+) -> None:
+    """With no password, OpenSSL asked for the pass phrase on the terminal, freezing serve's
+    event loop (and failed with a bare EINVAL without one)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from copbridge.delivery.tls import client_context
+    from tests.tls import self_signed
+
+    cert, plain = self_signed(tmp_path)
+    key = serialization.load_pem_private_key(plain.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    common: dict[str, Any] = {"ca_file": None, "client_cert": cert, "client_key": encrypted}
+    with pytest.raises(ValueError, match="is encrypted: set its password"):
+        client_context(**common, client_password=None, verify_hostname=True)
+    assert client_context(**common, client_password="s3cret", verify_hostname=True)

@@ -44,7 +44,15 @@ def load_identity(
     if cert.suffix.lower() in _PKCS12_SUFFIXES:
         _load_pkcs12(context, cert, password)
     else:
-        context.load_cert_chain(cert, key, password)
+        # A callable, never None: with None, OpenSSL asks for an encrypted key's pass phrase
+        # on the terminal, and the event loop (API, feed) stops until someone types one.
+        context.load_cert_chain(cert, key, lambda: _given(password, key or cert))
+
+
+def _given(password: str | None, key: Path) -> str:
+    if password is None:
+        raise ValueError(f"{key} is encrypted: set its password (client_password, feed_password)")
+    return password
 
 
 def client_context(
