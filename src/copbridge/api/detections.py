@@ -185,10 +185,9 @@ async def post_batch(request: Request) -> Response:
     sorted_out = None if helper is None else await helper.prepare_batch(body, actor)
     if sorted_out is None:
         items = _batch_items(body)
-        if isinstance(items, Response):
-            refused = json.loads(bytes(items.body))  # the whole body refused: one record
-            pipeline.reject("contract", None, {"batch": refused["detail"]}, actor)
-            return items
+        if isinstance(items, _BodyRefused):  # the whole body refused: one record
+            pipeline.reject("contract", None, {"batch": items.detail}, actor)
+            return items.response
         sorted_out = await _prepare_batch_here(pipeline, settings, items, actor)
     results, prepared = sorted_out
     if prepared:
@@ -235,7 +234,7 @@ def prepare_batch_without_images(
     """:func:`post_batch`'s preparation in one go, for the helper process; None for a body
     the route must answer itself (a refused body, or an item with an image to keep)."""
     items = _batch_items(body)
-    if isinstance(items, Response):
+    if isinstance(items, _BodyRefused):
         return None
     results: list[dict[str, Any] | None] = [None] * len(items)
     valid: list[_Checked] = []
@@ -269,25 +268,37 @@ def _sort_located(
     return prepared
 
 
-def _batch_items(body: bytes) -> list[Any] | Response:
+@dataclass(frozen=True, slots=True)
+class _BodyRefused:
+    """A batch body refused as a whole: the answer, and its detail for the audit record."""
+
+    response: Response
+    detail: str
+
+
+def _batch_items(body: bytes) -> list[Any] | _BodyRefused:
     """The batch's items (a list, or an object holding ``detections``), or the refusal."""
     try:
         parsed = _parse_json(body)
     except Rejection as exc:
-        return unprocessable([exc.as_error()])
+        return _unprocessable_body(exc.as_error())
     if isinstance(parsed, dict):
         unknown = sorted(str(key) for key in parsed if key != "detections")
         if unknown:
             field = unknown[0]
-            return unprocessable([{"field": field, "message": f"{field}: unknown field"}])
+            return _unprocessable_body({"field": field, "message": f"{field}: unknown field"})
     items = parsed.get("detections") if isinstance(parsed, dict) else parsed
     if not isinstance(items, list):
-        return unprocessable(
-            [{"field": "detections", "message": "detections: expected a list of detections"}]
-        )
+        message = "detections: expected a list of detections"
+        return _unprocessable_body({"field": "detections", "message": message})
     if len(items) > MAX_BATCH:
-        return problem(413, f"a batch holds at most {MAX_BATCH} detections, got {len(items)}")
+        detail = f"a batch holds at most {MAX_BATCH} detections, got {len(items)}"
+        return _BodyRefused(problem(413, detail), detail)
     return items
+
+
+def _unprocessable_body(error: dict[str, str]) -> _BodyRefused:
+    return _BodyRefused(unprocessable([error]), errors_detail([error]))
 
 
 def _item(
@@ -338,10 +349,7 @@ def _audit_refusals(pipeline: Pipeline, results: list[dict[str, Any]], actor: st
 def _id_of(raw: object) -> str | None:
     """The id a refused item gave, for its audit record (only one the contract could take)."""
     given = raw.get("id") if isinstance(raw, dict) else None
-    return given if isinstance(given, str) and _ID_TEXT.fullmatch(given) else None
-
-
-_ID_TEXT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+    return given if isinstance(given, str) and _ID.fullmatch(given) else None
 
 
 async def _check_items(items: list[Any], results: list[dict[str, Any] | None]) -> list[_Checked]:
