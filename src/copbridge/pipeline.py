@@ -641,20 +641,16 @@ def open_terrain(path: Path) -> geo.Terrain:
     return geo.SrtmTiles(path) if path.is_dir() else geo.GeoTiffTerrain(path)
 
 
-def body_hash(detection: Detection, image: ImageBlob | None) -> str:
-    """Hash of what the detection means, for idempotency: same id + same meaning = a retry.
+def body_hashes(detection: Detection, image: ImageBlob | None) -> tuple[str, tuple[str, ...]]:
+    """Hash of what the detection means, for idempotency: same id + same meaning = a retry;
+    and the hashes versions before 12-03 gave the same body (they kept ``"uncertainty": {}``
+    apart from no uncertainty and all-zero distortion apart from none), so that a detection
+    stored by them and retried now is still its duplicate.
 
     Taken from the validated model, not the text sent, so that a retry written by another
     JSON library (1920.0 for 1920, 0 for 0.0, +00:00 for Z, a default spelt out or left
     out, track 17 for "17") is a duplicate, not a 409. The image counts by its SHA-256,
     whether it came inline or as a multipart part."""
-    return body_hashes(detection, image)[0]
-
-
-def body_hashes(detection: Detection, image: ImageBlob | None) -> tuple[str, tuple[str, ...]]:
-    """:func:`body_hash`, and the hashes versions before 12-03 gave the same body: they kept
-    ``"uncertainty": {}`` apart from no uncertainty and all-zero distortion apart from none, so
-    a detection stored by them and retried now must still be its duplicate."""
     body = detection.model_dump(mode="json", exclude={"image"})
     if image is not None:
         body["_image_sha256"] = image.sha256

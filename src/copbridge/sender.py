@@ -46,17 +46,12 @@ def _stored_unknown(answer: httpx.Response) -> bool:
     if not isinstance(body, dict):
         return False
     results = body.get("results")
-    errors = (
-        [r.get("error") for r in results if isinstance(r, dict)]
-        if isinstance(results, list)
-        else []
-    )
-    return body.get("stored") == "unknown" or any(
-        isinstance(e, dict) and e.get("stored") == "unknown" for e in errors
-    )
+    items = [r for r in results if isinstance(r, dict)] if isinstance(results, list) else []
+    return body.get("stored") == "unknown" or any(_item_stored_unknown(r) for r in items)
 
 
 def _item_stored_unknown(result: dict[str, Any]) -> bool:
+    """One batch item's 503 whose commit was cut off: it may be stored."""
     error = result.get("error")
     return isinstance(error, dict) and error.get("stored") == "unknown"
 

@@ -14,11 +14,11 @@ from pydantic import BaseModel, Field
 from copbridge.api.auth import GuardDep, PrincipalDep
 from copbridge.api.errors import problem, unprocessable
 from copbridge.model import FreeText
-from copbridge.security.keys import SCOPES, mint_key, new_key_record, now_us
+from copbridge.security.keys import KEY_ID_PATTERN, SCOPES, mint_key, new_key_record, now_us
 from copbridge.store import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
-_KEY_ID = re.compile(r"[0-9a-f]{12}")  # as keys.mint_key makes them
+_KEY_ID = re.compile(KEY_ID_PATTERN)
 
 
 class NewKey(BaseModel):

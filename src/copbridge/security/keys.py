@@ -36,7 +36,9 @@ SCOPES = (
 )
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ID_LEN, _SECRET_LEN, _CHECK_LEN = 12, 32, 6
-_KEY = re.compile(r"^cpb_([0-9a-f]{12})_([0-9A-Za-z]{32})([0-9A-Za-z]{6})\Z")  # \Z: no "\n"
+KEY_ID_PATTERN = r"[0-9a-f]{12}"  # as mint_key makes them (_ID_LEN hex digits)
+# \Z: no "\n" after the checksum
+_KEY = re.compile(rf"^cpb_({KEY_ID_PATTERN})_([0-9A-Za-z]{{32}})([0-9A-Za-z]{{6}})\Z")
 _HASH_SCHEME = "hmac-sha256$"
 #: Revocation reaches every replica within this many seconds (the verified-key cache lifetime).
 MAX_CACHE_TTL_S = 5.0

@@ -35,7 +35,7 @@ from copbridge.store.records import (
     StoredDetection,
 )
 from copbridge.store.tx import Dialect, Tx, chunks, placeholders
-from copbridge.store.writer import DEFAULT_MAX_DELAY_S, BatchObserver, GroupWriter
+from copbridge.store.writer import DEFAULT_MAX_DELAY_S, BatchObserver, GroupWriter, ended_by_server
 
 T = TypeVar("T")
 
@@ -151,7 +151,7 @@ class SqlStore:
                         raise
                     # An idle connection the server ended (PostgreSQL restarted) fails its
                     # next query at once: read again on a new one, not a 503 per thread.
-                    ended = reused and getattr(reader.conn, "broken", False)
+                    ended = reused and ended_by_server(reader.conn)
                     reader.drop()
                     if attempt == 1 and ended and time.monotonic() - started < _ENDED_AT_ONCE_S:
                         continue

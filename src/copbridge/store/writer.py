@@ -326,7 +326,7 @@ class GroupWriter(Generic[C]):
                 conn = self._connection()
                 self._begin(conn)
             except Exception as exc:
-                if attempt == 1 and reused and _ended(self._conn):
+                if attempt == 1 and reused and ended_by_server(self._conn):
                     self._drop_connection()  # ended by the server while idle: try a new one
                     continue
                 self._refuse_batch(jobs, exc, started)
@@ -347,7 +347,7 @@ class GroupWriter(Generic[C]):
                 conn = self._connection()
                 (self._begin_nowait or self._begin)(conn)
             except Exception as exc:
-                if reused and not reconnected and _ended(self._conn):
+                if reused and not reconnected and ended_by_server(self._conn):
                     reconnected = True  # the server ended it while idle: nothing was done yet
                     self._drop_connection()
                     continue
@@ -438,7 +438,7 @@ class GroupWriter(Generic[C]):
                 job.future.set_exception(StoreUnavailable("the store is shutting down"))
 
 
-def _ended(conn: object) -> bool:
+def ended_by_server(conn: object) -> bool:
     """A connection the server ended (PostgreSQL restarted): BEGIN fails at once on it."""
     return bool(getattr(conn, "broken", False))
 
