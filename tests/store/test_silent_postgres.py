@@ -215,3 +215,30 @@ def test_connections_the_server_ended_are_replaced_without_a_refusal(pg_url: str
         assert store.write_failure(60) is None
     finally:
         store.close()
+
+
+async def test_a_write_cut_by_the_silence_limit_is_not_tried_again_on_a_new_connection(
+    proxied: tuple[FaultProxy, str],
+) -> None:
+    """The writer's idle connection goes silent: the batch is refused at the silence limit. A
+    second try on a new connection (as for one the server ended) would wait a connect timeout
+    more on the same silent path; the drill saw requests held through a whole 8 s outage."""
+    proxy, url = proxied
+    store = PostgresStore(url, silence_limit_s=1.0)
+    try:
+        await asyncio.to_thread(store.upgrade)
+        await asyncio.wrap_future(store.submit_detections([detection("before")], DESTS))
+        proxy.black_hole()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as refused:
+            await asyncio.wait_for(
+                asyncio.wrap_future(store.submit_detections([detection("during")], DESTS)),
+                BOUND_S,
+            )
+        print(f"refused after {time.monotonic() - started:.1f} s: {refused.value}")
+        assert "timeout expired" not in str(refused.value)  # no connect attempt was waited on
+        assert store.stalls.cuts == 1
+        proxy.heal()
+        await asyncio.wrap_future(store.submit_detections([detection("after")], DESTS))
+    finally:
+        await asyncio.to_thread(store.close)

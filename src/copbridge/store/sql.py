@@ -35,7 +35,7 @@ from copbridge.store.records import (
     StoredDetection,
 )
 from copbridge.store.tx import Dialect, Tx, chunks, placeholders
-from copbridge.store.writer import DEFAULT_MAX_DELAY_S, BatchObserver, GroupWriter, ended_by_server
+from copbridge.store.writer import DEFAULT_MAX_DELAY_S, BatchObserver, GroupWriter, ended_at_once
 
 T = TypeVar("T")
 
@@ -151,9 +151,9 @@ class SqlStore:
                         raise
                     # An idle connection the server ended (PostgreSQL restarted) fails its
                     # next query at once: read again on a new one, not a 503 per thread.
-                    ended = reused and ended_by_server(reader.conn)
+                    ended = reused and ended_at_once(reader.conn, started)
                     reader.drop()
-                    if attempt == 1 and ended and time.monotonic() - started < _ENDED_AT_ONCE_S:
+                    if attempt == 1 and ended:
                         continue
                     raise StoreUnavailable(f"the store cannot be read: {exc}") from exc
             raise AssertionError("unreachable")  # pragma: no cover
@@ -684,11 +684,6 @@ class SqlStore:
     def is_token_revoked(self, jti: str) -> bool:
         row = self._read(lambda tx: tx.one("SELECT 1 FROM revoked_tokens WHERE jti = ?", (jti,)))
         return row is not None
-
-
-_ENDED_AT_ONCE_S = 1.0
-"""A query on a connection the server had ended fails within this; a slower failure (a silent
-path cut by the stall watch) is not tried again, which would double the wait."""
 
 
 class _Reader:

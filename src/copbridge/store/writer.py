@@ -321,12 +321,12 @@ class GroupWriter(Generic[C]):
     ) -> tuple[C, list[tuple[_Job[C], bool, Any]]] | None:
         """BEGIN and every job in its savepoint; None (futures failed) if that goes wrong."""
         for attempt in (1, 2):
-            reused = self._conn is not None
+            reused, tried = self._conn is not None, time.monotonic()
             try:
                 conn = self._connection()
                 self._begin(conn)
             except Exception as exc:
-                if attempt == 1 and reused and ended_by_server(self._conn):
+                if attempt == 1 and reused and ended_at_once(self._conn, tried):
                     self._drop_connection()  # ended by the server while idle: try a new one
                     continue
                 self._refuse_batch(jobs, exc, started)
@@ -342,12 +342,12 @@ class GroupWriter(Generic[C]):
         pause = 0.001
         reconnected = False
         while True:
-            reused = self._conn is not None
+            reused, tried = self._conn is not None, time.monotonic()
             try:
                 conn = self._connection()
                 (self._begin_nowait or self._begin)(conn)
             except Exception as exc:
-                if reused and not reconnected and ended_by_server(self._conn):
+                if reused and not reconnected and ended_at_once(self._conn, tried):
                     reconnected = True  # the server ended it while idle: nothing was done yet
                     self._drop_connection()
                     continue
@@ -438,9 +438,16 @@ class GroupWriter(Generic[C]):
                 job.future.set_exception(StoreUnavailable("the store is shutting down"))
 
 
-def ended_by_server(conn: object) -> bool:
-    """A connection the server ended (PostgreSQL restarted): BEGIN fails at once on it."""
-    return bool(getattr(conn, "broken", False))
+ENDED_AT_ONCE_S = 1.0
+"""A statement on a connection the server had ended fails within this; a slower failure (a
+silent path cut by the stall watch) is not tried again on a new connection, which would hold
+the callers for a connect timeout more instead of answering 503 at the silence limit."""
+
+
+def ended_at_once(conn: object, tried: float) -> bool:
+    """``conn`` was ended by the server (PostgreSQL restarted) and the statement tried at
+    ``tried`` (monotonic) failed at once, as it does then: worth one try on a new connection."""
+    return bool(getattr(conn, "broken", False)) and time.monotonic() - tried < ENDED_AT_ONCE_S
 
 
 def _first_line(exc: BaseException) -> str:
