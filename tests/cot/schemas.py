@@ -20,8 +20,8 @@ SUB_SCHEMAS = {
     "_flow-tags_": "flow-tags-schema.xsd",
     "image": "image-schema.xsd",
 }
-# ATAK's own detail element; MITRE published no schema for it.
-WITHOUT_SCHEMA = frozenset({"precisionlocation"})
+WITHOUT_SCHEMA = frozenset({"precisionlocation", "TakControl"})
+"""ATAK's own detail elements (and the TAK protocol negotiation's): MITRE has no schema for them."""
 
 
 def root_elements(xsd: str) -> list[str]:

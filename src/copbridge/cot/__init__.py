@@ -51,7 +51,7 @@ from copbridge.cot.proto import (
     to_millis,
     to_protobuf,
 )
-from copbridge.cot.text import clean_text, escape_attr, escape_text
+from copbridge.cot.text import clean_text, escape_attr, escape_text, has_forbidden
 from copbridge.cot.timing import DEFAULT_STALE_POLICY, PlatformSchedule, StalePolicy
 from copbridge.cot.uids import DEFAULT_UID_PREFIX, detection_uid, platform_uid
 from copbridge.cot.xml import (
@@ -63,6 +63,7 @@ from copbridge.cot.xml import (
     format_coordinate,
     format_decimal,
     parse_detail_xml,
+    parse_element,
     parse_xml,
     to_xml,
 )
@@ -112,10 +113,12 @@ __all__ = [
     "format_decimal",
     "format_time",
     "from_millis",
+    "has_forbidden",
     "mesh_frame",
     "mesh_payload",
     "normalise_label",
     "parse_detail_xml",
+    "parse_element",
     "parse_protobuf",
     "parse_xml",
     "ping_event",

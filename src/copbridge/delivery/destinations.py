@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from copbridge.config import DestinationSettings, Settings
 
 Scheme = Literal["tcp", "tls", "udp", "file", "log"]
+WireProtocol = Literal["xml", "protobuf"]
 _SCHEMES: tuple[Scheme, ...] = ("tcp", "tls", "udp", "file", "log")
 _STREAM_NAMES = ("stdout", "stderr")
 
@@ -32,7 +33,8 @@ class Destination:
     host: str = ""
     port: int = 0
     path: str = ""
-    protocol: Literal["xml", "protobuf"] = "xml"
+    protocol: WireProtocol = "xml"
+    """What is configured; a stream speaks protobuf only once the server accepted it."""
     label: str | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
@@ -42,6 +44,9 @@ class Destination:
     expected_hostname: str | None = None
     batch_size: int = 200
     keepalive_s: float = 15.0
+    offer_wait_s: float = 5.0
+    """How long a protobuf stream waits for the server's TAK protocol offer before it speaks
+    XML (a server that never offers reads XML only)."""
 
     @property
     def is_stream(self) -> bool:
@@ -73,6 +78,7 @@ def parse_destination(options: DestinationSettings | str) -> Destination:
         label=opts.name,
         batch_size=opts.batch_size,
         keepalive_s=opts.keepalive_s,
+        offer_wait_s=opts.offer_wait_s,
     )
     if scheme in ("file", "log"):
         if opts.protocol != "xml":

@@ -16,7 +16,7 @@ from copbridge.cot import (
     stream_frame,
     to_xml,
 )
-from copbridge.delivery.destinations import Destination
+from copbridge.delivery.destinations import Destination, WireProtocol
 
 _DECLARATION = b"<?xml"
 
@@ -42,9 +42,10 @@ def _protobuf(payload: bytes) -> bytes:
         raise EncodingError(f"cannot convert CoT XML to TAK protobuf: {exc}") from exc
 
 
-def encode(payload: bytes, destination: Destination) -> bytes:
-    """One stored event as written to ``destination`` (one datagram, or bytes for a stream)."""
-    if destination.protocol == "protobuf":
+def encode(payload: bytes, destination: Destination, protocol: WireProtocol | None = None) -> bytes:
+    """One stored event as written to ``destination`` (one datagram, or bytes for a stream), in
+    ``protocol`` (default: the destination's; a stream speaks what it negotiated)."""
+    if (protocol or destination.protocol) == "protobuf":
         proto = _protobuf(payload)
         return mesh_frame(proto) if destination.scheme == "udp" else stream_frame(proto)
     if destination.scheme == "udp":
@@ -52,6 +53,6 @@ def encode(payload: bytes, destination: Destination) -> bytes:
     return event_body(payload) + b"\n"
 
 
-def ping(destination: Destination, now: datetime, uid: str) -> bytes:
+def ping(destination: Destination, now: datetime, uid: str, protocol: WireProtocol) -> bytes:
     """The TAK keepalive (``t-x-c-t``); TAK servers answer it with ``t-x-c-t-r``."""
-    return encode(to_xml(ping_event(now, uid=uid)), destination)
+    return encode(to_xml(ping_event(now, uid=uid)), destination, protocol)

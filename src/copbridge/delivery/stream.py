@@ -4,6 +4,9 @@ TCP alone does not: writes to a peer that vanished keep succeeding until the sen
 So we ping (``t-x-c-t``) every ``keepalive_s`` and, once the peer has shown that it answers
 pings, treat a ping unanswered for ``keepalive_s`` as a dead link; TCP keepalive and
 ``TCP_USER_TIMEOUT`` cover peers that never answer, and every drain is bounded by a timeout.
+
+A destination configured for protobuf speaks it only after the server offered and accepted it
+(``negotiation.py``); until then, and with a server that never offers, the link speaks XML.
 """
 
 from __future__ import annotations
@@ -17,13 +20,27 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from copbridge.delivery.destinations import Destination
-from copbridge.delivery.encoding import ping
+from copbridge.delivery.destinations import Destination, WireProtocol
+from copbridge.delivery.encoding import event_body, ping
+from copbridge.delivery.negotiation import (
+    ANSWER,
+    ANSWER_WAIT_S,
+    CONTROL,
+    OFFER,
+    VERSION,
+    ControlScanner,
+    NegotiationError,
+    parse_answer,
+    parse_offer,
+    request,
+)
 from copbridge.delivery.tls import client_context
 from copbridge.delivery.transports import LinkError
+from copbridge.logs import get_logger
 
 _PONG = b"t-x-c-t-r"
 _READ_CHUNK = 1 << 16
+_log = get_logger(__name__)
 
 
 def _tune_socket(sock: socket.socket, keepalive_s: float) -> None:
@@ -52,9 +69,16 @@ class StreamTransport:
         expect_answer: bool,
         wake: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        answer_wait_s: float = ANSWER_WAIT_S,
     ) -> None:
         self.destination = destination
         self.answers_pings = expect_answer
+        self._protocol: WireProtocol = "xml"
+        self._answer_wait_s = answer_wait_s
+        # While negotiating: the control events the server sent, found by the reader.
+        self._scanner: ControlScanner | None = None
+        self._controls: list[bytes] = []
+        self._control_seen = asyncio.Event()
         self._ping_uid = ping_uid
         self._wake = wake
         self._clock = clock
@@ -101,12 +125,78 @@ class StreamTransport:
         if sock is not None:
             _tune_socket(sock, d.keepalive_s)
         self._writer = writer
+        if d.protocol == "protobuf":
+            self._scanner = ControlScanner()  # before the reader starts: the offer comes at once
         self._reader_task = asyncio.create_task(self._read(reader), name=f"read {d.name}")
+        if d.protocol == "protobuf":
+            await self._negotiate()
+
+    @property
+    def protocol(self) -> WireProtocol:
+        return self._protocol
+
+    async def _negotiate(self) -> None:
+        """Wait for the server's offer; with version 1 in it, ask for it and wait for the
+        answer. No offer, no version 1 or a refusal: the link speaks XML."""
+        d = self.destination
+        offer = None
+        if (offered := await self._control_event(OFFER, d.offer_wait_s)) is not None:
+            try:
+                offer = parse_offer(offered)
+            except NegotiationError as exc:
+                _log.warning("unreadable TAK protocol offer", destination=d.name, error=str(exc))
+        if offer is None or VERSION not in offer.versions:
+            self._scanner = None
+            _log.warning(
+                "the TAK server offered no TAK protocol version 1: sending XML",
+                destination=d.name,
+                offered=sorted(offer.versions) if offer else None,
+                waited_s=d.offer_wait_s,
+            )
+            return
+        await self._write(event_body(request(offer, datetime.now(UTC))) + b"\n")
+        answered = await self._control_event(ANSWER, self._answer_wait_s)
+        self._scanner = None
+        if answered is None:
+            raise LinkError(
+                f"no answer to the TAK protocol request within {self._answer_wait_s:g} s"
+            )
+        try:
+            accepted = parse_answer(answered)
+        except NegotiationError as exc:
+            raise LinkError(f"unreadable answer to the TAK protocol request: {exc}") from exc
+        if accepted:
+            self._protocol = "protobuf"
+            _log.info("speaking TAK protocol version 1 (protobuf)", destination=d.name)
+        else:
+            _log.warning(
+                "the TAK server refused TAK protocol version 1: sending XML", destination=d.name
+            )
+
+    async def _control_event(self, kind: bytes, seconds: float) -> bytes | None:
+        """The first control event of ``kind`` the server sends within ``seconds``; None if
+        none came. Raises ``LinkError`` when the connection ends meanwhile."""
+        deadline = time.monotonic() + seconds
+        while True:
+            for index, event in enumerate(self._controls):
+                if kind in event:
+                    del self._controls[: index + 1]
+                    return event
+            self._check()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._control_seen.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._control_seen.wait(), remaining)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         tail = b""
         try:
             while chunk := await reader.read(_READ_CHUNK):
+                if self._scanner is not None and (found := self._scanner.feed(chunk, CONTROL)):
+                    self._controls += found
+                    self._control_seen.set()
                 window = tail + chunk
                 pongs = window.count(_PONG)
                 for _ in range(pongs):
@@ -120,6 +210,7 @@ class StreamTransport:
         except (OSError, ssl.SSLError) as exc:
             self._closed_reason = f"read failed: {exc}"
         finally:
+            self._control_seen.set()
             self._wake()
 
     def _check(self) -> None:
@@ -151,7 +242,9 @@ class StreamTransport:
         if now - self._last_ping >= limit:
             self._last_ping = now
             self._pings.append(now)
-            await self._write(ping(self.destination, datetime.now(UTC), self._ping_uid))
+            await self._write(
+                ping(self.destination, datetime.now(UTC), self._ping_uid, self._protocol)
+            )
 
     def confirmed_at(self) -> float | None:
         return self._confirmed if self.answers_pings else None
@@ -164,7 +257,7 @@ class StreamTransport:
         now = self._clock()
         self._last_ping = now
         self._pings.append(now)
-        await self._write(ping(self.destination, datetime.now(UTC), self._ping_uid))
+        await self._write(ping(self.destination, datetime.now(UTC), self._ping_uid, self._protocol))
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from copbridge.delivery.destinations import Destination
+from copbridge.delivery.destinations import Destination, WireProtocol
 
 
 class LinkError(Exception):
@@ -18,6 +18,11 @@ class LinkError(Exception):
 
 class Transport(Protocol):
     """One open link to one destination. Every wait inside is bounded in time."""
+
+    @property
+    def protocol(self) -> WireProtocol:
+        """What the link speaks now (a stream: XML until the server accepted protobuf)."""
+        ...
 
     async def open(self) -> None: ...
 
@@ -43,6 +48,12 @@ class Transport(Protocol):
 
 class Unacknowledged:
     """For links that never answer (UDP, files, the log): no keepalive, nothing confirmed."""
+
+    destination: Destination
+
+    @property
+    def protocol(self) -> WireProtocol:
+        return self.destination.protocol  # nothing to negotiate: what is configured
 
     async def keepalive(self) -> None:
         return None

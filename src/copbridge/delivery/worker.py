@@ -212,7 +212,7 @@ class Courier:
         await self._learn_acknowledgement(transport)
         if self._resend:
             resend = await self._still_newest([i for i in self._resend if i.stale_us > _now_us()])
-            frames, good = await self._encode(resend, release=False)
+            frames, good = await self._encode(transport, resend, release=False)
             await self._write(transport, frames, good)
             self._resend = []
             _log.info("re-sent recent events", destination=self.destination.name, count=len(good))
@@ -238,7 +238,7 @@ class Courier:
                     await self._idle(min(self._timing.poll_s, self.destination.keepalive_s / 4))
                     continue
                 self._held = items
-                frames, good = await self._encode(items, release=True)
+                frames, good = await self._encode(transport, items, release=True)
                 self._held = good
                 if len(items) >= self.destination.batch_size:  # a backlog: fetch the next now
                     prefetch = asyncio.create_task(self._claim())
@@ -326,7 +326,7 @@ class Courier:
         self._wake.clear()
 
     async def _encode(
-        self, items: Sequence[OutboxItem], *, release: bool
+        self, transport: Transport, items: Sequence[OutboxItem], *, release: bool
     ) -> tuple[list[bytes], list[OutboxItem]]:
         frames: list[bytes] = []
         good: list[OutboxItem] = []
@@ -334,7 +334,7 @@ class Courier:
         error = ""
         for item in items:
             try:
-                frames.append(encode(item.payload, self.destination))
+                frames.append(encode(item.payload, self.destination, transport.protocol))
                 good.append(item)
             except EncodingError as exc:
                 bad.append(item)
