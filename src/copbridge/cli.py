@@ -85,6 +85,7 @@ def serve(
         problem = _tls_problem(settings.tls_cert, settings.tls_key, settings.tls_key_password)
         if problem is not None:
             fail(f"COPBRIDGE_TLS_CERT / COPBRIDGE_TLS_KEY cannot be used: {problem}", 2)
+    _check_delivery(settings, run_worker=settings.run_worker, feed=settings.feed)
     store = build_store(settings)
     _make_ready(settings, store)
     minted = _bootstrap_key(settings, store)
@@ -120,6 +121,15 @@ def serve(
         fail(f"could not listen on {settings.host}:{settings.port}")
 
 
+def _check_delivery(settings: Settings, *, run_worker: bool, feed: str) -> None:
+    from copbridge.delivery import DestinationError, check_delivery
+
+    try:
+        check_delivery(settings, run_worker=run_worker, feed=feed)
+    except DestinationError as exc:
+        fail(str(exc), 2)
+
+
 def _tls_problem(cert: Path, key: Path, password: SecretStr | None) -> str | None:
     """Why the HTTPS certificate and key cannot be loaded (uvicorn would end in a traceback)."""
     import ssl
@@ -138,19 +148,16 @@ def worker(config: ConfigOption = None) -> None:
     import asyncio
 
     from copbridge.api.app import build_store
-    from copbridge.delivery import DeliveryService, DestinationError
+    from copbridge.delivery import DeliveryService
     from copbridge.logs import configure_logging
 
     settings = settings_or_exit(config)
     configure_logging(settings.log_format, settings.log_level)
-    try:
-        names = [d.url for d in settings.destination_settings()]
-        if not names:
-            fail("no destinations configured (COPBRIDGE_DESTINATIONS)", 2)
-        store = build_store(settings)
-        service = DeliveryService(settings, store, run_worker=True, feed="off")
-    except DestinationError as exc:
-        fail(str(exc), 2)
+    if not settings.destination_settings():
+        fail("no destinations configured (COPBRIDGE_DESTINATIONS)", 2)
+    _check_delivery(settings, run_worker=True, feed="off")
+    store = build_store(settings)
+    service = DeliveryService(settings, store, run_worker=True, feed="off")
     _make_ready(settings, store)
 
     async def run() -> None:

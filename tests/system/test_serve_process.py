@@ -102,6 +102,67 @@ def test_unusable_https_certificate_is_one_clear_line(tmp_path: Path, problem: s
     assert "bootstrap" not in result.stdout  # nothing minted for a server that never starts
 
 
+@pytest.mark.parametrize(
+    ("problem", "named"),
+    [
+        ("destination URL", "tcp://tak"),
+        ("destination port 0", "port must be"),
+        ("same destination twice", "configured twice"),
+        ("destination CA file missing", "TLS files cannot be used"),
+        ("destination certificate not a certificate", "TLS files cannot be used"),
+        ("destination key without certificate", "client_key needs client_cert"),
+        ("feed URL", "COPBRIDGE_FEED"),
+        ("feed certificate missing", "COPBRIDGE_FEED"),
+        ("feed certificates on a tcp feed", "COPBRIDGE_FEED_CERT"),
+    ],
+)
+def test_unusable_delivery_settings_are_one_clear_line(
+    tmp_path: Path, problem: str, named: str
+) -> None:
+    """These were a 60-line traceback from inside uvicorn's start-up, or (TLS files) a link
+    that failed again and again while serve looked healthy."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    missing = str(tmp_path / "missing.pem")
+    table = {
+        "destination URL": ('url = "tcp://tak"', {}),
+        "destination port 0": ('url = "tcp://tak:0"', {}),
+        "same destination twice": (
+            'url = "tcp://TAK:8087"\n[[destinations]]\nurl = "tcp://tak:8087/"',
+            {},
+        ),
+        "destination CA file missing": (f'url = "tls://tak:8089"\nca_file = "{missing}"', {}),
+        "destination certificate not a certificate": (
+            f'url = "tls://tak:8089"\nclient_cert = "{garbage}"',
+            {},
+        ),
+        "destination key without certificate": (
+            f'url = "tls://tak:8089"\nclient_key = "{garbage}"',
+            {},
+        ),
+        "feed URL": (None, {"COPBRIDGE_FEED": "tcp://nonsense"}),
+        "feed certificate missing": (
+            None,
+            {"COPBRIDGE_FEED": "tls://127.0.0.1:0", "COPBRIDGE_FEED_CERT": missing},
+        ),
+        "feed certificates on a tcp feed": (
+            None,
+            {"COPBRIDGE_FEED": "tcp://127.0.0.1:0", "COPBRIDGE_FEED_CERT": str(garbage)},
+        ),
+    }
+    destination, env = table[problem]
+    config = tmp_path / "copbridge.toml"
+    config.write_text(f"[[destinations]]\n{destination}\n" if destination else "")
+    env = {"COPBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", **env}
+    result = run_copbridge(["serve", "--config", str(config)], env, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0]
+    assert "bootstrap" not in result.stdout  # checked before anything is stored
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_unknown_config_key_in_toml_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "copbridge.toml"
     config.write_text("prot = 9001\n")

@@ -12,6 +12,7 @@ from copbridge.delivery.destinations import (
 )
 from copbridge.delivery.feed import CotFeed, FeedAddress, parse_feed
 from copbridge.delivery.monitor import DestinationState, LinkMonitor, LinkState
+from copbridge.delivery.preflight import check_delivery
 from copbridge.delivery.service import DeliveryService, worker_id
 from copbridge.delivery.transports import LinkError, Transport
 from copbridge.delivery.worker import Courier, DeliveryTiming
@@ -29,6 +30,7 @@ __all__ = [
     "LinkMonitor",
     "LinkState",
     "Transport",
+    "check_delivery",
     "configured_destinations",
     "destination_names",
     "parse_destination",

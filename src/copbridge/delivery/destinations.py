@@ -95,8 +95,12 @@ def parse_destination(options: DestinationSettings | str) -> Destination:
         raise DestinationError(f"destination {url!r}: {exc}") from None
     if not parts.hostname or port is None:
         raise DestinationError(f"destination {url!r}: needs host and port, e.g. tcp://tak:8087")
-    if scheme != "tls" and (opts.client_cert or opts.ca_file):
+    if port == 0:
+        raise DestinationError(f"destination {url!r}: port must be 1-65535")
+    if scheme != "tls" and (opts.client_cert or opts.client_key or opts.ca_file):
         raise DestinationError(f"destination {url!r}: certificates need a tls:// URL")
+    if opts.client_key and not opts.client_cert:
+        raise DestinationError(f"destination {url!r}: client_key needs client_cert")
     password = opts.client_password.get_secret_value() if opts.client_password else None
     return replace(
         common,
@@ -114,9 +118,16 @@ def parse_destination(options: DestinationSettings | str) -> Destination:
 def configured_destinations(settings: Settings) -> list[Destination]:
     """Every destination of the settings (comma-separated URLs or ``[[destinations]]`` tables)."""
     found = [parse_destination(entry) for entry in settings.destination_settings()]
-    names = [d.name for d in found]
-    if len(set(names)) != len(names):
-        raise DestinationError("the same destination URL is configured twice")
+    seen: dict[tuple[str, str, int, str], str] = {}
+    for d in found:
+        # Host names are case-blind and a path-less URL may end in "/": one place, one entry,
+        # or every event would be queued, and delivered, twice.
+        where = (d.scheme, d.host.lower(), d.port, d.path)
+        if where in seen:
+            raise DestinationError(
+                f"destination {d.name!r} is configured twice (also as {seen[where]!r})"
+            )
+        seen[where] = d.name
     return found
 
 
