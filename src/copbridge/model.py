@@ -303,11 +303,20 @@ class BatchAnswer(BaseModel):
     results: list[BatchItemResult]
 
 
+_LONGEST_NAME = 64
+"""Longer than any field of ours: an unknown key beyond this is named by its start."""
+
+
+def _named(part: object) -> str:
+    text = str(part)
+    return text if len(text) <= _LONGEST_NAME else f"{text[:_LONGEST_NAME]}…"
+
+
 def field_errors(errors: Iterable[Any], prefix: str = "") -> list[dict[str, str]]:
     """Pydantic errors as ``field`` (dotted path) + ``message``; root errors name their field."""
     out = []
     for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p not in ("body",)]
+        loc = [_named(p) for p in error.get("loc", ()) if p not in ("body",)]
         message = str(error.get("msg", "invalid"))
         message = message.removeprefix("Value error, ")
         if "input" in error and error["input"] is None and error.get("type") != "missing":

@@ -744,6 +744,23 @@ def _us(value: datetime) -> int:
     return int(value.timestamp() * 1_000_000)
 
 
+_AUDITED_TEXT = 300
+_AUDITED_ERRORS = 5
+
+
 def _bounded(error: dict[str, Any]) -> dict[str, Any]:
-    # Audit the reason, not an attacker's megabyte: messages are cut to a readable length.
-    return {k: (v[:300] if isinstance(v, str) else v) for k, v in error.items()}
+    """The reason as audited, not an attacker's megabyte (the trail keeps it for good): texts
+    cut to a readable length, the first errors of a list with a count of the rest."""
+    out: dict[str, Any] = {}
+    for key, value in error.items():
+        if isinstance(value, str):
+            out[key] = value[:_AUDITED_TEXT]
+        elif isinstance(value, list):
+            out[key] = [_bounded(v) if isinstance(v, dict) else v for v in value[:_AUDITED_ERRORS]]
+            if len(value) > _AUDITED_ERRORS:
+                out[f"{key}_left_out"] = len(value) - _AUDITED_ERRORS
+        elif isinstance(value, dict):
+            out[key] = _bounded(value)
+        else:
+            out[key] = value
+    return out

@@ -762,6 +762,28 @@ def test_every_refused_detection_is_audited_with_its_reason_and_id_batch_items_t
     ]
 
 
+def test_a_refusal_of_huge_or_countless_unknown_fields_is_audited_in_bounded_size(
+    client: TestClient,
+) -> None:
+    """The trail keeps every record for good: a 300 kB field name made a 600 kB record. The
+    first five errors are kept, with the count of the rest."""
+    store = client.app.state.store  # type: ignore[attr-defined]
+    body = example(id="bloat")
+    body["x" * 300_000] = 1
+    body.update({f"k{i}": i for i in range(5_000)})
+    answer = client.post(URL, json=body)
+    assert answer.status_code == 422
+    named = {e["field"] for e in answer.json()["errors"]}
+    assert "x" * 64 + "…" in named
+    assert "k4999" in named
+    store._writer.run(lambda conn: None)  # the audit write is queued, not awaited: flush it
+    [record] = store.audit_records(kind="detection.rejected", limit=10)
+    assert len(json.dumps(record.data)) < 20_000
+    assert len(record.data["errors"]) == 5
+    assert record.data["errors_left_out"] == 4996
+    assert store.verify_audit().ok
+
+
 def test_a_refusal_echoing_a_lone_surrogate_is_still_audited(client: TestClient) -> None:
     store = client.app.state.store  # type: ignore[attr-defined]
     raw = b'{"detections": [], "\\ud800": 1}'

@@ -149,7 +149,7 @@ async def post_detection(request: Request) -> Response:
             prepared = pipeline.prepare(detection, raw=raw, image=image, actor=actor)
     except (ValidationError, InvalidFields) as exc:
         errors = exc.errors if isinstance(exc, InvalidFields) else field_errors(exc.errors())
-        pipeline.reject("contract", None, {"errors": errors[:5]}, actor)
+        pipeline.reject("contract", None, {"errors": errors}, actor)
         return unprocessable(errors)
     except Rejection as exc:
         pipeline.reject(exc.reason, exc.subject, exc.as_error(), actor)
@@ -340,7 +340,7 @@ def _audit_refusals(pipeline: Pipeline, results: list[dict[str, Any]], actor: st
         refusal = result.pop(_REFUSAL, None)
         if refusal is not None:
             reason, subject = refusal
-            error = {"index": result["index"], "errors": result["error"]["errors"][:5]}
+            error = {"index": result["index"], "errors": result["error"]["errors"]}
             refused.append((reason, subject, error))
     if refused:
         pipeline.reject_many(refused, actor)
