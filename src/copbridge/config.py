@@ -90,7 +90,7 @@ class DestinationSettings(BaseModel):
     expected_hostname: str | None = None
     batch_size: int = Field(default=200, ge=1, le=10_000)
     keepalive_s: float = Field(default=15.0, gt=0, le=3600)
-    offer_wait_s: float = Field(default=5.0, ge=0, le=300)
+    offer_wait_s: float = Field(default=5.0, gt=0, le=300)
 
 
 class Settings(BaseSettings):

@@ -8,14 +8,21 @@ here) on loopback.
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from copbridge.config import DestinationSettings
+from copbridge.config import DestinationSettings, Settings
 from copbridge.cot import parse_xml
 from copbridge.delivery import DeliveryService
-from copbridge.delivery.destinations import parse_destination
+from copbridge.delivery.destinations import (
+    DestinationError,
+    configured_destinations,
+    parse_destination,
+)
 from copbridge.delivery.negotiation import (
     ControlScanner,
     NegotiationError,
@@ -151,3 +158,65 @@ def test_the_request_escapes_the_uid_the_server_chose() -> None:
     offer = parse_offer(control_event("t-x-takp-v", "").replace(OFFER_UID.encode(), b"a&amp;b"))
     asked = request(offer, datetime.now(UTC))
     assert parse_xml(asked).uid == "a&b"
+
+
+async def test_a_server_repeating_control_events_cannot_make_the_client_hold_them() -> None:
+    """Every control event seen while negotiating was kept until the wait ended: a server
+    repeating its offer made the client hold about 70 MB in 3 s (a minute's wait: gigabytes)."""
+    offer = control_event("t-x-takp-v", '<TakProtocolSupport version="1"/>')
+    flood = offer * 500  # ~200 kB
+    flooded = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal flooded
+        writer.write(b'<event uid="before" type="a-f-G"/>' + offer)  # a self-closing one first
+        while b"t-x-takp-q" not in (chunk := await reader.read(1 << 16)):
+            if not chunk:
+                return  # the client gave up: nothing to flood
+        while flooded < 40_000_000:
+            writer.write(flood)
+            await writer.drain()
+            flooded += len(flood)
+        writer.write(control_event("t-x-takp-r", '<TakResponse status="true"/>'))
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    destination = parse_destination(
+        DestinationSettings(url=f"tcp://127.0.0.1:{port}", protocol="protobuf")
+    )
+    transport = StreamTransport(destination, ping_uid="p", expect_answer=False, wake=lambda: None)
+    tracemalloc.start()
+    try:
+        await asyncio.wait_for(transport.open(), 30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await transport.close()
+        server.close()
+    assert transport.protocol == "protobuf"
+    assert flooded >= 40_000_000
+    assert peak < 4_000_000, f"{peak / 1e6:.1f} MB held while {flooded / 1e6:.0f} MB came in"
+
+
+def test_one_server_with_two_client_certificates_is_two_destinations_the_same_twice_is_not(
+    tmp_path: Path,
+) -> None:
+    """TAK Server puts a client in groups by its certificate: one server, two identities."""
+    a, b = tmp_path / "a.p12", tmp_path / "b.p12"
+    two = [
+        DestinationSettings(url="tls://tak:8089", client_cert=a),
+        DestinationSettings(url="tls://TAK:8089/", client_cert=b),
+    ]
+    assert len(configured_destinations(Settings(destinations=two))) == 2
+    same = [two[0], two[1].model_copy(update={"client_cert": a})]
+    with pytest.raises(DestinationError, match="configured twice"):
+        configured_destinations(Settings(destinations=same))
+
+
+def test_offer_wait_must_be_positive() -> None:
+    """0 decided "no offer" before the reader had run once, even for a server offering at
+    once, and logged that the server offered none."""
+    with pytest.raises(ValidationError, match="offer_wait_s"):
+        DestinationSettings(url="tcp://tak:8087", protocol="protobuf", offer_wait_s=0)

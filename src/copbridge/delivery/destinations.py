@@ -118,11 +118,12 @@ def parse_destination(options: DestinationSettings | str) -> Destination:
 def configured_destinations(settings: Settings) -> list[Destination]:
     """Every destination of the settings (comma-separated URLs or ``[[destinations]]`` tables)."""
     found = [parse_destination(entry) for entry in settings.destination_settings()]
-    seen: dict[tuple[str, str, int, str], str] = {}
+    seen: dict[tuple[object, ...], str] = {}
     for d in found:
-        # Host names are case-blind and a path-less URL may end in "/": one place, one entry,
-        # or every event would be queued, and delivered, twice.
-        where = (d.scheme, d.host.lower(), d.port, d.path)
+        # Host names are case-blind and a path-less URL may end in "/": one place with the
+        # same options is one entry, or every event would be queued, and delivered, twice. (One
+        # server with two client certificates, i.e. two TAK groups, is two destinations.)
+        where = (d.scheme, d.host.lower(), d.port, d.path, d.protocol, d.client_cert)
         if where in seen:
             raise DestinationError(
                 f"destination {d.name!r} is configured twice (also as {seen[where]!r})"

@@ -45,7 +45,7 @@ class Offer:
 
 def _control(data: bytes, kind: bytes) -> tuple[str, etree._Element]:
     """The uid and the ``TakControl`` element of one control event of ``kind``."""
-    start = data.find(b"<event")
+    start = data.rfind(b"<event")  # what came before in the same piece is another event
     if start < 0:
         raise NegotiationError("no <event> element")
     try:
@@ -96,7 +96,7 @@ def request(offer: Offer, now: datetime) -> bytes:
 
 class ControlScanner:
     """Finds the control events of one kind in what an XML-speaking server sends, chunk by
-    chunk; everything else is passed over, and nothing more than one event is ever held."""
+    chunk; everything else is passed over, and no more than 64 kB of a partial event is held."""
 
     def __init__(self) -> None:
         self._tail = b""

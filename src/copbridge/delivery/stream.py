@@ -75,9 +75,11 @@ class StreamTransport:
         self.answers_pings = expect_answer
         self._protocol: WireProtocol = "xml"
         self._answer_wait_s = answer_wait_s
-        # While negotiating: the control events the server sent, found by the reader.
+        # While negotiating: the kind of control event awaited and the first one the reader
+        # found (one slot: a server repeating control events cannot make us hold more).
         self._scanner: ControlScanner | None = None
-        self._controls: list[bytes] = []
+        self._awaiting: bytes | None = None
+        self._control: bytes | None = None
         self._control_seen = asyncio.Event()
         self._ping_uid = ping_uid
         self._wake = wake
@@ -127,6 +129,7 @@ class StreamTransport:
         self._writer = writer
         if d.protocol == "protobuf":
             self._scanner = ControlScanner()  # before the reader starts: the offer comes at once
+            self._awaiting = OFFER
         self._reader_task = asyncio.create_task(self._read(reader), name=f"read {d.name}")
         if d.protocol == "protobuf":
             await self._negotiate()
@@ -140,7 +143,7 @@ class StreamTransport:
         answer. No offer, no version 1 or a refusal: the link speaks XML."""
         d = self.destination
         offer = None
-        if (offered := await self._control_event(OFFER, d.offer_wait_s)) is not None:
+        if (offered := await self._control_event(d.offer_wait_s)) is not None:
             try:
                 offer = parse_offer(offered)
             except NegotiationError as exc:
@@ -154,8 +157,9 @@ class StreamTransport:
                 waited_s=d.offer_wait_s,
             )
             return
+        self._awaiting, self._control = ANSWER, None  # an answer counts only after the request
         await self._write(event_body(request(offer, datetime.now(UTC))) + b"\n")
-        answered = await self._control_event(ANSWER, self._answer_wait_s)
+        answered = await self._control_event(self._answer_wait_s)
         self._scanner = None
         if answered is None:
             raise LinkError(
@@ -173,15 +177,11 @@ class StreamTransport:
                 "the TAK server refused TAK protocol version 1: sending XML", destination=d.name
             )
 
-    async def _control_event(self, kind: bytes, seconds: float) -> bytes | None:
-        """The first control event of ``kind`` the server sends within ``seconds``; None if
-        none came. Raises ``LinkError`` when the connection ends meanwhile."""
+    async def _control_event(self, seconds: float) -> bytes | None:
+        """The first control event of the kind awaited that the server sends within
+        ``seconds``; None if none came. Raises ``LinkError`` when the connection ends."""
         deadline = time.monotonic() + seconds
-        while True:
-            for index, event in enumerate(self._controls):
-                if kind in event:
-                    del self._controls[: index + 1]
-                    return event
+        while self._control is None:
             self._check()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -189,14 +189,14 @@ class StreamTransport:
             self._control_seen.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._control_seen.wait(), remaining)
+        return self._control
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         tail = b""
         try:
             while chunk := await reader.read(_READ_CHUNK):
-                if self._scanner is not None and (found := self._scanner.feed(chunk, CONTROL)):
-                    self._controls += found
-                    self._control_seen.set()
+                if self._scanner is not None:
+                    self._spot_control(self._scanner.feed(chunk, CONTROL))
                 window = tail + chunk
                 pongs = window.count(_PONG)
                 for _ in range(pongs):
@@ -212,6 +212,13 @@ class StreamTransport:
         finally:
             self._control_seen.set()
             self._wake()
+
+    def _spot_control(self, found: list[bytes]) -> None:
+        kind = self._awaiting
+        if self._control is None and kind is not None:
+            self._control = next((event for event in found if kind in event), None)
+            if self._control is not None:
+                self._control_seen.set()
 
     def _check(self) -> None:
         if self._closed_reason is not None:
