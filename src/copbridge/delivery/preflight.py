@@ -14,21 +14,14 @@ from pathlib import Path
 from copbridge.config import Settings
 from copbridge.delivery.destinations import Destination, DestinationError, configured_destinations
 from copbridge.delivery.feed import parse_feed
-from copbridge.delivery.tls import client_context, server_context
+from copbridge.delivery.tls import destination_context, server_context
 
 
 def _client_tls(destination: Destination) -> None:
-    d = destination
     try:
-        client_context(
-            ca_file=d.ca_file,
-            client_cert=d.client_cert,
-            client_key=d.client_key,
-            client_password=d.client_password,
-            verify_hostname=d.verify_hostname,
-        )
+        destination_context(destination)
     except (OSError, ValueError, ssl.SSLError) as exc:
-        problem = f"destination {d.name!r}: its TLS files cannot be used: {exc}"
+        problem = f"destination {destination.name!r}: its TLS files cannot be used: {exc}"
         raise DestinationError(problem) from None
 
 

@@ -34,7 +34,7 @@ from copbridge.delivery.negotiation import (
     parse_offer,
     request,
 )
-from copbridge.delivery.tls import client_context
+from copbridge.delivery.tls import destination_context
 from copbridge.delivery.transports import LinkError
 from copbridge.logs import get_logger
 
@@ -102,13 +102,7 @@ class StreamTransport:
         server_hostname: str | None = None
         if d.scheme == "tls":
             try:
-                context = client_context(
-                    ca_file=d.ca_file,
-                    client_cert=d.client_cert,
-                    client_key=d.client_key,
-                    client_password=d.client_password,
-                    verify_hostname=d.verify_hostname,
-                )
+                context = destination_context(d)
             except (OSError, ValueError, ssl.SSLError) as exc:
                 raise LinkError(f"TLS setup failed: {exc}") from exc
             server_hostname = d.expected_hostname or d.host

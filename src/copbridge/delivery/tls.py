@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.serialization import (
     pkcs12,
 )
 
+from copbridge.delivery.destinations import Destination
+
 _PKCS12_SUFFIXES = (".p12", ".pfx")
 
 
@@ -69,6 +71,18 @@ def client_context(
     if client_cert is not None:
         load_identity(context, client_cert, client_key, client_password)
     return context
+
+
+def destination_context(destination: Destination) -> ssl.SSLContext:
+    """The client context of a ``tls://`` destination, loaded from its files (each connect)."""
+    d = destination
+    return client_context(
+        ca_file=d.ca_file,
+        client_cert=d.client_cert,
+        client_key=d.client_key,
+        client_password=d.client_password,
+        verify_hostname=d.verify_hostname,
+    )
 
 
 def server_context(
