@@ -125,7 +125,15 @@ def test_batch_with_terrain_marches_each_ray_like_the_single_path(tmp_path: Path
     bodies = _varied(24, seed=3)
     for body in bodies[::2]:  # half of them look at the hill from 2 km south, no ground given
         body.pop("ground", None)
-        body["platform"] = {"lat": SENSOR_LAT, "lon": HILL_LON, "alt": 1400.0, "alt_ref": "msl"}
+        body["platform"] = {
+            "lat": SENSOR_LAT,
+            "lon": HILL_LON,
+            "alt": 1400.0,
+            "alt_ref": "msl",
+            "heading": 0.0,
+            "pitch": 0.0,
+            "roll": 0.0,
+        }
         body["gimbal"] = {"azimuth": 0.0, "elevation": -3.0, "roll": 0.0}
     single = _one_by_one(_pipeline(tmp_path, terrain=terrain), bodies)
     batch = _pipeline(tmp_path, terrain=terrain).prepare_many(

@@ -170,9 +170,12 @@ class Platform(_Strict):
     lon: float = Field(strict=True, ge=-180, le=180)
     alt: float = Field(strict=True, ge=-1000, le=100_000)
     alt_ref: Literal["hae", "msl", "agl"] = "hae"
-    heading: float = Field(strict=True, default=0.0, ge=-360, le=360)
-    pitch: float = Field(strict=True, default=0.0, ge=-90, le=90)
-    roll: float = Field(strict=True, default=0.0, ge=-180, le=180)
+    # Required, unlike the gimbal's: a detector that lost its attitude reading must not have it
+    # read as 0° (a heading left out moved the example's point by 4 km). A fixed camera sends
+    # 0, 0, 0 and its absolute angles on the gimbal.
+    heading: float = Field(strict=True, ge=-360, le=360)
+    pitch: float = Field(strict=True, ge=-90, le=90)
+    roll: float = Field(strict=True, ge=-180, le=180)
 
 
 class Gimbal(_Strict):
