@@ -525,6 +525,8 @@ class Pipeline:
         given = detection.uncertainty
         if given is None:
             return self.sigmas
+        # An AGL altitude's stated error is the error of the AGL (see InputSigmas.agl_m).
+        agl = detection.platform.alt_ref == "agl"
         return _sigmas_for(
             self.sigmas,
             given.horizontal_m,
@@ -532,6 +534,7 @@ class Pipeline:
             given.attitude_deg,
             given.focal_rel,
             given.ground_m,
+            given.vertical_m if agl else None,
         )
 
     def _platform_type(self, detection: Detection) -> str:
@@ -715,6 +718,7 @@ def _sigmas_for(
     attitude_deg: float | None,
     focal_rel: float | None,
     ground_m: float | None,
+    agl_m: float | None,
 ) -> geo.InputSigmas:
     # Sensors send the same few sigma sets over and over; build (and validate) each once.
     return geo.InputSigmas(
@@ -723,6 +727,7 @@ def _sigmas_for(
         attitude_deg=_pick(attitude_deg, base.attitude_deg),
         focal_rel=_pick(focal_rel, base.focal_rel),
         ground_m=ground_m if ground_m is not None else base.ground_m,
+        agl_m=agl_m,
     )
 
 

@@ -7,6 +7,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -760,6 +761,26 @@ def test_every_refused_detection_is_audited_with_its_reason_and_id_batch_items_t
         ("odd", "contract", 1),
         ("taken", "conflict", 2),
     ]
+
+
+def test_an_agl_altitude_s_stated_error_widens_the_error_circle(client: TestClient) -> None:
+    """With an AGL platform and no ground height the ground is HAE - AGL, and the stated
+    vertical_m was cancelled out with the sensor's height: CE90 stayed 86.9 m at vertical_m
+    100 where sampling gave 300.9 m (90 % of points outside it)."""
+
+    def ce90(n: int, **uncertainty: float) -> float:
+        body = example(id=f"agl-{n}", uncertainty={"horizontal_m": 5.0, **uncertainty})
+        body.pop("ground", None)
+        body["platform"] = {**body["platform"], "alt": 1000.0, "alt_ref": "agl"}
+        body["gimbal"] = {"azimuth": 0.0, "elevation": -30.0, "roll": 0.0}
+        answer = client.post(URL, json=body)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["location"]["ground"] == "agl"
+        return float(answer.json()["location"]["ce90"])
+
+    small, large = ce90(1, vertical_m=10.0), ce90(2, vertical_m=100.0)
+    assert large > 2.5 * small
+    assert large == pytest.approx(ce90(3, vertical_m=3.0, ground_m=math.hypot(100.0, 5.0)))
 
 
 def test_a_refusal_of_huge_or_countless_unknown_fields_is_audited_in_bounded_size(

@@ -256,6 +256,26 @@ def test_sensor_below_the_ground_height_is_an_error() -> None:
     assert locate(intr, pose, 960, 540, 1500.0).status[0] == RayStatus.SENSOR_BELOW_SURFACE
 
 
+@pytest.mark.parametrize("above_m", [0.0, 0.05, -0.0])
+def test_a_sensor_on_the_ground_surface_is_an_error_not_the_camera_s_own_position(
+    above_m: float,
+) -> None:
+    """At the surface the ray meets it at the camera: every box gave the camera's position
+    with a CE90 of 20-30 m (and at exactly 0 with no ground a "-0.0 m below" message)."""
+    intr = Intrinsics.from_request(1920, 1080, hfov=60.0)
+    pose = Pose(41.0, -104.0, 1500.0 + above_m, gimbal_elevation=-30.0)
+    with pytest.raises(GeolocationError, match=r"only [0-9.]+ m above the ground height"):
+        locate_pixel(intr, pose, 960, 540, ground_height=1500.0)
+    with pytest.raises(GeolocationError, match=r"only 0\.00 m above the ground height"):
+        locate_pixel(
+            intr, Pose(41.0, -104.0, 0.0, gimbal_elevation=-30.0), 960, 540, platform_agl=0.0
+        )
+    fixes = locate(intr, pose, [960.0], [540.0], 1500.0)
+    assert fixes.status[0] == RayStatus.SENSOR_BELOW_SURFACE
+    assert math.isnan(fixes.lat[0])
+    assert fixes.error(0) is not None
+
+
 def test_undistortion_beyond_the_lens_fold_is_a_clear_error() -> None:
     intr = Intrinsics(1920, 1080, 500.0, 500.0, 960.0, 540.0, k1=-0.5)
     pose = Pose(41.0, -104.0, 1000.0, gimbal_elevation=-90.0)

@@ -19,7 +19,7 @@ from copbridge.geo.ellipsoid import (
     ecef_to_geodetic_sc,
     intersect_raised_ellipsoid,
 )
-from copbridge.geo.errors import RayStatus
+from copbridge.geo.errors import MIN_CLEARANCE_M, RayStatus
 from copbridge.geo.rotation import Vec3, apply_chain
 
 StatusArray = npt.NDArray[np.int8]
@@ -121,6 +121,9 @@ def solve_rays(
         s_ecef = (s_ecef[0] + shift[0], s_ecef[1] + shift[1], s_ecef[2] + shift[2])
 
     t, qc, disc = intersect_raised_ellipsoid(*s_ecef, *d_ecef, ground_hae)
+    with np.errstate(invalid="ignore"):
+        grounded = (hae - ground_hae) < MIN_CLEARANCE_M  # every box would land on the camera
+    t = np.where(grounded, np.nan, t)
     px = s_ecef[0] + t * d_ecef[0]
     py = s_ecef[1] + t * d_ecef[1]
     pz = s_ecef[2] + t * d_ecef[2]
@@ -138,7 +141,7 @@ def solve_rays(
     if failed.any():
         status[failed & (disc < 0.0)] = RayStatus.MISSES_SURFACE
         status[failed & (d_ned[2] <= 0.0)] = RayStatus.ABOVE_HORIZON
-        status[failed & (qc < 0.0)] = RayStatus.SENSOR_BELOW_SURFACE
+        status[failed & ((qc < 0.0) | grounded)] = RayStatus.SENSOR_BELOW_SURFACE
         status[failed & (status == 0)] = RayStatus.MISSES_SURFACE
         bad_input = ~np.isfinite(xn + yn + lat + lon + hae + ground_hae + angles_deg.sum(axis=0))
         status[bad_input] = RayStatus.INVALID_INPUT

@@ -9,6 +9,10 @@ from __future__ import annotations
 import math
 from enum import IntEnum
 
+MIN_CLEARANCE_M = 0.1
+"""How far above the ground surface the sensor must be: at the surface itself the ray meets it
+at the camera, whatever the box (a fix there would be the camera's own position)."""
+
 
 class RayStatus(IntEnum):
     """Outcome of one ray in the vectorised API (``Fixes.status``)."""
@@ -16,7 +20,7 @@ class RayStatus(IntEnum):
     OK = 0
     ABOVE_HORIZON = 1  # the line of sight points at or above the local horizon
     MISSES_SURFACE = 2  # below the horizon, but passes over the curved surface (high altitude)
-    SENSOR_BELOW_SURFACE = 3  # the sensor is below the surface it should look down on
+    SENSOR_BELOW_SURFACE = 3  # the sensor is below, or on, the surface it should look down on
     UNDISTORTION_FAILED = 4  # Brown-Conrady inverse did not converge / pixel beyond the fold
     INVALID_INPUT = 5  # a non-finite number reached the maths
 
@@ -56,9 +60,16 @@ def ray_error(
             status=status,
         )
     if status is RayStatus.SENSOR_BELOW_SURFACE:
+        if height_above_ground_m >= 0.0:
+            where = (
+                f"only {height_above_ground_m:.2f} m above the ground height it should look down "
+                f"on (at least {MIN_CLEARANCE_M:g} m: from the ground itself every box would "
+                "land on the camera)"
+            )
+        else:
+            where = f"{-height_above_ground_m:.1f} m below the ground height it should look down on"
         return GeolocationError(
-            f"the sensor is {-height_above_ground_m:.1f} m below the ground height it should "
-            "look down on (check platform.alt and ground.height and their references)",
+            f"the sensor is {where} (check platform.alt and ground.height and their references)",
             status=status,
         )
     if status is RayStatus.UNDISTORTION_FAILED:

@@ -13,7 +13,7 @@ import numpy as np
 
 from copbridge.geo.camera import Intrinsics, undistort_scalar
 from copbridge.geo.ellipsoid import WGS84_A, WGS84_B, WGS84_E2, WGS84_EP2, WGS84_F
-from copbridge.geo.errors import GeolocationError, RayStatus, ray_error
+from copbridge.geo.errors import MIN_CLEARANCE_M, GeolocationError, RayStatus, ray_error
 from copbridge.geo.records import Pose
 from copbridge.geo.uncertainty import (
     GRAZING_RATIO,
@@ -124,7 +124,7 @@ def hit_ellipsoid(r: ScalarRay, ground_hae: float, sensor_hae: float) -> float:
     qb = (sx * dx + sy * dy) * ia2 + sz * dz * ib2
     qc = (sx * sx + sy * sy) * ia2 + sz * sz * ib2 - 1.0
     disc = qb * qb - qa * qc
-    if qc < 0.0:
+    if qc < 0.0 or sensor_hae - ground_hae < MIN_CLEARANCE_M:
         status = RayStatus.SENSOR_BELOW_SURFACE
     elif r.d_ned[2] <= 0.0:
         status = RayStatus.ABOVE_HORIZON

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from copbridge.geo.ellipsoid import WGS84_A, WGS84_E2, FloatArray, ecef_to_geodetic
-from copbridge.geo.errors import GeolocationError, RayStatus
+from copbridge.geo.errors import MIN_CLEARANCE_M, GeolocationError, RayStatus
 from copbridge.geo.geoid import Geoid, load_egm96
 
 BoolArray = npt.NDArray[np.bool_]
@@ -275,16 +275,18 @@ def intersect_terrain(
         t = (start + np.arange(chunk, dtype=np.float64)) * step
         t = t[t <= max_range_m + step]
         c = clearance(t)
+        if start == 0 and c[0] < MIN_CLEARANCE_M:  # NaN (no data under it) is not caught here
+            where = f"only {c[0]:.2f} m above" if c[0] >= 0.0 else f"{-c[0]:.1f} m below"
+            raise GeolocationError(
+                f"the sensor is {where} the terrain model (at least {MIN_CLEARANCE_M:g} m above "
+                "it is needed)",
+                status=RayStatus.SENSOR_BELOW_SURFACE,
+            )
         below = c <= 0.0  # NaN (no data) counts as not below
         if below.any():
             i = int(np.argmax(below))
             if np.isneginf(c[i]):
                 return None
-            if start == 0 and i == 0:
-                raise GeolocationError(
-                    f"the sensor is {-c[0]:.1f} m below the terrain model",
-                    status=RayStatus.SENSOR_BELOW_SURFACE,
-                )
             if not (above_seen or bool((c[:i] > 0.0).any())):
                 # The ray comes into the model's coverage already below its ground: it met the
                 # ground outside, where the model knows nothing. Bisecting would put the point

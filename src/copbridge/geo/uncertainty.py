@@ -89,12 +89,16 @@ class InputSigmas:
     angles_deg: tuple[float, float, float, float, float, float] | None = None
     focal_rel: float = DEFAULT_FOCAL_REL
     ground_m: float | None = None
+    agl_m: float | None = None
+    """The stated 1-sigma of an AGL altitude. The ground of an AGL platform is its HAE minus the
+    AGL, so the sensor's own height error cancels and this is what remains, with the
+    flat-terrain term of ``DEFAULT_GROUND_SIGMA_M["agl"]`` beside it."""
 
     def __post_init__(self) -> None:
         values = [self.horizontal_m, self.vertical_m, self.attitude_deg, self.focal_rel]
-        values += list(self.angles_deg or ()) + (
-            [self.ground_m] if self.ground_m is not None else []
-        )
+        values += list(self.angles_deg or ()) + [
+            x for x in (self.ground_m, self.agl_m) if x is not None
+        ]
         if any(not (math.isfinite(x) and x >= 0.0) for x in values):
             raise ValueError("uncertainty sigmas must be finite and non-negative")
 
@@ -106,8 +110,13 @@ class InputSigmas:
         return (a, a, a, a, a, a)
 
     def ground_sigma_m(self, ground: GroundSource) -> float:
-        """Ground-height sigma: the override, else the default for the source."""
-        return DEFAULT_GROUND_SIGMA_M[ground] if self.ground_m is None else self.ground_m
+        """Ground-height sigma: the override, else the default for the source (for an AGL
+        ground with a stated AGL error: that error and the flat-terrain term together)."""
+        if self.ground_m is not None:
+            return self.ground_m
+        if ground == "agl" and self.agl_m is not None:
+            return math.hypot(self.agl_m, DEFAULT_GROUND_SIGMA_M["agl"])
+        return DEFAULT_GROUND_SIGMA_M[ground]
 
 
 DEFAULT_SIGMAS: Final = InputSigmas()
