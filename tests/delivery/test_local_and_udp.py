@@ -181,3 +181,5 @@ async def test_a_file_destination_that_is_not_a_regular_file_still_takes_events(
         queue(sqlite_store, [url], records)
         service.notify()
         await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 3, 10)
+        # The link's view shows it under the contract's name too (it had only "sent").
+        await poll_until(lambda: service.snapshot()[0].delivered == 3, 10)

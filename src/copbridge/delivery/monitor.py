@@ -54,6 +54,9 @@ class DestinationState:
     oldest_pending_age_s: float | None
     sent: int
     expired: int
+    delivered: int
+    """The contract's name for ``sent`` (events written to the link and, where the peer answers
+    pings, acknowledged); both are shown so neither kind of client breaks."""
 
 
 def _now() -> datetime:
@@ -78,6 +81,7 @@ class LinkMonitor:
                 pending=0,
                 oldest_pending_age_s=None,
                 sent=0,
+                delivered=0,
                 expired=0,
             )
             for d in destinations
@@ -172,5 +176,6 @@ class LinkMonitor:
                 pending=row.pending,
                 oldest_pending_age_s=age,
                 sent=row.sent,
+                delivered=row.sent,
                 expired=row.expired,
             )
