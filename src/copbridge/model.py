@@ -49,6 +49,15 @@ def _no_nul(value: str) -> str:
 
 #: Free text (labels, callsigns, model names): any Unicode but NUL, escaped wherever written.
 FreeText = Annotated[str, AfterValidator(_no_nul)]
+
+
+# The length check before the NUL check: after it, pydantic words a too-long string as a
+# sequence ("at most 64 items after validation"), not as "at most 64 characters".
+Callsign = Annotated[str, StringConstraints(max_length=64), AfterValidator(_no_nul)]
+ModelName = Annotated[str, StringConstraints(max_length=128), AfterValidator(_no_nul)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)]
+
+
 SensorId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 Affiliation = Literal[
     "unknown", "pending", "assumed-friend", "friend", "neutral", "suspect", "hostile"
@@ -89,8 +98,8 @@ class _Strict(BaseModel):
 
 class Sensor(_Strict):
     id: SensorId
-    callsign: Annotated[FreeText, StringConstraints(max_length=64)] | None = None
-    model: Annotated[FreeText, StringConstraints(max_length=128)] | None = None
+    callsign: Callsign | None = None
+    model: ModelName | None = None
 
 
 class BBox(_Strict):
@@ -218,7 +227,7 @@ class Detection(_Strict):
     id: IdText | None = None
     time: Rfc3339Time
     sensor: Sensor
-    label: Annotated[FreeText, StringConstraints(min_length=1, max_length=64)]
+    label: Label
     confidence: float = Field(strict=True, ge=0, le=1)
     bbox: BBox
     track_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] | None = None

@@ -282,6 +282,26 @@ def test_each_invalid_field_is_422_naming_it(client: TestClient, field: str, val
     assert field in answer.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("field", "limit"), [("label", 64), ("sensor.callsign", 64), ("sensor.model", 128)]
+)
+def test_a_text_too_long_is_named_in_characters(client: TestClient, field: str, limit: int) -> None:
+    # It read "Value should have at most 64 items after validation, not 65".
+    answer = client.post(URL, json=_with(field, "x" * (limit + 1)))
+    assert answer.status_code == 422, answer.text
+    assert f"{field}: String should have at most {limit} characters" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("field", ["platform.heading", "platform.pitch", "platform.roll"])
+def test_platform_attitude_left_out_is_422_not_zero(client: TestClient, field: str) -> None:
+    # Left out, each read as 0°: the example's point moved 4 km with its heading missing.
+    body = example()
+    del body["platform"][field.split(".")[1]]
+    answer = client.post(URL, json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
+
+
 @pytest.mark.parametrize("field", ["gimbal", "gimbal.roll", "platform.alt_ref", "affiliation"])
 def test_null_for_a_field_with_a_default_is_422_saying_to_leave_it_out(
     client: TestClient, field: str
@@ -814,3 +834,11 @@ def test_a_refusal_echoing_a_lone_surrogate_is_still_audited(client: TestClient)
     [record] = store.audit_records(kind="detection.rejected", limit=10)
     assert record.data["batch"] == "\\ud800: unknown field"  # the escape, as text
     assert store.verify_audit().ok
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_client_s_host(client: TestClient) -> None:
+    answer = client.post(
+        f"{URL}/", json=EXAMPLE, headers={"Host": "evil.example"}, follow_redirects=False
+    )
+    assert answer.status_code == 404
+    assert "location" not in answer.headers

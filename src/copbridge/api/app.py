@@ -99,6 +99,9 @@ def create_app(settings: Settings, store: SqlStore | None = None) -> FastAPI:
         summary="AI detections to geolocated Cursor-on-Target events for TAK.",
         lifespan=lifespan,
         dependencies=[AUTHORIZE],  # every route: rate limits, credential, scope (api/scopes.py)
+        # No 307 to the slash-less path: it was built from the client's Host header (an open
+        # redirect, answered before any credential was checked); a wrong path is a 404.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.prepare_process = None  # set at start-up when the helpers are on
