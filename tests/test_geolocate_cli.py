@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 from lxml import etree
+from PIL import Image
 
 from copbridge.api.app import create_app
 from tests.api.conftest import EXAMPLE, app_settings, example
@@ -112,3 +115,21 @@ def test_a_line_that_is_not_an_object_is_refused_as_the_api_refuses_it() -> None
     assert result.returncode == 1
     [line] = result.stdout.splitlines()
     assert json.loads(line)["error"] == "body: expected a JSON object (one detection), not a string"
+
+
+def test_an_image_the_api_would_refuse_is_an_error_line_and_a_good_one_is_linked() -> None:
+    # The image was not looked at: "!!" as data, or text declared a PNG, printed an answer.
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    png = base64.b64encode(buffer.getvalue()).decode()
+    lines = [
+        json.dumps(example(id="bad-b64", image={"media_type": "image/png", "data": "!!"})),
+        json.dumps(example(id="not-png", image={"media_type": "image/png", "data": "aGVsbG8="})),
+        json.dumps(example(id="good", image={"media_type": "image/png", "data": png})),
+    ]
+    result = _geolocate("\n".join(lines), "--format", "cot")
+    assert result.returncode == 1
+    out = result.stdout.splitlines()
+    assert [json.loads(o)["errors"][0]["field"] for o in out[:2]] == ["image", "image"]
+    assert "base64" in json.loads(out[0])["error"]
+    assert "/api/v1/detections/good/image" in out[2]

@@ -5,6 +5,8 @@ An image is named by the SHA-256 of its bytes, so retries and repeats are stored
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import warnings
@@ -33,6 +35,14 @@ class VerifiedImage:
     data: bytes
     width: int
     height: int
+
+
+def decode_inline(data: str) -> bytes:
+    """The bytes of an image sent inline (``image.data``, base64)."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageRejected(f"image.data is not valid base64: {exc}") from None
 
 
 def verify_image(data: bytes, declared: str | None, max_bytes: int) -> VerifiedImage:

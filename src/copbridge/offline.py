@@ -15,8 +15,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from copbridge import documents
+from copbridge.images import ImageRejected, decode_inline, verify_image
 from copbridge.model import Detection, field_errors
 from copbridge.pipeline import Pipeline, Rejection
+from copbridge.store import ImageBlob
 
 Format = Literal["json", "cot"]
 
@@ -43,18 +45,31 @@ def geolocate(data: bytes, pipeline: Pipeline, fmt: Format = "json") -> Iterator
         try:
             # The value the reader parsed, validated as the API validates a body's.
             detection = Detection.model_validate(item.value)
-            prepared = pipeline.prepare(detection)
+            prepared = pipeline.prepare(detection, image=_image(detection, pipeline))
         except ValidationError as exc:
             yield _error(item.line, detection_id, field_errors(exc.errors()))
             continue
         except Rejection as exc:
             yield _error(item.line, detection_id, [{"field": exc.field, "message": exc.message}])
             continue
+        except ImageRejected as exc:
+            yield _error(item.line, detection_id, [{"field": "image", "message": f"image: {exc}"}])
+            continue
         if fmt == "cot":
             yield Line(_one_line(prepared.record.cot_xml), ok=True)
         else:
             answer = {k: v for k, v in prepared.answer.items() if k not in ("status", "duplicate")}
             yield Line(json.dumps(answer, ensure_ascii=False), ok=True)
+
+
+def _image(detection: Detection, pipeline: Pipeline) -> ImageBlob | None:
+    """An inline image checked as the API checks it (base64, decoded, size), kept nowhere; the
+    event links to it as the service's would."""
+    if detection.image is None:
+        return None
+    data = decode_inline(detection.image.data)
+    verified = verify_image(data, detection.image.media_type, pipeline.settings.max_image_bytes)
+    return ImageBlob(verified.sha256, verified.media_type, verified.data)
 
 
 def _one_line(cot_xml: bytes) -> str:

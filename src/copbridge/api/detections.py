@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from copbridge.api.errors import (
 )
 from copbridge.api.prepare_process import InvalidFields, PrepareProcess
 from copbridge.config import Settings
-from copbridge.images import ImageRejected, VerifiedImage, verify_image
+from copbridge.images import ImageRejected, VerifiedImage, decode_inline, verify_image
 from copbridge.model import (
     ID_PATTERN,
     Answer,
@@ -590,11 +588,7 @@ def _parse_json(body: bytes) -> Any:
 def _inline_image(detection: Detection) -> tuple[bytes | None, str | None]:
     if detection.image is None:
         return None, None
-    try:
-        data = base64.b64decode(detection.image.data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ImageRejected(f"image.data is not valid base64: {exc}") from None
-    return data, detection.image.media_type
+    return decode_inline(detection.image.data), detection.image.media_type
 
 
 async def _keep_image(
