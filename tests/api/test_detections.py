@@ -535,6 +535,34 @@ def test_the_image_of_a_detection_refused_409_is_not_kept(client: TestClient) ->
     assert store.get_image(hashlib.sha256(third).hexdigest()) is None
 
 
+def test_a_detection_refused_for_its_geometry_leaves_no_image_file(client: TestClient) -> None:
+    """The file was written before the detection was located: every refused upload stayed
+    on disk, unreferenced (a client could fill the disk with refused uploads)."""
+    store = client.app.state.store  # type: ignore[attr-defined]
+    sky = example(id="sky", image={"media_type": "image/jpeg", "data": _b64(_jpeg())})
+    sky["gimbal"] = {**sky["gimbal"], "elevation": 10.0}  # above the horizon
+    assert client.post(URL, json=sky).status_code == 422
+    multipart = client.post(
+        URL,
+        files={
+            "detection": (None, json.dumps(_no_image(sky))),
+            "image": ("a.jpg", _jpeg(24, 24), "image/jpeg"),
+        },
+    )
+    assert multipart.status_code == 422, multipart.text
+    batch = [{**sky, "id": "sky-2", "image": {**sky["image"], "data": _b64(_jpeg(16, 16))}}]
+    assert client.post(f"{URL}/batch", json=batch).json()["results"][0]["status"] == 422
+    assert [p for p in store.images_dir.rglob("*") if p.is_file()] == []
+
+
+def _no_image(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "image"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def test_a_retry_with_its_image_is_a_duplicate_and_the_image_still_served(
     client: TestClient,
 ) -> None:

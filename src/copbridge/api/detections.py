@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -143,8 +144,10 @@ async def post_detection(request: Request) -> Response:
                 image_bytes, declared = _inline_image(detection)
         if prepared is None:
             if image_bytes is not None:
-                image = await _keep_image(pipeline, image_bytes, declared, settings.max_image_bytes)
+                image = await _verified_image(image_bytes, declared, settings.max_image_bytes)
             prepared = pipeline.prepare(detection, raw=raw, image=image, actor=actor)
+            # Kept only once located: a detection refused before its commit leaves no file.
+            await _keep_files(pipeline, [prepared])
     except (ValidationError, InvalidFields) as exc:
         errors = exc.errors if isinstance(exc, InvalidFields) else field_errors(exc.errors())
         pipeline.reject("contract", None, {"errors": errors}, actor)
@@ -213,7 +216,7 @@ async def _prepare_batch_here(
 ) -> SortedBatch:
     results: list[dict[str, Any] | None] = [None] * len(items)
     checked = await _check_items(items, results)
-    images = await _keep_images(pipeline, settings.max_image_bytes, checked, results)
+    images = await _verify_images(settings.max_image_bytes, checked, results)
     valid = [c for c in checked if results[c.index] is None]
     located: list[Prepared | Rejection] = []
     now = datetime.now(UTC)
@@ -223,7 +226,9 @@ async def _prepare_batch_here(
             [(c.detection, c.raw, images.get(c.index)) for c in chunk], actor=actor, now=now
         )
         await asyncio.sleep(0)
-    return results, _sort_located(valid, located, results)
+    prepared = _sort_located(valid, located, results)
+    await _keep_files(pipeline, [ready for _, ready in prepared])
+    return results, prepared
 
 
 def prepare_batch_without_images(
@@ -394,15 +399,11 @@ def _image_refused(index: int, exc: ImageRejected, detection_id: str | None) -> 
     return _refused(index, status, "image", str(exc), ("image", detection_id))
 
 
-async def _keep_images(
-    pipeline: Pipeline,
-    max_bytes: int,
-    checked: list[_Checked],
-    results: list[dict[str, Any] | None],
+async def _verify_images(
+    max_bytes: int, checked: list[_Checked], results: list[dict[str, Any] | None]
 ) -> dict[int, ImageBlob]:
-    """Verify the batch's images side by side (Pillow decodes outside the GIL) and keep their
-    files where the store keeps files; each row goes with its detection, in the batch's one
-    commit. A refused image refuses its item only."""
+    """Verify the batch's images side by side (Pillow decodes outside the GIL); a refused
+    image refuses its item only. Files are kept once the items are located (``_keep_files``)."""
     with_image = [c for c in checked if c.image is not None]
     if not with_image:
         return {}
@@ -419,8 +420,6 @@ async def _keep_images(
             results[item.index] = _image_refused(item.index, outcome, item.detection.id)
             continue
         kept[item.index] = ImageBlob(outcome.sha256, outcome.media_type, outcome.data)
-    if pipeline.store.keeps_image_files:
-        await run_in_threadpool(pipeline.store.keep_image_files, list(kept.values()))
     return kept
 
 
@@ -591,15 +590,18 @@ def _inline_image(detection: Detection) -> tuple[bytes | None, str | None]:
     return decode_inline(detection.image.data), detection.image.media_type
 
 
-async def _keep_image(
-    pipeline: Pipeline, data: bytes, declared: str | None, max_bytes: int
-) -> ImageBlob:
+async def _verified_image(data: bytes, declared: str | None, max_bytes: int) -> ImageBlob:
     verified = await run_in_threadpool(verify_image, data, declared, max_bytes)
-    blob = ImageBlob(verified.sha256, verified.media_type, verified.data)
-    if pipeline.store.keeps_image_files:
-        await run_in_threadpool(pipeline.store.keep_image_files, [blob])
-    # The row goes with the detection, in its commit: one commit per request, not two.
-    return blob
+    return ImageBlob(verified.sha256, verified.media_type, verified.data)
+
+
+async def _keep_files(pipeline: Pipeline, prepared: Sequence[Prepared]) -> None:
+    """Write the image files of detections about to be committed, where the store keeps files
+    (SQLite); the rows go with the detections, in their commit. Written after locating, so a
+    detection refused for its geometry or time leaves no file behind."""
+    images = [p.record.image for p in prepared if p.record.image is not None]
+    if images and pipeline.store.keeps_image_files:
+        await run_in_threadpool(pipeline.store.keep_image_files, images)
 
 
 async def _read_multipart(
