@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import gzip
 import hashlib
 import io
 import json
@@ -385,6 +386,18 @@ def test_oversized_body_is_413_before_parsing(tmp_path: Path) -> None:
     with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         answer = client.post(URL, json=example(label="x", sensor={"id": "a", "model": "m" * 8000}))
     assert answer.status_code == 413
+
+
+@pytest.mark.parametrize("url", [URL, f"{URL}/batch"])
+def test_a_compressed_body_is_415_saying_so(client: TestClient, url: str) -> None:
+    # It was read as JSON: "not valid JSON: 'utf-8' codec can't decode byte 0x8b".
+    plain = json.dumps(EXAMPLE if url == URL else [EXAMPLE]).encode()
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    answer = client.post(url, content=gzip.compress(plain), headers=headers)
+    assert answer.status_code == 415
+    assert "Content-Encoding 'gzip' is not accepted" in answer.json()["detail"]
+    same = client.post(url, content=plain, headers={**headers, "Content-Encoding": "identity"})
+    assert same.status_code == 202, same.text
 
 
 @pytest.mark.parametrize("url", [URL, f"{URL}/batch", "/api/v1/auth/token", "/api/v1/keys"])

@@ -1,4 +1,5 @@
-"""Refuse request bodies over the limit before any of them is parsed (413).
+"""Refuse request bodies over the limit before any of them is parsed (413), and compressed
+bodies, which nothing here decompresses (415).
 
 Checks Content-Length up front and counts streamed bytes for chunked uploads.
 """
@@ -26,6 +27,12 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for key, value in scope.get("headers", []):
+            if key == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                # Read as JSON it was "not valid JSON: 'utf-8' codec can't decode byte 0x8b".
+                coding = value.decode("latin-1").strip()
+                detail = f"Content-Encoding {coding!r} is not accepted: send the body uncompressed"
+                await problem(415, detail)(scope, receive, send)
+                return
             if key == b"content-length":
                 try:
                     declared = int(value)
