@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,12 +14,15 @@ from copbridge.geo import (
     CameraArrays,
     Fix,
     GeolocationError,
+    InputSigmas,
     Intrinsics,
     Pose,
     PoseArrays,
     RayStatus,
     Terrain,
     box_point,
+    intersect_terrain,
+    load_egm96,
     locate,
     locate_pixel,
     project,
@@ -274,6 +278,39 @@ def test_a_sensor_on_the_ground_surface_is_an_error_not_the_camera_s_own_positio
     assert fixes.status[0] == RayStatus.SENSOR_BELOW_SURFACE
     assert math.isnan(fixes.lat[0])
     assert fixes.error(0) is not None
+
+
+@pytest.mark.parametrize(("agl", "elevation"), [(1.0, -2.0), (2.0, -3.0), (5.0, -8.0)])
+def test_a_low_agl_sensor_s_sampled_error_circle_stays_known(agl: float, elevation: float) -> None:
+    """The on-the-ground check first looked at the unshifted sensor: every Monte Carlo sample
+    whose sensor moved up (its ground with it) counted as a miss, so CE90 became unknown."""
+    intr = Intrinsics(width=1920, height=1080, fx=1400, fy=1400, cx=960, cy=540)
+    pose = Pose(41.0, -104.0, 1000.0 + agl, gimbal_elevation=elevation)
+    sigmas = InputSigmas(horizontal_m=5.0, vertical_m=5.0)
+    fix = locate(
+        intr,
+        pose,
+        960.0,
+        540.0,
+        1000.0,
+        sigmas=sigmas,
+        ground_sigma_m=0.5,
+        ground_follows_sensor=True,
+    )
+    assert fix.sampled[0]
+    assert float(fix.ce90[0]) < 100.0
+
+
+def test_no_terrain_data_under_a_sensor_below_any_land_is_no_terrain_hit() -> None:
+    class NoData:
+        posting_m = 30.0
+
+        def height_msl(self, lat: Any, lon: Any) -> Any:
+            return np.full(np.shape(np.atleast_1d(lat)), np.nan)
+
+    sensor = tuple(float(np.asarray(v).ravel()[0]) for v in geodetic_to_ecef(31.5, 35.5, -700.0))
+    # It raised "the sensor is inf m below the terrain model" instead of falling back.
+    assert intersect_terrain(sensor, (0.0, 0.0, -1.0), NoData(), load_egm96()) is None  # type: ignore[arg-type]
 
 
 def test_undistortion_beyond_the_lens_fold_is_a_clear_error() -> None:

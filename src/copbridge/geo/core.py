@@ -121,8 +121,9 @@ def solve_rays(
         s_ecef = (s_ecef[0] + shift[0], s_ecef[1] + shift[1], s_ecef[2] + shift[2])
 
     t, qc, disc = intersect_raised_ellipsoid(*s_ecef, *d_ecef, ground_hae)
+    sensor_hae = hae if shift_ned is None else hae - shift_ned[2]  # a sample's shifted sensor
     with np.errstate(invalid="ignore"):
-        grounded = (hae - ground_hae) < MIN_CLEARANCE_M  # every box would land on the camera
+        grounded = (sensor_hae - ground_hae) < MIN_CLEARANCE_M  # every box lands on the camera
     t = np.where(grounded, np.nan, t)
     px = s_ecef[0] + t * d_ecef[0]
     py = s_ecef[1] + t * d_ecef[1]

@@ -275,7 +275,8 @@ def intersect_terrain(
         t = (start + np.arange(chunk, dtype=np.float64)) * step
         t = t[t <= max_range_m + step]
         c = clearance(t)
-        if start == 0 and c[0] < MIN_CLEARANCE_M:  # NaN (no data under it) is not caught here
+        # NaN (no data under it) is not caught here, nor -inf (no land can be that low).
+        if start == 0 and np.isfinite(c[0]) and c[0] < MIN_CLEARANCE_M:
             where = f"only {c[0]:.2f} m above" if c[0] >= 0.0 else f"{-c[0]:.1f} m below"
             raise GeolocationError(
                 f"the sensor is {where} the terrain model (at least {MIN_CLEARANCE_M:g} m above "
