@@ -213,6 +213,10 @@ def test_one_server_with_two_client_certificates_is_two_destinations_the_same_tw
     same = [two[0], two[1].model_copy(update={"client_cert": a})]
     with pytest.raises(DestinationError, match="configured twice"):
         configured_destinations(Settings(destinations=same))
+    # One URL is one outbox key: two entries under it would share one queue and one state.
+    one_url = [two[0], two[1].model_copy(update={"url": "tls://tak:8089"})]
+    with pytest.raises(DestinationError, match="URL is configured twice"):
+        configured_destinations(Settings(destinations=one_url))
 
 
 def test_offer_wait_must_be_positive() -> None:
@@ -220,3 +224,32 @@ def test_offer_wait_must_be_positive() -> None:
     once, and logged that the server offered none."""
     with pytest.raises(ValidationError, match="offer_wait_s"):
         DestinationSettings(url="tcp://tak:8087", protocol="protobuf", offer_wait_s=0)
+
+
+async def test_an_event_quoting_the_offer_s_type_does_not_hide_the_offer_after_it() -> None:
+    """The first event holding the text "t-x-takp-v" was taken as the offer: a chat message
+    quoting it, sent before the real offer, left the link on XML."""
+    chat = b'<event uid="chat" type="b-t-f"><detail><remarks>t-x-takp-v</remarks></detail></event>'
+    offer = control_event("t-x-takp-v", '<TakProtocolSupport version="1"/>')
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(chat + offer)
+        while b"t-x-takp-q" not in (chunk := await reader.read(1 << 16)):
+            if not chunk:
+                return
+        writer.write(control_event("t-x-takp-r", '<TakResponse status="true"/>'))
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    destination = parse_destination(
+        DestinationSettings(url=f"tcp://127.0.0.1:{port}", protocol="protobuf")
+    )
+    transport = StreamTransport(destination, ping_uid="p", expect_answer=False, wake=lambda: None)
+    try:
+        await asyncio.wait_for(transport.open(), 10)
+        assert transport.protocol == "protobuf"
+    finally:
+        await transport.close()
+        server.close()

@@ -118,6 +118,13 @@ def parse_destination(options: DestinationSettings | str) -> Destination:
 def configured_destinations(settings: Settings) -> list[Destination]:
     """Every destination of the settings (comma-separated URLs or ``[[destinations]]`` tables)."""
     found = [parse_destination(entry) for entry in settings.destination_settings()]
+    names = [d.name for d in found]
+    if len(set(names)) != len(names):
+        raise DestinationError(
+            "the same destination URL is configured twice (the URL is its outbox key: one "
+            "server reached with two client certificates needs two spellings of it, e.g. "
+            "tls://tak:8089 and tls://TAK:8089)"
+        )
     seen: dict[tuple[object, ...], str] = {}
     for d in found:
         # Host names are case-blind and a path-less URL may end in "/": one place with the

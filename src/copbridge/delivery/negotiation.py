@@ -12,6 +12,7 @@ Negotiation") in the ATAK sources.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -92,6 +93,12 @@ def request(offer: Offer, now: datetime) -> bytes:
         '<point lat="0.0" lon="0.0" hae="0.0" ce="999999" le="999999"/>'
         f'<detail><TakControl><TakRequest version="{VERSION}"/></TakControl></detail></event>'
     ).encode()
+
+
+def is_control(event: bytes, kind: bytes) -> bool:
+    """Whether an event is of the control type ``kind`` (its ``type`` attribute, not a text
+    that merely quotes it, e.g. a chat message)."""
+    return re.search(rb"""\stype\s*=\s*["']""" + re.escape(kind) + rb"""["']""", event) is not None
 
 
 class ControlScanner:

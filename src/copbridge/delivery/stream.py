@@ -30,6 +30,7 @@ from copbridge.delivery.negotiation import (
     VERSION,
     ControlScanner,
     NegotiationError,
+    is_control,
     parse_answer,
     parse_offer,
     request,
@@ -210,7 +211,7 @@ class StreamTransport:
     def _spot_control(self, found: list[bytes]) -> None:
         kind = self._awaiting
         if self._control is None and kind is not None:
-            self._control = next((event for event in found if kind in event), None)
+            self._control = next((event for event in found if is_control(event, kind)), None)
             if self._control is not None:
                 self._control_seen.set()
 
