@@ -24,6 +24,11 @@ DETECTIONS_ACCEPTED = Counter(
 DETECTIONS_DUPLICATE = Counter(
     "copbridge_detections_duplicate_total", "Retries of an already stored detection (same body)."
 )
+DETECTIONS_STALE_ON_ARRIVAL = Counter(
+    "copbridge_detections_stale_on_arrival_total",
+    "Detections stored (202) whose CoT event was already stale: it expires unsent, since TAK "
+    "clients drop stale events (a detector's clock behind, or old data sent again).",
+)
 DETECTIONS_REJECTED = Counter(
     "copbridge_detections_rejected_total", "Detections refused, by reason.", ["reason"]
 )

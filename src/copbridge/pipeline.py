@@ -22,10 +22,12 @@ from uuid6 import uuid7
 
 from copbridge import cot, geo, jsontext
 from copbridge.config import Settings
+from copbridge.logs import get_logger
 from copbridge.metrics import (
     DETECTIONS_ACCEPTED,
     DETECTIONS_DUPLICATE,
     DETECTIONS_REJECTED,
+    DETECTIONS_STALE_ON_ARRIVAL,
     GEOLOCATION_SECONDS,
 )
 from copbridge.model import Detection, Distortion, Uncertainty
@@ -104,6 +106,7 @@ class Pipeline:
         on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._stale_logged_us = -(1 << 62)  # when a stale-on-arrival detection was last logged
         self._store = store
         self._on_stored = on_stored
         self.destinations = tuple(destinations)
@@ -291,9 +294,12 @@ class Pipeline:
         if self._on_stored is not None and any(r.outcome == "accepted" for r in results):
             self._on_stored()
         answers = []
+        now_us = time.time_ns() // 1000
         for item, result in zip(prepared, results, strict=True):
             if result.outcome == "accepted":
                 DETECTIONS_ACCEPTED.inc()
+                if item.record.events[0].stale_us <= now_us:
+                    self._stale_on_arrival(item.record, now_us)
                 answers.append((result, item.answer))
             else:
                 if result.outcome == "duplicate":
@@ -302,6 +308,22 @@ class Pipeline:
                     DETECTIONS_REJECTED.labels("conflict").inc()
                 answers.append((result, stored_answer(result.answer, duplicate=True)))
         return answers
+
+    def _stale_on_arrival(self, record: DetectionRecord, now_us: int) -> None:
+        """Counted, and logged at most every ``_STALE_LOG_EVERY_S``: the contract lets it expire
+        unsent, but a detector whose clock is behind would otherwise put nothing on any map
+        without anyone being told."""
+        DETECTIONS_STALE_ON_ARRIVAL.inc()
+        if now_us - self._stale_logged_us >= _STALE_LOG_EVERY_S * 1_000_000:
+            self._stale_logged_us = now_us
+            _log.warning(
+                "stored a detection already stale: it will expire unsent (check the detector's "
+                "clock)",
+                detection=record.id,
+                sensor=record.sensor_id,
+                age_s=round((now_us - record.time_us) / 1e6, 1),
+                stale_since_s=round((now_us - record.events[0].stale_us) / 1e6, 1),
+            )
 
     def reject(
         self, reason: str, subject: str | None, error: dict[str, Any], actor: str | None
@@ -576,6 +598,9 @@ class Pipeline:
         base = self.settings.public_url.rstrip("/")
         return f"{base}/api/v1/detections/{detection_id}/image"
 
+
+_log = get_logger(__name__)
+_STALE_LOG_EVERY_S = 10.0
 
 _ALT_SOURCE = {
     "request": cot.SOURCE_USER,

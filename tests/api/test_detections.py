@@ -883,3 +883,24 @@ def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_client_s_host(client: T
     )
     assert answer.status_code == 404
     assert "location" not in answer.headers
+
+
+def test_a_detection_stale_on_arrival_is_counted_as_such(client: TestClient) -> None:
+    """202 and expired unsent, as the contract allows, but a detector whose clock is behind put
+    nothing on any map and nothing said so: it is now counted (and logged)."""
+
+    def stale_count() -> float:
+        text = client.get("/metrics").text
+        [line] = [x for x in text.splitlines() if x.startswith(_STALE_METRIC)]
+        return float(line.split()[-1])
+
+    before = stale_count()
+    fresh = example(id="fresh", time=datetime.now(UTC).isoformat().replace("+00:00", "Z"))
+    assert client.post(URL, json=fresh).status_code == 202
+    assert stale_count() == before
+    assert client.post(URL, json=example(id="old")).status_code == 202  # the example: 6 days old
+    assert client.post(URL, json=example(id="old")).json()["duplicate"] is True
+    assert stale_count() == before + 1
+
+
+_STALE_METRIC = "copbridge_detections_stale_on_arrival_total "
