@@ -546,6 +546,27 @@ def test_the_image_of_a_detection_refused_409_is_not_kept(client: TestClient) ->
     answer = client.post(f"{URL}/batch", json=items)
     assert [r["status"] for r in answer.json()["results"]] == [202, 409]
     assert store.get_image(hashlib.sha256(third).hexdigest()) is None
+    # Nor their files (they were written before the commit found the conflict, and stayed);
+    # a refused detection naming a stored image leaves that one's file alone.
+    again = example(confidence=0.3, image={**inline, "data": base64.b64encode(first).decode()})
+    assert client.post(URL, json=again).status_code == 409
+    store._writer.run(lambda conn: None)  # the deletes are queued behind the writer
+    files = {p.name for p in store.images_dir.rglob("*") if p.is_file()}
+    assert files == {hashlib.sha256(first).hexdigest()}
+    assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == first
+
+
+def test_an_image_file_gone_before_its_commit_is_written_again_in_it(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused request's image is forgotten in the writer; a request with the same bytes
+    that kept the file just before must not commit its row without the file."""
+    store = client.app.state.store  # type: ignore[attr-defined]
+    monkeypatch.setattr(store, "keep_image_files", lambda images: None)  # as if deleted since
+    image = _jpeg()
+    body = example(image={"media_type": "image/jpeg", "data": base64.b64encode(image).decode()})
+    assert client.post(URL, json=body).status_code == 202
+    assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == image
 
 
 def test_a_detection_refused_for_its_geometry_leaves_no_image_file(client: TestClient) -> None:

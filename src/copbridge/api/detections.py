@@ -162,6 +162,7 @@ async def post_detection(request: Request) -> Response:
         return unprocessable([{"field": "image", "message": f"image: {exc}"}])
     [(result, answer)] = await pipeline.commit([prepared])
     if result.outcome == "conflict":
+        _forget_images(pipeline, [prepared])
         used = f"id {prepared.record.id} was already used with a different body"
         pipeline.reject("conflict", prepared.record.id, {"field": "id", "message": used}, actor)
         return problem(409, used)
@@ -448,12 +449,23 @@ async def _commit_items(
         for index, _ in prepared[len(committed) :]:
             results[index] = _item(index, 503, error={**not_accepted(exc), "errors": []})
         prepared = prepared[: len(committed)]
+    conflicts: list[Prepared] = []
     for (index, item), (result, answer) in zip(prepared, committed, strict=True):
         if result.outcome == "conflict":
+            conflicts.append(item)
             used = f"{item.record.id} was already used with a different body"
             results[index] = _refused(index, 409, "id", used, ("conflict", item.record.id))
         else:
             results[index] = _item(index, 202, answer=answer)
+    _forget_images(pipeline, conflicts)
+
+
+def _forget_images(pipeline: Pipeline, refused: Sequence[Prepared]) -> None:
+    """The files kept for detections refused at their commit go, unless a stored one names
+    the same image (the store decides that in its writer)."""
+    names = [p.record.image.sha256 for p in refused if p.record.image is not None]
+    if names:
+        pipeline.store.forget_image_files(names)
 
 
 @router.get("/detections", responses={422: {"description": "bad filter"}})

@@ -74,6 +74,11 @@ class Store(Protocol):
         written with the detections that name them (``DetectionRecord.image``)."""
         ...
 
+    def forget_image_files(self, sha256s: Sequence[str]) -> None:
+        """Delete the files of images no stored detection names (kept for a detection that was
+        then refused at its commit: a 409); not awaited."""
+        ...
+
     def get_image(self, sha256: str) -> tuple[str, bytes] | None: ...
 
     def claim_platform_slot(self, sensor_id: str, now_us: int, interval_us: int) -> bool:

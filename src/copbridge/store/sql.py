@@ -214,9 +214,9 @@ class SqlStore:
                 taken.extend(self._intake)
                 self._intake = []
                 self._intake_scheduled = False
-            return intake.accept(
-                tx, [item for item, _ in taken], image_bytes=not self.keeps_image_files
-            )
+            items = [item for item, _ in taken]
+            self._ensure_image_files([r for item in items for r in item.records])
+            return intake.accept(tx, items, image_bytes=not self.keeps_image_files)
 
         self._write(job).add_done_callback(lambda done: self._settle(taken, done))
         return future
@@ -277,6 +277,12 @@ class SqlStore:
 
     def keep_image_files(self, images: Sequence[ImageBlob]) -> None:
         """Nothing to do here: the bytes go in the images row."""
+
+    def forget_image_files(self, sha256s: Sequence[str]) -> None:
+        """Nothing to do here: a refused detection's image row was never written."""
+
+    def _ensure_image_files(self, records: Sequence[DetectionRecord]) -> None:
+        """Inside the commit that writes the detections' image rows: nothing here (no files)."""
 
     def get_image(self, sha256: str) -> tuple[str, bytes] | None:
         row = self._read(

@@ -20,13 +20,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from copbridge.store.errors import StoreUnavailable
-from copbridge.store.records import ImageBlob
+from copbridge.store.records import DetectionRecord, ImageBlob
 from copbridge.store.sql import SqlStore
-from copbridge.store.tx import Dialect
+from copbridge.store.tx import Dialect, Tx
 from copbridge.store.writer import DEFAULT_MAX_DELAY_S, BatchObserver
 
 DIALECT = Dialect(
@@ -304,6 +304,36 @@ class SqliteStore(SqlStore):
         except OSError as exc:
             raise StoreUnavailable(f"cannot store the image: {exc.strerror}") from exc
 
+    def forget_image_files(self, sha256s: Sequence[str]) -> None:
+        """In the writer, so no commit of an image row can fall between the check and the
+        delete; a commit after it writes the file again (``_ensure_image_files``)."""
+        names = sorted(set(sha256s))
+        if not names:
+            return
+
+        def job(tx: Tx) -> None:
+            marks = ",".join("?" * len(names))
+            named = {
+                r[0] for r in tx.all(f"SELECT sha256 FROM images WHERE sha256 IN ({marks})", names)
+            }
+            for sha256 in names:
+                if sha256 not in named:
+                    self._image_path(sha256).unlink(missing_ok=True)
+
+        self._write(job).add_done_callback(_log_forget_failure)
+
+    def _ensure_image_files(self, records: Sequence[DetectionRecord]) -> None:
+        """Each image file of the detections this commit writes, again if it went missing since
+        ``keep_image_files`` (a refused request's image of the same bytes, forgotten meanwhile)."""
+        for record in records:
+            image = record.image
+            if image is not None and not self._image_path(image.sha256).exists():
+                try:
+                    self._write_image_file(image)
+                    _fsync_dir(self._image_path(image.sha256).parent)
+                except OSError as exc:
+                    raise StoreUnavailable(f"cannot store the image: {exc.strerror}") from exc
+
     def _write_image_file(self, image: ImageBlob) -> None:
         target = self._image_path(image.sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -328,6 +358,12 @@ class SqliteStore(SqlStore):
             return str(row[0]), self._image_path(sha256).read_bytes()
         except FileNotFoundError:
             return None
+
+
+def _log_forget_failure(done: Future[None]) -> None:
+    error = done.exception()
+    if error is not None:  # the file stays: unreferenced, never served
+        _log.warning("cannot delete an unreferenced image file: %s", error)
 
 
 def _fsync_dir(path: Path) -> None:
