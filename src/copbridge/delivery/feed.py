@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from copbridge.config import Settings
 from copbridge.cot import format_time
 from copbridge.delivery.encoding import event_body
 from copbridge.delivery.tls import server_context
@@ -109,6 +112,38 @@ class _Client:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class FeedTls:
+    """The feed's TLS files (``COPBRIDGE_FEED_CERT``, ``_KEY``, ``_PASSWORD``, ``_CA_FILE``)."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    password: str | None = None
+    client_ca: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FeedTls:
+        password = settings.feed_password
+        return cls(
+            settings.feed_cert,
+            settings.feed_key,
+            password.get_secret_value() if password else None,
+            settings.feed_ca_file,
+        )
+
+    @property
+    def any_set(self) -> bool:
+        return bool(self.cert or self.key or self.client_ca)
+
+    def context(self) -> ssl.SSLContext:
+        """The server context a ``tls://`` feed listens with, loaded from the files now."""
+        if self.cert is None:
+            raise ValueError("a tls:// feed needs COPBRIDGE_FEED_CERT (and usually _KEY)")
+        return server_context(
+            cert=self.cert, key=self.key, password=self.password, client_ca=self.client_ca
+        )
+
+
 class CotFeed:
     """A TCP (or TLS) server that streams stored CoT events to every connected client."""
 
@@ -118,15 +153,12 @@ class CotFeed:
         address: FeedAddress,
         *,
         poll_s: float = 1.0,
-        cert: str | None = None,
-        key: str | None = None,
-        password: str | None = None,
-        client_ca: str | None = None,
+        tls: FeedTls = FeedTls(),
     ) -> None:
         self._store = store
         self._address = address
         self._poll_s = poll_s
-        self._tls = (cert, key, password, client_ca)
+        self._tls = tls
         self._clients: set[_Client] = set()
         self._cursor = 0
         self._holes: dict[int, float] = {}  # skipped seq -> when it was first missed
@@ -152,19 +184,7 @@ class CotFeed:
         self._wake.set()
 
     async def start(self) -> None:
-        from pathlib import Path
-
-        context = None
-        if self._address.scheme == "tls":
-            cert, key, password, client_ca = self._tls
-            if cert is None:
-                raise ValueError("a tls:// feed needs COPBRIDGE_FEED_CERT (and usually _KEY)")
-            context = server_context(
-                cert=Path(cert),
-                key=Path(key) if key else None,
-                password=password,
-                client_ca=Path(client_ca) if client_ca else None,
-            )
+        context = self._tls.context() if self._address.scheme == "tls" else None
         # Start a minute back: on PostgreSQL another replica's event can commit below the
         # newest number (numbers are handed out before commit, writes end within the silence
         # limit, 35 s by default); the pump notes such holes from here on. Clients skip what

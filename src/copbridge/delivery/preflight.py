@@ -9,12 +9,11 @@ again on every reconnect, so a certificate renewed in place is picked up without
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 
 from copbridge.config import Settings
 from copbridge.delivery.destinations import Destination, DestinationError, configured_destinations
-from copbridge.delivery.feed import parse_feed
-from copbridge.delivery.tls import destination_context, server_context
+from copbridge.delivery.feed import FeedTls, parse_feed
+from copbridge.delivery.tls import destination_context
 
 
 def _client_tls(destination: Destination) -> None:
@@ -32,22 +31,15 @@ def _feed(settings: Settings, url: str) -> None:
         raise DestinationError(f"COPBRIDGE_FEED: {exc}") from None
     if address is None:
         return
+    tls = FeedTls.from_settings(settings)
     if address.scheme != "tls":
-        if settings.feed_cert or settings.feed_key or settings.feed_ca_file:  # meant TLS
+        if tls.any_set:  # meant TLS
             raise DestinationError(
                 "COPBRIDGE_FEED_CERT/KEY/CA_FILE are set but the feed is not tls://host:port"
             )
         return
-    if settings.feed_cert is None:
-        raise DestinationError("COPBRIDGE_FEED: a tls:// feed needs COPBRIDGE_FEED_CERT")
-    password = settings.feed_password.get_secret_value() if settings.feed_password else None
     try:
-        server_context(
-            cert=Path(settings.feed_cert),
-            key=Path(settings.feed_key) if settings.feed_key else None,
-            password=password,
-            client_ca=Path(settings.feed_ca_file) if settings.feed_ca_file else None,
-        )
+        tls.context()  # what the feed will load when it starts (no certificate: ValueError)
     except (OSError, ValueError, ssl.SSLError) as exc:
         raise DestinationError(f"COPBRIDGE_FEED: its TLS files cannot be used: {exc}") from None
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from copbridge.config import Settings
 from copbridge.delivery.destinations import Destination, configured_destinations
-from copbridge.delivery.feed import CotFeed, parse_feed
+from copbridge.delivery.feed import CotFeed, FeedTls, parse_feed
 from copbridge.delivery.monitor import DestinationState, LinkMonitor
 from copbridge.delivery.worker import Courier, DeliveryTiming
 from copbridge.logs import get_logger
@@ -76,12 +76,7 @@ class DeliveryService:
                 store,
                 address,
                 poll_s=settings.delivery_poll_s,
-                cert=str(settings.feed_cert) if settings.feed_cert else None,
-                key=str(settings.feed_key) if settings.feed_key else None,
-                password=(
-                    settings.feed_password.get_secret_value() if settings.feed_password else None
-                ),
-                client_ca=str(settings.feed_ca_file) if settings.feed_ca_file else None,
+                tls=FeedTls.from_settings(settings),
             )
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
