@@ -132,10 +132,8 @@ def test_control_events_are_found_across_chunks_and_among_other_events() -> None
     offer = control_event("t-x-takp-v", '<TakProtocolSupport version="1"/>')
     other = b'<event uid="x" type="a-f-G"><point/></event>'
     stream = other + offer + other
-    scanner = ControlScanner()
-    found = [
-        e for i in range(0, len(stream), 7) for e in scanner.feed(stream[i : i + 7], b"t-x-takp-")
-    ]
+    scanner = ControlScanner(b"t-x-takp-v")
+    found = [e for i in range(0, len(stream), 7) for e in scanner.feed(stream[i : i + 7])]
     assert len(found) == 1
     parsed = parse_offer(found[0])
     assert (parsed.uid, parsed.versions) == (OFFER_UID, frozenset({1}))

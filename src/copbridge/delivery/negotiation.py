@@ -20,8 +20,6 @@ from lxml import etree
 
 from copbridge.cot import CotParseError, escape_attr, format_time, has_forbidden, parse_element
 
-CONTROL = b"t-x-takp-"
-"""What every negotiation event's type starts with."""
 OFFER = b"t-x-takp-v"
 ANSWER = b"t-x-takp-r"
 VERSION = 1
@@ -102,19 +100,21 @@ def is_control(event: bytes, kind: bytes) -> bool:
 
 
 class ControlScanner:
-    """Finds the control events of one kind in what an XML-speaking server sends, chunk by
-    chunk; everything else is passed over, and no more than 64 kB of a partial event is held."""
+    """Finds the control events of the kind awaited (``kind``, which the negotiation moves on
+    from the offer to the answer) in what an XML-speaking server sends, chunk by chunk;
+    everything else is passed over, and no more than 64 kB of a partial event is held."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: bytes) -> None:
+        self.kind = kind
         self._tail = b""
 
-    def feed(self, chunk: bytes, kind: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> list[bytes]:
         window = self._tail + chunk
         found: list[bytes] = []
         begin = 0
         while (end := window.find(_END, begin)) >= 0:
             event = window[begin : end + len(_END)]
-            if kind in event:
+            if is_control(event, self.kind):
                 found.append(event)
             begin = end + len(_END)
         self._tail = window[begin:][-_MAX_CONTROL_BYTES:]

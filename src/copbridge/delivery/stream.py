@@ -25,12 +25,10 @@ from copbridge.delivery.encoding import event_body, ping
 from copbridge.delivery.negotiation import (
     ANSWER,
     ANSWER_WAIT_S,
-    CONTROL,
     OFFER,
     VERSION,
     ControlScanner,
     NegotiationError,
-    is_control,
     parse_answer,
     parse_offer,
     request,
@@ -76,10 +74,10 @@ class StreamTransport:
         self.answers_pings = expect_answer
         self._protocol: WireProtocol = "xml"
         self._answer_wait_s = answer_wait_s
-        # While negotiating: the kind of control event awaited and the first one the reader
-        # found (one slot: a server repeating control events cannot make us hold more).
+        # While negotiating: the scanner (it knows the kind awaited) and the first event of that
+        # kind the reader found (one slot: a server repeating control events cannot make us
+        # hold more).
         self._scanner: ControlScanner | None = None
-        self._awaiting: bytes | None = None
         self._control: bytes | None = None
         self._control_seen = asyncio.Event()
         self._ping_uid = ping_uid
@@ -122,18 +120,17 @@ class StreamTransport:
         if sock is not None:
             _tune_socket(sock, d.keepalive_s)
         self._writer = writer
-        if d.protocol == "protobuf":
-            self._scanner = ControlScanner()  # before the reader starts: the offer comes at once
-            self._awaiting = OFFER
+        # Before the reader starts: a server's offer comes first of all.
+        scanner = self._scanner = ControlScanner(OFFER) if d.protocol == "protobuf" else None
         self._reader_task = asyncio.create_task(self._read(reader), name=f"read {d.name}")
-        if d.protocol == "protobuf":
-            await self._negotiate()
+        if scanner is not None:
+            await self._negotiate(scanner)
 
     @property
     def protocol(self) -> WireProtocol:
         return self._protocol
 
-    async def _negotiate(self) -> None:
+    async def _negotiate(self, scanner: ControlScanner) -> None:
         """Wait for the server's offer; with version 1 in it, ask for it and wait for the
         answer. No offer, no version 1 or a refusal: the link speaks XML."""
         d = self.destination
@@ -152,7 +149,7 @@ class StreamTransport:
                 waited_s=d.offer_wait_s,
             )
             return
-        self._awaiting, self._control = ANSWER, None  # an answer counts only after the request
+        scanner.kind, self._control = ANSWER, None  # an answer counts only after the request
         await self._write(event_body(request(offer, datetime.now(UTC))) + b"\n")
         answered = await self._control_event(self._answer_wait_s)
         self._scanner = None
@@ -190,8 +187,10 @@ class StreamTransport:
         tail = b""
         try:
             while chunk := await reader.read(_READ_CHUNK):
-                if self._scanner is not None:
-                    self._spot_control(self._scanner.feed(chunk, CONTROL))
+                if self._scanner is not None and (found := self._scanner.feed(chunk)):
+                    if self._control is None:
+                        self._control = found[0]
+                    self._control_seen.set()
                 window = tail + chunk
                 pongs = window.count(_PONG)
                 for _ in range(pongs):
@@ -207,13 +206,6 @@ class StreamTransport:
         finally:
             self._control_seen.set()
             self._wake()
-
-    def _spot_control(self, found: list[bytes]) -> None:
-        kind = self._awaiting
-        if self._control is None and kind is not None:
-            self._control = next((event for event in found if is_control(event, kind)), None)
-            if self._control is not None:
-                self._control_seen.set()
 
     def _check(self) -> None:
         if self._closed_reason is not None:
