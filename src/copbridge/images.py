@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from copbridge.store.records import ImageBlob
+
 MAX_PIXELS = 50_000_000
 """About 8K x 6K: the largest frame we decode; larger is treated as a decompression bomb."""
 
@@ -35,6 +37,10 @@ class VerifiedImage:
     data: bytes
     width: int
     height: int
+
+    def blob(self) -> ImageBlob:
+        """What the store keeps of it: named by its SHA-256, with its type and bytes."""
+        return ImageBlob(self.sha256, self.media_type, self.data)
 
 
 def decode_inline(data: str) -> bytes:

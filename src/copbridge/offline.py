@@ -68,8 +68,8 @@ def _image(detection: Detection, pipeline: Pipeline) -> ImageBlob | None:
     if detection.image is None:
         return None
     data = decode_inline(detection.image.data)
-    verified = verify_image(data, detection.image.media_type, pipeline.settings.max_image_bytes)
-    return ImageBlob(verified.sha256, verified.media_type, verified.data)
+    max_bytes = pipeline.settings.max_image_bytes
+    return verify_image(data, detection.image.media_type, max_bytes).blob()
 
 
 def _one_line(cot_xml: bytes) -> str:

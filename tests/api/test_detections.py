@@ -20,7 +20,7 @@ from PIL import Image
 
 from copbridge.api.app import create_app
 from copbridge.cot import parse_xml
-from copbridge.store import StoreUnavailable
+from copbridge.store import ImageBlob, StoreUnavailable
 from tests.api.conftest import DESTINATIONS, EXAMPLE, app_settings, example
 from tests.conftest import ADMIN_HEADERS
 
@@ -562,11 +562,21 @@ def test_an_image_file_gone_before_its_commit_is_written_again_in_it(
     """A refused request's image is forgotten in the writer; a request with the same bytes
     that kept the file just before must not commit its row without the file."""
     store = client.app.state.store  # type: ignore[attr-defined]
-    monkeypatch.setattr(store, "keep_image_files", lambda images: None)  # as if deleted since
+    keep, calls = store.keep_image_files, []
+
+    def kept_then_forgotten(images: list[ImageBlob]) -> None:
+        keep(images)
+        calls.append(len(images))
+        if len(calls) == 1:  # the request's own keep: then its file goes, as if forgotten
+            for image in images:
+                store._image_path(image.sha256).unlink()
+
+    monkeypatch.setattr(store, "keep_image_files", kept_then_forgotten)
     image = _jpeg()
     body = example(image={"media_type": "image/jpeg", "data": base64.b64encode(image).decode()})
     assert client.post(URL, json=body).status_code == 202
     assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == image
+    assert calls == [1, 1]  # kept, gone, kept again inside the commit
 
 
 def test_a_detection_refused_for_its_geometry_leaves_no_image_file(client: TestClient) -> None:

@@ -420,7 +420,7 @@ async def _verify_images(
         if isinstance(outcome, ImageRejected):
             results[item.index] = _image_refused(item.index, outcome, item.detection.id)
             continue
-        kept[item.index] = ImageBlob(outcome.sha256, outcome.media_type, outcome.data)
+        kept[item.index] = outcome.blob()
     return kept
 
 
@@ -604,7 +604,7 @@ def _inline_image(detection: Detection) -> tuple[bytes | None, str | None]:
 
 async def _verified_image(data: bytes, declared: str | None, max_bytes: int) -> ImageBlob:
     verified = await run_in_threadpool(verify_image, data, declared, max_bytes)
-    return ImageBlob(verified.sha256, verified.media_type, verified.data)
+    return verified.blob()
 
 
 async def _keep_files(pipeline: Pipeline, prepared: Sequence[Prepared]) -> None:

@@ -325,14 +325,10 @@ class SqliteStore(SqlStore):
     def _ensure_image_files(self, records: Sequence[DetectionRecord]) -> None:
         """Each image file of the detections this commit writes, again if it went missing since
         ``keep_image_files`` (a refused request's image of the same bytes, forgotten meanwhile)."""
-        for record in records:
-            image = record.image
-            if image is not None and not self._image_path(image.sha256).exists():
-                try:
-                    self._write_image_file(image)
-                    _fsync_dir(self._image_path(image.sha256).parent)
-                except OSError as exc:
-                    raise StoreUnavailable(f"cannot store the image: {exc.strerror}") from exc
+        images = [r.image for r in records if r.image is not None]
+        missing = [i for i in images if not self._image_path(i.sha256).exists()]
+        if missing:  # rare: the usual commit stats its files and syncs nothing
+            self.keep_image_files(missing)
 
     def _write_image_file(self, image: ImageBlob) -> None:
         target = self._image_path(image.sha256)
