@@ -24,6 +24,7 @@ from copbridge.delivery.destinations import (
     parse_destination,
 )
 from copbridge.delivery.negotiation import (
+    ANSWER_WAIT_S,
     ControlScanner,
     NegotiationError,
     parse_answer,
@@ -93,11 +94,7 @@ async def test_a_request_never_answered_ends_the_link_before_anything_is_sent() 
     its wait the negotiation is in an unknown state and the client disconnects."""
     server = TakProtocolServer(answer="never")
     await server.start()
-    url = f"tcp://127.0.0.1:{server.port}"
-    destination = parse_destination(DestinationSettings(url=url, protocol="protobuf"))
-    transport = StreamTransport(
-        destination, ping_uid="p", expect_answer=False, wake=lambda: None, answer_wait_s=0.5
-    )
+    transport = _protobuf_stream(server.port, answer_wait_s=0.5)
     try:
         with pytest.raises(LinkError, match="no answer to the TAK protocol request"):
             await transport.open()
@@ -168,9 +165,8 @@ async def test_a_server_repeating_control_events_cannot_make_the_client_hold_the
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal flooded
         writer.write(b'<event uid="before" type="a-f-G"/>' + offer)  # a self-closing one first
-        while b"t-x-takp-q" not in (chunk := await reader.read(1 << 16)):
-            if not chunk:
-                return  # the client gave up: nothing to flood
+        if not await _request_read(reader):
+            return  # the client gave up: nothing to flood
         while flooded < 40_000_000:
             writer.write(flood)
             await writer.drain()
@@ -181,10 +177,7 @@ async def test_a_server_repeating_control_events_cannot_make_the_client_hold_the
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    destination = parse_destination(
-        DestinationSettings(url=f"tcp://127.0.0.1:{port}", protocol="protobuf")
-    )
-    transport = StreamTransport(destination, ping_uid="p", expect_answer=False, wake=lambda: None)
+    transport = _protobuf_stream(port)
     tracemalloc.start()
     try:
         await asyncio.wait_for(transport.open(), 30)
@@ -232,22 +225,39 @@ async def test_an_event_quoting_the_offer_s_type_does_not_hide_the_offer_after_i
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(chat + offer)
-        while b"t-x-takp-q" not in (chunk := await reader.read(1 << 16)):
-            if not chunk:
-                return
+        if not await _request_read(reader):
+            return
         writer.write(control_event("t-x-takp-r", '<TakResponse status="true"/>'))
         await writer.drain()
         await reader.read()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    destination = parse_destination(
-        DestinationSettings(url=f"tcp://127.0.0.1:{port}", protocol="protobuf")
-    )
-    transport = StreamTransport(destination, ping_uid="p", expect_answer=False, wake=lambda: None)
+    transport = _protobuf_stream(port)
     try:
         await asyncio.wait_for(transport.open(), 10)
         assert transport.protocol == "protobuf"
     finally:
         await transport.close()
         server.close()
+
+
+def _protobuf_stream(port: int, answer_wait_s: float = ANSWER_WAIT_S) -> StreamTransport:
+    """A protobuf stream to a server of the test's own on loopback (not opened yet)."""
+    url = f"tcp://127.0.0.1:{port}"
+    destination = parse_destination(DestinationSettings(url=url, protocol="protobuf"))
+    return StreamTransport(
+        destination,
+        ping_uid="p",
+        expect_answer=False,
+        wake=lambda: None,
+        answer_wait_s=answer_wait_s,
+    )
+
+
+async def _request_read(reader: asyncio.StreamReader) -> bool:
+    """Read until the client's TAK protocol request; False if the client closed first."""
+    while b"t-x-takp-q" not in (chunk := await reader.read(1 << 16)):
+        if not chunk:
+            return False
+    return True
