@@ -102,7 +102,7 @@ class _Reader:
                 value, end = _DECODER.raw_decode(self.text, self.pos)
             except (ValueError, RecursionError) as exc:
                 after = _next_object(self.text, self.pos)
-                yield Unreadable(self.line(), _reason(exc), after)
+                yield Unreadable(self.line(), unreadable_reason(exc), after)
                 self.pos = after
             else:
                 yield Document(self.line(), self.text[self.pos : end], value, end)
@@ -121,7 +121,9 @@ class _Reader:
                 value, end = _LENIENT.raw_decode(text, self.pos)
             except (ValueError, RecursionError) as exc:
                 # The rest of the array cannot be split reliably: one refusal for all of it.
-                yield Unreadable(self.line(), f"{_reason(exc)} (the rest of the array)", len(text))
+                yield Unreadable(
+                    self.line(), f"{unreadable_reason(exc)} (the rest of the array)", len(text)
+                )
                 self.pos = len(text)
                 return
             try:
@@ -175,7 +177,7 @@ def _bad_int(digits: str) -> int | _Bad:
     try:
         return int(digits)
     except ValueError as exc:  # more digits than Python converts (4,300)
-        return _Bad(_reason(exc))
+        return _Bad(unreadable_reason(exc))
 
 
 _LENIENT = json.JSONDecoder(
@@ -197,7 +199,8 @@ def _first_bad(value: Any) -> _Bad | None:
     return None
 
 
-def _reason(exc: BaseException) -> str:
+def unreadable_reason(exc: BaseException) -> str:
+    """Why a JSON text could not be read, in words for the user (no Python hints)."""
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
     if isinstance(exc, RecursionError):

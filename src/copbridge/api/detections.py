@@ -26,6 +26,7 @@ from copbridge.api.errors import (
 )
 from copbridge.api.prepare_process import InvalidFields, PrepareProcess
 from copbridge.config import Settings
+from copbridge.documents import unreadable_reason
 from copbridge.images import ImageRejected, VerifiedImage, decode_inline, verify_image
 from copbridge.model import (
     ID_PATTERN,
@@ -593,7 +594,8 @@ def _parse_json(body: bytes) -> Any:
     except RecursionError:
         raise Rejection("body", "body: JSON nested too deeply", reason="contract") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit integer
-        raise Rejection("body", f"body: not valid JSON: {exc}", reason="contract") from None
+        reason = unreadable_reason(exc)
+        raise Rejection("body", f"body: not valid JSON: {reason}", reason="contract") from None
 
 
 def _inline_image(detection: Detection) -> tuple[bytes | None, str | None]:
