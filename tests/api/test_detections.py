@@ -481,6 +481,50 @@ def test_multipart_detection_may_come_as_a_file_part_beside_the_image(
     assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == image
 
 
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), (30, 200, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("part_type", "image", "stored_as"),
+    [
+        ("image/jpg", _jpeg(), "image/jpeg"),
+        ("image/pjpeg", _jpeg(), "image/jpeg"),
+        ("image/x-png", _png(), "image/png"),
+        ("application/octet-stream", _png(), "image/png"),
+    ],
+)
+def test_multipart_image_types_cameras_and_libraries_send_are_taken(
+    client: TestClient, part_type: str, image: bytes, stored_as: str
+) -> None:
+    # image/jpg was refused "not accepted (JPEG or PNG only)" for a JPEG
+    answer = client.post(
+        URL,
+        files={
+            "detection": (None, json.dumps(EXAMPLE), "application/json"),
+            "image": ("frame", image, part_type),
+        },
+    )
+    assert answer.status_code == 202, answer.text
+    served = client.get(f"{URL}/{EXAMPLE['id']}/image")
+    assert served.content == image
+    assert served.headers["content-type"] == stored_as
+
+
+def test_multipart_image_named_jpg_but_holding_a_png_is_refused(client: TestClient) -> None:
+    answer = client.post(
+        URL,
+        files={
+            "detection": (None, json.dumps(EXAMPLE), "application/json"),
+            "image": ("frame.jpg", _png(), "image/jpg"),
+        },
+    )
+    assert answer.status_code == 422
+    assert "declared image/jpeg but its bytes are image/png" in answer.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("parts", "field"),
     [

@@ -618,6 +618,19 @@ async def _keep_files(pipeline: Pipeline, prepared: Sequence[Prepared]) -> None:
         await run_in_threadpool(pipeline.store.keep_image_files, images)
 
 
+_PART_TYPES: dict[str | None, str | None] = {
+    None: None,
+    "application/octet-stream": None,
+    "image/jpeg": "image/jpeg",
+    "image/png": "image/png",
+    # Names some cameras, phones and HTTP libraries give the same two formats.
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "image/x-png": "image/png",
+}
+"""An image part's declared type and what the bytes must then be (None: whichever they are)."""
+
+
 async def _read_multipart(
     request: Request, max_bytes: int
 ) -> tuple[dict[str, Any], bytes | None, str | None]:
@@ -642,9 +655,9 @@ async def _read_multipart(
         if isinstance(upload, str):
             raise Rejection("image", "image: the part must be a file with the image's bytes")
         declared = (upload.content_type or "").split(";")[0].strip().lower() or None
-        if declared not in (None, "image/jpeg", "image/png", "application/octet-stream"):
+        if declared not in _PART_TYPES:
             raise ImageRejected(f"image part type {declared} is not accepted (JPEG or PNG only)")
         data = await upload.read()
-        return raw, data, None if declared == "application/octet-stream" else declared
+        return raw, data, _PART_TYPES[declared]
     finally:
         await form.close()
