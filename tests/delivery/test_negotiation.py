@@ -136,6 +136,15 @@ def test_control_events_are_found_across_chunks_and_among_other_events() -> None
     assert (parsed.uid, parsed.versions) == (OFFER_UID, frozenset({1}))
 
 
+def test_an_end_tag_with_white_space_before_its_bracket_ends_the_event() -> None:
+    # XML allows "</event >"; such an offer was held as a partial event and never seen
+    offer = control_event("t-x-takp-v", '<TakProtocolSupport version="1"/>')
+    spaced = offer.replace(b"</event>", b"</event\n >")
+    scanner = ControlScanner(b"t-x-takp-v")
+    found = [e for i in range(0, len(spaced), 5) for e in scanner.feed(spaced[i : i + 5])]
+    assert [parse_offer(e).versions for e in found] == [frozenset({1})]
+
+
 def test_a_garbled_or_hostile_control_event_is_refused_with_a_reason() -> None:
     with pytest.raises(NegotiationError, match="TakControl"):
         parse_offer(control_event("t-x-takp-v", "").replace(b"<TakControl></TakControl>", b""))

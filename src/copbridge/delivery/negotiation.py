@@ -29,7 +29,8 @@ ANSWER_WAIT_S = 60.0
 with none the negotiation is in an unknown state and the client must disconnect."""
 _MAX_CONTROL_BYTES = 64 * 1024
 """Control events are a few hundred bytes; what the server sends before them is not kept."""
-_END = b"</event>"
+_END = re.compile(rb"</event\s*>")
+"""An event's end tag; XML allows white space before its ``>``."""
 
 
 class NegotiationError(ValueError):
@@ -112,10 +113,10 @@ class ControlScanner:
         window = self._tail + chunk
         found: list[bytes] = []
         begin = 0
-        while (end := window.find(_END, begin)) >= 0:
-            event = window[begin : end + len(_END)]
+        while (end := _END.search(window, begin)) is not None:
+            event = window[begin : end.end()]
             if is_control(event, self.kind):
                 found.append(event)
-            begin = end + len(_END)
+            begin = end.end()
         self._tail = window[begin:][-_MAX_CONTROL_BYTES:]
         return found
