@@ -292,6 +292,10 @@ class Answer(BaseModel):
     cot_type: str
     stale: datetime
     duplicate: bool = False
+    warnings: list[str] | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Present when the detection is stored but something will keep it off the maps: today,
+    a stale time already past on arrival (the detector's clock behind, or old data sent
+    again), so it will expire without being delivered."""
 
     @field_serializer("stale")
     def _stale_text(self, value: datetime) -> str:

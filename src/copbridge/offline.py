@@ -29,6 +29,9 @@ class Line:
     ok: bool
 
 
+_SERVICE_ONLY = ("status", "duplicate", "warnings")
+
+
 def geolocate(data: bytes, pipeline: Pipeline, fmt: Format = "json") -> Iterator[Line]:
     """One line per detection of ``data`` (read as :mod:`copbridge.documents` reads files)."""
     _, found = documents.read(data)
@@ -58,7 +61,8 @@ def geolocate(data: bytes, pipeline: Pipeline, fmt: Format = "json") -> Iterator
         if fmt == "cot":
             yield Line(_one_line(prepared.record.cot_xml), ok=True)
         else:
-            answer = {k: v for k, v in prepared.answer.items() if k not in ("status", "duplicate")}
+            # Nothing is stored or delivered here: no status, and no warning about delivery.
+            answer = {k: v for k, v in prepared.answer.items() if k not in _SERVICE_ONLY}
             yield Line(json.dumps(answer, ensure_ascii=False), ok=True)
 
 

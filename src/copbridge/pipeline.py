@@ -246,6 +246,8 @@ class Pipeline:
             "stale": cot.format_time(event.stale),
             "duplicate": False,
         }
+        if event.stale <= now:
+            answer["warnings"] = [_stale_warning(answer["stale"], now)]
         # The store decides for every replica whether the platform event is due; this process
         # only skips building one it emitted itself within the interval.
         platform = (
@@ -294,12 +296,11 @@ class Pipeline:
         if self._on_stored is not None and any(r.outcome == "accepted" for r in results):
             self._on_stored()
         answers = []
-        now_us = time.time_ns() // 1000
         for item, result in zip(prepared, results, strict=True):
             if result.outcome == "accepted":
                 DETECTIONS_ACCEPTED.inc()
-                if item.record.events[0].stale_us <= now_us:
-                    self._stale_on_arrival(item.record, now_us)
+                if item.record.events[0].stale_us <= item.record.received_us:
+                    self._stale_on_arrival(item.record)
                 answers.append((result, item.answer))
             else:
                 if result.outcome == "duplicate":
@@ -309,11 +310,12 @@ class Pipeline:
                 answers.append((result, stored_answer(result.answer, duplicate=True)))
         return answers
 
-    def _stale_on_arrival(self, record: DetectionRecord, now_us: int) -> None:
+    def _stale_on_arrival(self, record: DetectionRecord) -> None:
         """Counted, and logged at most every ``_STALE_LOG_EVERY_S``: the contract lets it expire
         unsent, but a detector whose clock is behind would otherwise put nothing on any map
         without anyone being told."""
         DETECTIONS_STALE_ON_ARRIVAL.inc()
+        now_us = record.received_us
         if now_us - self._stale_logged_us >= _STALE_LOG_EVERY_S * 1_000_000:
             self._stale_logged_us = now_us
             _log.warning(
@@ -721,6 +723,14 @@ def _stored_copy(raw: dict[str, Any], time: datetime) -> dict[str, Any]:
     if not in_utc:
         kept["time"] = utc_text(time)
     return kept
+
+
+def _stale_warning(stale: str, now: datetime) -> str:
+    return (
+        f"stale on arrival: its stale time {stale} had passed when it was received "
+        f"({cot.format_time(now)}); it is stored but will expire without being delivered "
+        "(check the detector's clock)"
+    )
 
 
 def utc_text(time: datetime) -> str:

@@ -94,6 +94,11 @@ class Reason:
     count: int = 0
     places: list[str] = field(default_factory=list)
 
+    def note(self, place: str, count: int = 1) -> None:
+        self.count += count
+        if len(self.places) < PLACES_KEPT:
+            self.places.append(place)
+
 
 @dataclass
 class Summary:
@@ -108,6 +113,8 @@ class Summary:
     #: other than 503 came back): stored or not, no one can say.
     in_doubt: int = 0
     reasons: dict[str, Reason] = field(default_factory=dict)
+    #: Accepted with a warning (stale on arrival: stored, but it will expire unsent).
+    stale_on_arrival: Reason = field(default_factory=Reason)
 
     @property
     def total(self) -> int:
@@ -115,10 +122,7 @@ class Summary:
 
     def refuse(self, reason: str, place: str, count: int = 1) -> None:
         self.rejected += count
-        entry = self.reasons.setdefault(reason, Reason())
-        entry.count += count
-        if len(entry.places) < PLACES_KEPT:
-            entry.places.append(place)
+        self.reasons.setdefault(reason, Reason()).note(place, count)
 
     def lines(self) -> list[str]:
         head = (
@@ -135,6 +139,13 @@ class Summary:
             out.append(
                 f"  {self.in_doubt} more were sent and no answer told whether they were stored "
                 "(send the file again to know: stored ones come back as duplicates)"
+            )
+        stale = self.stale_on_arrival
+        if stale.count:
+            more = ", ..." if stale.count > len(stale.places) else ""
+            out.append(
+                f"  {stale.count} of the accepted were stale on arrival: stored, but they will "
+                f"expire without being delivered (at {', '.join(stale.places)}{more})"
             )
         ranked = sorted(self.reasons.items(), key=lambda kv: -kv[1].count)
         for reason, entry in ranked[:20]:
@@ -308,6 +319,9 @@ class Sender:
                 self.summary.duplicates_after_retry += retried
             else:
                 self.summary.accepted += 1
+                warnings = result["answer"].get("warnings") or []
+                if any(str(w).startswith("stale on arrival") for w in warnings):
+                    self.summary.stale_on_arrival.note(detection.place)
             return
         error = result.get("error") or {}
         errors = error.get("errors") or [error]

@@ -962,9 +962,12 @@ def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_client_s_host(client: T
     assert "location" not in answer.headers
 
 
-def test_a_detection_stale_on_arrival_is_counted_as_such(client: TestClient) -> None:
+def test_a_detection_stale_on_arrival_is_counted_and_answered_with_a_warning(
+    client: TestClient,
+) -> None:
     """202 and expired unsent, as the contract allows, but a detector whose clock is behind put
-    nothing on any map and nothing said so: it is now counted (and logged)."""
+    nothing on any map and nothing said so: it is now counted (and logged), and its answer
+    carries a warning."""
 
     def stale_count() -> float:
         text = client.get("/metrics").text
@@ -973,11 +976,26 @@ def test_a_detection_stale_on_arrival_is_counted_as_such(client: TestClient) -> 
 
     before = stale_count()
     fresh = example(id="fresh", time=datetime.now(UTC).isoformat().replace("+00:00", "Z"))
-    assert client.post(URL, json=fresh).status_code == 202
+    answer = client.post(URL, json=fresh)
+    assert answer.status_code == 202
+    assert "warnings" not in answer.json()
     assert stale_count() == before
-    assert client.post(URL, json=example(id="old")).status_code == 202  # the example: 6 days old
-    assert client.post(URL, json=example(id="old")).json()["duplicate"] is True
+    old = client.post(URL, json=example(id="old"))  # the example: 6 days old
+    assert old.status_code == 202
+    [warning] = old.json()["warnings"]
+    assert warning.startswith(
+        f"stale on arrival: its stale time {old.json()['stale']} had passed when it was received"
+    )
+    assert "will expire without being delivered" in warning
+    again = client.post(URL, json=example(id="old"))
+    assert again.json()["duplicate"] is True
+    assert again.json()["warnings"] == [warning]  # the first answer, again
     assert stale_count() == before + 1
+    batch = client.post(f"{URL}/batch", json=[example(id="old-2"), {**fresh, "id": "fresh-2"}])
+    results = batch.json()["results"]
+    assert "stale on arrival" in results[0]["answer"]["warnings"][0]
+    assert "warnings" not in results[1]["answer"]
+    assert stale_count() == before + 2
 
 
 _STALE_METRIC = "copbridge_detections_stale_on_arrival_total "

@@ -56,6 +56,11 @@ def test_send_posts_json_lines_and_sums_up(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     first = result.stdout.splitlines()[0]
     assert first == "accepted 1198, duplicates 1, rejected 2 of 1201"
+    # the example's time is days old: every accepted one is stored but will expire unsent
+    assert (
+        "  1198 of the accepted were stale on arrival: stored, but they will expire without "
+        f"being delivered (at {source}:1, {source}:2,"
+    ) in result.stdout
     assert "confidence" in result.stdout
     assert "not JSON: Expecting property name" in result.stdout
     assert f"{source}:11" in result.stdout  # the refused detection's line
