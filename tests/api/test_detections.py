@@ -602,6 +602,49 @@ def test_the_image_of_a_detection_refused_409_is_not_kept(client: TestClient) ->
     assert client.get(f"{URL}/{EXAMPLE['id']}/image").content == first
 
 
+def test_image_files_live_in_the_data_dir_and_one_service_never_deletes_another_s(
+    tmp_path: Path, auth_headers: dict[str, str]
+) -> None:
+    """They lived next to the database file: not in COPBRIDGE_DATA_DIR, as the contract says,
+    and two databases in one folder shared one images folder, where a 409 in one service
+    deleted the file of an image the other had stored."""
+    image = _jpeg()
+    sha256 = hashlib.sha256(image).hexdigest()
+    inline = {"media_type": "image/jpeg", "data": base64.b64encode(image).decode()}
+    databases = tmp_path / "databases"
+
+    def service(name: str) -> TestClient:
+        url = f"sqlite:///{databases / f'{name}.db'}"
+        return TestClient(create_app(app_settings(tmp_path / name, url=url)), headers=auth_headers)
+
+    with service("one") as one, service("two") as two:
+        assert one.post(URL, json=example(id="m1", image=inline)).status_code == 202
+        assert (tmp_path / "one" / "images" / sha256[:2] / sha256).read_bytes() == image
+        assert not (databases / "images").exists()
+        assert two.post(URL, json=example(id="z1")).status_code == 202
+        assert two.post(URL, json=example(id="z1", image=inline)).status_code == 409
+        two.app.state.store._writer.run(lambda conn: None)  # type: ignore[attr-defined]
+        assert one.get(f"{URL}/m1/image").content == image
+
+
+def test_an_image_stored_next_to_the_database_by_an_earlier_version_is_still_served(
+    tmp_path: Path, auth_headers: dict[str, str]
+) -> None:
+    image = _jpeg()
+    sha256 = hashlib.sha256(image).hexdigest()
+    inline = {"media_type": "image/jpeg", "data": base64.b64encode(image).decode()}
+    settings = app_settings(tmp_path / "data", url=f"sqlite:///{tmp_path / 'db' / 'api.db'}")
+    with TestClient(create_app(settings), headers=auth_headers) as client:
+        assert client.post(URL, json=example(image=inline)).status_code == 202
+    earlier = tmp_path / "db" / "images" / sha256[:2]  # where versions before this kept it
+    earlier.mkdir(parents=True)
+    (tmp_path / "data" / "images" / sha256[:2] / sha256).rename(earlier / sha256)
+    with TestClient(create_app(settings), headers=auth_headers) as client:
+        served = client.get(f"{URL}/{EXAMPLE['id']}/image")
+    assert served.status_code == 200
+    assert served.content == image
+
+
 def test_an_image_file_gone_before_its_commit_is_written_again_in_it(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

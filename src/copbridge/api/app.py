@@ -46,6 +46,7 @@ def build_store(settings: Settings) -> SqlStore:
         observe=observe_commit,
         sqlite_max_pages=settings.sqlite_max_pages,
         pg_silence_limit_s=settings.pg_silence_limit_s,
+        images_dir=settings.data_dir / "images",
     )
 
 

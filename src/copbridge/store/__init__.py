@@ -59,8 +59,10 @@ def open_store(
     observe: BatchObserver | None = None,
     sqlite_max_pages: int | None = None,
     pg_silence_limit_s: float | None = None,
+    images_dir: Path | None = None,
 ) -> SqlStore:
-    """Open the store a ``COPBRIDGE_DATABASE_URL`` names (no connection is made yet)."""
+    """Open the store a ``COPBRIDGE_DATABASE_URL`` names (no connection is made yet).
+    ``images_dir``: where SQLite keeps image files (PostgreSQL keeps them in rows)."""
     if url.startswith("sqlite:///"):
         from copbridge.store.sqlite import SqliteStore, path_from_url
 
@@ -71,6 +73,7 @@ def open_store(
             max_items=max_items,
             observe=observe,
             max_page_count=sqlite_max_pages,
+            images_dir=images_dir,
         )
     if url.startswith(("postgresql://", "postgres://")):
         from copbridge.store.postgres import SILENCE_LIMIT_S, PostgresStore

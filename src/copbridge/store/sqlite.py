@@ -14,6 +14,7 @@ timeout. Under steady load the WAL file is bounded by ``journal_size_limit`` ins
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -252,11 +253,13 @@ class SqliteStore(SqlStore):
         max_items: int = 512,
         max_page_count: int | None = None,
         observe: BatchObserver | None = None,
+        images_dir: Path | None = None,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             sqlite3.connect(path).close()  # the one place the database file is made
         self.path = path
+        self.images_dir = images_dir or self.legacy_images_dir
         files = _Files(path, max_page_count)
         self._files = files
         super().__init__(
@@ -278,16 +281,18 @@ class SqliteStore(SqlStore):
         self._checkpointer.stop()
         super().close()
 
-    # Images live on disk next to the database file (content-addressed), not in the WAL.
+    # Images live on disk (content-addressed), not in the WAL: in the service's data directory
+    # (``COPBRIDGE_DATA_DIR/images``, the contract's place), or next to the database file when
+    # no directory is given (where versions before it kept them, and read from there still).
 
     @property
-    def images_dir(self) -> Path:
+    def legacy_images_dir(self) -> Path:
         return self.path.parent / "images"
 
-    def _image_path(self, sha256: str) -> Path:
+    def _image_path(self, sha256: str, folder: Path | None = None) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise ValueError("an image is named by its lowercase hex SHA-256")
-        return self.images_dir / sha256[:2] / sha256
+        return (folder or self.images_dir) / sha256[:2] / sha256
 
     def keep_image_files(self, images: Sequence[ImageBlob]) -> None:
         """Write each new image file and sync it (concurrently: the file system's journal then
@@ -350,10 +355,11 @@ class SqliteStore(SqlStore):
         )
         if row is None:
             return None
-        try:
-            return str(row[0]), self._image_path(sha256).read_bytes()
-        except FileNotFoundError:
-            return None
+        for folder in dict.fromkeys((self.images_dir, self.legacy_images_dir)):
+            # The same name is the same bytes, whichever folder holds it.
+            with contextlib.suppress(FileNotFoundError):
+                return str(row[0]), self._image_path(sha256, folder).read_bytes()
+        return None
 
 
 def _log_forget_failure(done: Future[None]) -> None:
