@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -304,13 +304,15 @@ def test_the_platform_cone_reaches_as_far_as_the_image_centre_sees(tmp_path: Pat
 
     from copbridge import geo
 
-    [prepared] = _one_by_one(_pipeline(tmp_path), [EXAMPLE])
+    # Taken a second before NOW: a pose hours old (the example's time) shows no platform.
+    taken = dict(EXAMPLE, time=(NOW - timedelta(seconds=1)).isoformat())
+    [prepared] = _one_by_one(_pipeline(tmp_path), [taken])
     assert isinstance(prepared, Prepared)
     platform = prepared.record.platform_event
     assert platform is not None
     sensor = etree.fromstring(platform.payload).find("detail/sensor")
     assert sensor is not None
-    detection = Detection.model_validate(EXAMPLE)
+    detection = Detection.model_validate(taken)
     ray = _pipeline(tmp_path / "again")._ray_inputs(detection)
     hae = prepared.answer["location"]["hae"]
     centre = geo.locate_pixel(

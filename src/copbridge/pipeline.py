@@ -252,7 +252,8 @@ class Pipeline:
         # only skips building one it emitted itself within the interval.
         platform = (
             self._platform_event(detection, located, now)
-            if self._platform_schedule.claim(detection.sensor.id, now)
+            if self._platform_live(detection, now)
+            and self._platform_schedule.claim(detection.sensor.id, now)
             else None
         )
         hashed = body_hashes(detection, image)
@@ -564,6 +565,14 @@ class Pipeline:
     def _platform_type(self, detection: Detection) -> str:
         return cot.PLATFORM_TYPE_AIRBORNE if _airborne(detection) else cot.PLATFORM_TYPE_FIXED
 
+    def _platform_stale_s(self) -> float:
+        return max(60.0, self.settings.platform_interval_s * PLATFORM_STALE_FACTOR)
+
+    def _platform_live(self, detection: Detection, now: datetime) -> bool:
+        """Whether the pose this detection was taken from is still current enough to show: an
+        older one (an offline detector uploading its buffer) would be stale on arrival."""
+        return (now - detection.time).total_seconds() < self._platform_stale_s()
+
     def _platform_event(self, detection: Detection, located: Located, now: datetime) -> QueuedEvent:
         """The sensor's own marker with its field of view, so ATAK draws the camera's cone."""
         intrinsics, pose = located.intrinsics, located.pose
@@ -584,7 +593,8 @@ class Pipeline:
             vfov=_fov(intrinsics.height, intrinsics.fy),
             range_m=_boresight_range(located),
             sensor_model=detection.sensor.model,
-            stale_seconds=max(60.0, self.settings.platform_interval_s * PLATFORM_STALE_FACTOR),
+            stale_seconds=self._platform_stale_s(),
+            pose_time=min(detection.time, now),
         )
         payload = cot.to_xml(event)
         return QueuedEvent(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ def example(**changes: Any) -> dict[str, Any]:
     body = copy.deepcopy(EXAMPLE)
     body.update(changes)
     return body
+
+
+def taken_now(**changes: Any) -> dict[str, Any]:
+    """The example as a detection taken just now (the contract's example is days old: it is
+    stale on arrival, and so shows no platform event)."""
+    return example(**{"time": datetime.now(UTC).isoformat(), **changes})
 
 
 @pytest.fixture

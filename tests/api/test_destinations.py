@@ -6,11 +6,11 @@ import time
 
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import DESTINATIONS, EXAMPLE
+from tests.api.conftest import DESTINATIONS, taken_now
 
 
 def test_destinations_list_every_configured_one_with_pending_events(client: TestClient) -> None:
-    assert client.post("/api/v1/detections", json=EXAMPLE).status_code == 202
+    assert client.post("/api/v1/detections", json=taken_now()).status_code == 202
     deadline = time.monotonic() + 10
     while True:
         answer = client.get("/api/v1/destinations")

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import math
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from PIL import Image
 from copbridge.api.app import create_app
 from copbridge.cot import parse_xml
 from copbridge.store import ImageBlob, StoreUnavailable
-from tests.api.conftest import DESTINATIONS, EXAMPLE, app_settings, example
+from tests.api.conftest import DESTINATIONS, EXAMPLE, app_settings, example, taken_now
 from tests.conftest import ADMIN_HEADERS
 
 URL = "/api/v1/detections"
@@ -889,7 +890,7 @@ def test_list_filters_and_paginates(client: TestClient) -> None:
 
 
 def test_detection_row_outbox_rows_and_audit_are_one_transaction(client: TestClient) -> None:
-    assert client.post(URL, json=EXAMPLE).status_code == 202
+    assert client.post(URL, json=taken_now()).status_code == 202
     store = client.app.state.store  # type: ignore[attr-defined]
     stats = store.outbox_stats(DESTINATIONS.split(","))
     # The detection's event and the sensor's platform event, for each destination.
@@ -902,12 +903,44 @@ def test_detection_row_outbox_rows_and_audit_are_one_transaction(client: TestCli
 
 def test_platform_event_is_emitted_at_most_once_per_interval(client: TestClient) -> None:
     for i in range(3):
-        assert client.post(URL, json=example(id=f"p{i}")).status_code == 202
+        assert client.post(URL, json=taken_now(id=f"p{i}")).status_code == 202
     store = client.app.state.store  # type: ignore[attr-defined]
     platform = [e for e in store.feed_since(0, 0) if e.uid == "copbridge.uav-7"]
     assert len(platform) == 1
     event = parse_xml(platform[0].payload)
     assert event.type == "a-f-A-M-F-Q"
+
+
+def test_a_late_detection_never_moves_the_platform_back_on_the_map(
+    tmp_path: Path, auth_headers: dict[str, str]
+) -> None:
+    """An offline detector uploading its buffer: the platform event of a detection taken ten
+    minutes ago went out stamped as current, after a newer one, and sent the sensor back."""
+    settings = app_settings(tmp_path, platform_interval_s=0.05)  # platform stale after 60 s
+    with TestClient(create_app(settings), headers=auth_headers) as client:
+        store = client.app.state.store  # type: ignore[attr-defined]
+
+        def platform_events() -> list[Any]:
+            return [e for e in store.feed_since(0, 0) if e.uid == "copbridge.uav-7"]
+
+        now = datetime.now(UTC)
+        here = {"lat": 41.2}  # the late ones are where the example is, 41.1438
+        fresh = taken_now(id="fresh", platform={**EXAMPLE["platform"], **here})
+        assert client.post(URL, json=fresh).status_code == 202
+        [shown] = platform_events()
+        time.sleep(0.1)  # past the interval
+        for age_s, name in ((600, "ten-minutes-old"), (30, "half-a-minute-old")):
+            late = example(id=name, time=(now - timedelta(seconds=age_s)).isoformat())
+            assert client.post(URL, json=late).status_code == 202
+            assert platform_events() == [shown], name
+        time.sleep(0.1)  # this process let the half-minute-old one through: an interval on
+        newer = taken_now(id="newer")
+        assert client.post(URL, json=newer).status_code == 202
+        events = platform_events()
+        assert len(events) == 2
+        event = parse_xml(events[1].payload)  # valid from the pose's time, for 60 s
+        assert abs((event.start - datetime.fromisoformat(newer["time"])).total_seconds()) < 1e-3
+        assert event.stale == event.start + timedelta(seconds=60)
 
 
 def test_rejections_are_audited_with_their_reason(client: TestClient) -> None:

@@ -365,6 +365,20 @@ def test_platform_slot_is_granted_once_per_interval(store: SqlStore) -> None:
     assert store.claim_platform_slot("uav-7", t + 6 * SECOND_US, 5 * SECOND_US)
 
 
+def test_a_platform_slot_is_never_granted_to_a_pose_older_than_the_last_shown(
+    store: SqlStore,
+) -> None:
+    """A late detection (an offline detector's buffer) sent the sensor back on the map."""
+    t = now_us()
+    interval = 5 * SECOND_US
+    assert store.claim_platform_slot("uav-7", t, interval, pose_us=t)
+    later = t + 6 * SECOND_US
+    assert not store.claim_platform_slot("uav-7", later, interval, pose_us=t - 600 * SECOND_US)
+    assert not store.claim_platform_slot("uav-7", later, interval, pose_us=t)  # the same pose
+    assert store.claim_platform_slot("uav-7", later, interval, pose_us=t + 1)
+    assert store.claim_platform_slot("uav-9", later, interval, pose_us=t - 600 * SECOND_US)
+
+
 def test_keys_create_list_revoke(store: SqlStore) -> None:
     key = ApiKeyRecord("k1", "ops", "hash", ("detections:write",), now_us(), None, None, None)
     store.create_key(key, actor="test")

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from copbridge.store import DetectionQuery, open_store
-from tests.api.conftest import example
+from tests.api.conftest import taken_now
 from tests.system.processes import start_serve
 
 
@@ -18,13 +18,14 @@ def test_fifty_parallel_posts_of_one_id_store_one_detection(tmp_path: Path) -> N
         env={"COPBRIDGE_DESTINATIONS": "tcp://127.0.0.1:9", "COPBRIDGE_RUN_WORKER": "false"},
     )
     try:
+        body = taken_now()  # a current pose: the platform event is due too
 
         async def post_all() -> list[httpx.Response]:
             async with httpx.AsyncClient(
                 base_url=serve.url, timeout=30, headers=serve.headers
             ) as client:
                 return await asyncio.gather(
-                    *(client.post("/api/v1/detections", json=example()) for _ in range(50))
+                    *(client.post("/api/v1/detections", json=body) for _ in range(50))
                 )
 
         answers = asyncio.run(post_all())

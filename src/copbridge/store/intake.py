@@ -144,20 +144,29 @@ def _stored_answers(tx: Tx, ids: list[str]) -> dict[str, tuple[str, dict[str, An
 
 def _events(tx: Tx, record: DetectionRecord) -> list[QueuedEvent]:
     events = list(record.events)
-    if record.platform_event is not None and platform_due(
-        tx, record.sensor_id, record.received_us, record.platform_interval_us
+    platform = record.platform_event
+    if platform is not None and platform_due(
+        tx, record.sensor_id, record.received_us, record.platform_interval_us, platform.time_us
     ):
-        events.append(record.platform_event)
+        events.append(platform)
     return events
 
 
-def platform_due(tx: Tx, sensor_id: str, now_us: int, interval_us: int) -> bool:
-    """True (and the mark moved to now) when the sensor's platform event is due."""
+def platform_due(
+    tx: Tx, sensor_id: str, now_us: int, interval_us: int, pose_us: int | None = None
+) -> bool:
+    """True (and the mark moved to now and ``pose_us``) when the sensor's platform event is
+    due: none was emitted within ``interval_us``, and the last one showed a pose captured
+    before ``pose_us`` (never an older position after a newer one). ``pose_us`` defaults to
+    ``now_us``."""
+    pose_us = now_us if pose_us is None else pose_us
     row = tx.one(
-        "INSERT INTO platform_marks (sensor_id, emitted_us) VALUES (?, ?) "
-        "ON CONFLICT (sensor_id) DO UPDATE SET emitted_us = excluded.emitted_us "
-        "WHERE platform_marks.emitted_us <= ? RETURNING sensor_id",
-        (sensor_id, now_us, now_us - interval_us),
+        "INSERT INTO platform_marks (sensor_id, emitted_us, pose_us) VALUES (?, ?, ?) "
+        "ON CONFLICT (sensor_id) DO UPDATE SET emitted_us = excluded.emitted_us, "
+        "pose_us = excluded.pose_us "
+        "WHERE platform_marks.emitted_us <= ? AND platform_marks.pose_us < excluded.pose_us "
+        "RETURNING sensor_id",
+        (sensor_id, now_us, pose_us, now_us - interval_us),
     )
     return row is not None
 

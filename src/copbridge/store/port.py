@@ -81,8 +81,11 @@ class Store(Protocol):
 
     def get_image(self, sha256: str) -> tuple[str, bytes] | None: ...
 
-    def claim_platform_slot(self, sensor_id: str, now_us: int, interval_us: int) -> bool:
-        """True when the sensor's platform event is due (and marks it emitted)."""
+    def claim_platform_slot(
+        self, sensor_id: str, now_us: int, interval_us: int, pose_us: int | None = None
+    ) -> bool:
+        """True when the sensor's platform event is due (and marks it emitted): none within
+        the interval, and none yet of a pose captured at or after ``pose_us`` (default now)."""
         ...
 
     # -- outbox ---------------------------------------------------------------------------------

@@ -292,8 +292,12 @@ class SqlStore:
             return None
         return str(row[0]), bytes(row[1])
 
-    def claim_platform_slot(self, sensor_id: str, now_us: int, interval_us: int) -> bool:
-        return self._write_now(lambda tx: intake.platform_due(tx, sensor_id, now_us, interval_us))
+    def claim_platform_slot(
+        self, sensor_id: str, now_us: int, interval_us: int, pose_us: int | None = None
+    ) -> bool:
+        return self._write_now(
+            lambda tx: intake.platform_due(tx, sensor_id, now_us, interval_us, pose_us)
+        )
 
     # -- outbox ---------------------------------------------------------------------------------
 
