@@ -19,7 +19,7 @@ from copbridge.delivery import DeliveryService
 from copbridge.store import DetectionRecord, SqlStore, open_store
 from tests.cot.taky_server import CotClient
 
-from .conftest import make_settings, running
+from .conftest import make_settings, poll_until, running
 from .events import detection_record, has_uid, queue, uid_of
 from .taky import make_tls_site
 
@@ -78,6 +78,49 @@ async def test_stopping_with_clients_connected_ends_their_handlers(
     finally:
         for client in clients:
             client.close()
+
+
+async def test_a_client_that_stops_reading_is_cut_and_never_holds_the_whole_replay(
+    sqlite_store: SqlStore, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay went out in one write (a copy of the whole picture in our buffer per client),
+    and a client that timed out was closed with close(), which keeps the socket and the buffer
+    until they flush: 30 clients that never read held 900 MB, for as long as they stayed."""
+    from copbridge.delivery import feed
+
+    monkeypatch.setattr(feed, "_WRITE_TIMEOUT_S", 0.5)
+    records = [detection_record(f"t{i}") for i in range(12_000)]  # past the kernel buffers
+    queue(sqlite_store, [], records)
+    replay_bytes = sum(len(r.cot_xml) for r in records)
+    settings = make_settings(sqlite_url, feed="tcp://127.0.0.1:0")
+    async with running(DeliveryService(settings, sqlite_store)) as service:
+        assert service.feed is not None
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", service.feed.port))
+        try:
+            buffered: list[int] = []
+            feed_clients = service.feed._clients
+            await poll_until(lambda: bool(feed_clients), 5)  # accepted and registered
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and service.feed._clients:
+                clients = list(service.feed._clients)
+                buffered.extend(c.writer.transport.get_write_buffer_size() for c in clients)
+                await asyncio.sleep(0.05)
+            assert not service.feed._clients, "the client that reads nothing was not dropped"
+            assert replay_bytes > 7_000_000
+            assert max(buffered) < 600_000  # a few replay chunks, not the whole picture
+            # Cut, not closed after a flush: reading now gives a reset, not every event.
+            stuck.settimeout(5)
+            got, reset = 0, False
+            try:
+                while chunk := stuck.recv(1 << 16):
+                    got += len(chunk)
+            except ConnectionResetError:
+                reset = True
+            assert reset or got < replay_bytes / 2, got
+        finally:
+            stuck.close()
 
 
 async def test_tls_feed_serves_clients_with_a_certificate_and_refuses_others(

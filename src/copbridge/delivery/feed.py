@@ -30,6 +30,9 @@ _log = get_logger("copbridge.feed")
 _PING = b'type="t-x-c-t"'
 _QUEUE = 10_000  # a client further behind than this is dropped; it reconnects to a fresh replay
 _WRITE_TIMEOUT_S = 30.0
+_REPLAY_CHUNK = 256
+"""Replayed events written per drain: a client that stops reading holds at most this many in
+our buffer (the whole replay in one write held a copy of the picture per client, 25 MB each)."""
 _PAGE = 1000
 _HOLE_WAIT_S = 60.0
 """How long a skipped sequence number is looked for again. On PostgreSQL a number is handed out
@@ -47,6 +50,16 @@ class FeedAddress:
     scheme: str
     host: str
     port: int
+
+
+def _end(writer: asyncio.StreamWriter) -> None:
+    """Close a client's connection; with bytes still unsent, abort it. ``close()`` keeps the
+    socket, and our buffer, until they are flushed: a client that stopped reading (a phone
+    gone half-open over a radio) held both until TCP gave up, minutes later."""
+    if writer.transport.get_write_buffer_size() > 0:
+        writer.transport.abort()
+    else:
+        writer.close()
 
 
 def parse_feed(url: str) -> FeedAddress | None:
@@ -274,7 +287,7 @@ class CotFeed:
 
     def _drop(self, client: _Client) -> None:
         self._clients.discard(client)
-        client.writer.close()
+        _end(client.writer)
         with contextlib.suppress(asyncio.QueueFull):
             client.queue.put_nowait(None)
 
@@ -297,8 +310,11 @@ class CotFeed:
         try:
             snapshot = await asyncio.to_thread(self._store.feed_snapshot, time.time_ns() // 1000)
             client.replayed(snapshot)
-            await self._write(writer, b"".join(event_body(e.payload) + b"\n" for e in snapshot))
+            for start in range(0, len(snapshot), _REPLAY_CHUNK):
+                chunk = snapshot[start : start + _REPLAY_CHUNK]
+                await self._write(writer, b"".join(event_body(e.payload) + b"\n" for e in chunk))
             _log.info("feed client connected", peer=str(peer), replayed=len(snapshot))
+            del snapshot
             while (item := await client.queue.get()) is not None and client in self._clients:
                 if isinstance(item, bytes):  # a pong
                     await self._write(writer, item)
@@ -312,11 +328,13 @@ class CotFeed:
             self._clients.discard(client)
             FEED_CLIENTS.dec()
             listener.cancel()
-            writer.close()
+            _end(writer)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write and wait for the client to take it; one that reads nothing for
+        ``_WRITE_TIMEOUT_S`` raises TimeoutError (the client is then ended)."""
         if data:
             writer.write(data)
             await asyncio.wait_for(writer.drain(), _WRITE_TIMEOUT_S)
