@@ -406,3 +406,36 @@ def test_a_url_without_the_batch_endpoint_stops_the_run_at_once() -> None:
 def test_a_byte_order_mark_where_cat_joined_two_files_is_not_a_refusal() -> None:
     _length, found = read(b'{"id": "a"}\n\xef\xbb\xbf{"id": "b"}\n')
     assert [getattr(item, "value", None) for item in found] == [{"id": "a"}, {"id": "b"}]
+
+
+def _cut_item(index: int) -> dict[str, Any]:
+    error = {"detail": "not accepted, retry later", "errors": [], "stored": "unknown"}
+    return {"index": index, "status": 503, "answer": None, "error": error}
+
+
+def test_an_item_whose_commit_was_cut_off_ends_the_run_in_doubt_exit_3(
+    scripted_service: tuple[int, list[bytes | None], list[bytes]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One item of a 207 answered 503 "stored": "unknown" to every try: it was counted in
+    doubt, but the run exited 0, as though every detection were stored."""
+    from typer.testing import CliRunner
+
+    from copbridge import sender
+    from copbridge.cli import app
+
+    monkeypatch.setattr(sender, "MAX_ATTEMPTS", 2)  # one wait of 0.5 s, not four
+
+    port, script, _bodies = scripted_service
+    first = {"results": [_cut_item(0), {"index": 1, "status": 202, "answer": {"duplicate": False}}]}
+    script += [_http(207, json.dumps(first))]
+    script += [_http(207, json.dumps({"results": [_cut_item(0)]}))] * 5
+    source = tmp_path / "two.jsonl"
+    source.write_text('{"id": "d1"}\n{"id": "d2"}\n')
+    result = CliRunner().invoke(
+        app, ["send", "--url", f"http://127.0.0.1:{port}", "--api-key", "k", str(source)]
+    )
+    assert result.exit_code == 3, result.output
+    assert "accepted 1, duplicates 0, rejected 0 of 1" in result.output
+    assert "1 left in doubt: send the same files again to know" in result.output

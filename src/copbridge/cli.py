@@ -276,8 +276,12 @@ def send(
         typer.echo(line)
     if stopped is not None:
         fail(f"stopped: {stopped}", 3)
-    if summary.rejected:
-        raise typer.Exit(1)
+    if summary.in_doubt:
+        # An item of a batch whose commit was cut off: the run went on, but that one may or
+        # may not be stored (it was exit 0, as though every detection were).
+        fail(f"{summary.in_doubt} left in doubt: send the same files again to know", 3)
+    if status := summary.exit_status():
+        raise typer.Exit(status)
 
 
 def _service_url(url: str) -> str:

@@ -120,6 +120,14 @@ class Summary:
     def total(self) -> int:
         return self.accepted + self.duplicates + self.rejected
 
+    def exit_status(self) -> int:
+        """``copbridge send``'s status for a run that went to its end: 3 when some detection
+        was left in doubt (sent, and no answer told whether it was stored), 1 when some were
+        refused, 0 when every one is stored."""
+        if self.in_doubt:
+            return 3
+        return 1 if self.rejected else 0
+
     def refuse(self, reason: str, place: str, count: int = 1) -> None:
         self.rejected += count
         self.reasons.setdefault(reason, Reason()).note(place, count)
