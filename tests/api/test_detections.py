@@ -889,6 +889,30 @@ def test_list_filters_and_paginates(client: TestClient) -> None:
         assert "RFC 3339" in refused.text
 
 
+def test_a_client_at_the_end_of_the_list_follows_what_arrives_with_the_tail_cursor(
+    client: TestClient,
+) -> None:
+    """The last page had no cursor at all: a client following new detections had to read the
+    last page again (repeats) or start over."""
+    for i in range(3):
+        assert client.post(URL, json=example(id=f"t{i}")).status_code == 202
+    first = client.get(URL, params={"limit": 2}).json()
+    last = client.get(URL, params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert ([d["id"] for d in last["items"]], last["next_cursor"]) == (["t2"], None)
+    empty = client.get(URL, params={"cursor": last["tail_cursor"]}).json()
+    assert (empty["items"], empty["tail_cursor"]) == ([], last["tail_cursor"])
+    assert client.post(URL, json=example(id="t3")).status_code == 202
+    newer = client.get(URL, params={"cursor": empty["tail_cursor"]}).json()
+    assert [d["id"] for d in newer["items"]] == ["t3"]
+    audit = client.get("/api/v1/audit", params={"limit": 1000}).json()
+    assert audit["next_cursor"] is None
+    assert audit["tail_cursor"] == str(audit["items"][-1]["seq"])
+    assert client.post(URL, json=example(id="t4")).status_code == 202
+    since = client.get("/api/v1/audit", params={"cursor": audit["tail_cursor"]}).json()
+    assert {r["subject"] for r in since["items"]} >= {"t4"}
+    assert all(r["seq"] > int(audit["tail_cursor"]) for r in since["items"])
+
+
 def test_detection_row_outbox_rows_and_audit_are_one_transaction(client: TestClient) -> None:
     assert client.post(URL, json=taken_now()).status_code == 202
     store = client.app.state.store  # type: ignore[attr-defined]

@@ -20,9 +20,12 @@ async def list_audit(
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """Audit records in sequence order, optionally of one kind; pass ``next_cursor`` back."""
+    """Audit records in sequence order, optionally of one kind; pass ``next_cursor`` back for
+    the next page (null: this was the last one), or ``tail_cursor`` later for what was
+    recorded since."""
     after = 0 if cursor is None else int(cursor)
     records = await run_in_threadpool(store.audit_records, after, limit, kind)
+    last = str(records[-1].seq) if records else str(after)
     return {
         "items": [
             {
@@ -37,7 +40,8 @@ async def list_audit(
             }
             for r in records
         ],
-        "next_cursor": str(records[-1].seq) if len(records) == limit else None,
+        "next_cursor": last if len(records) == limit else None,
+        "tail_cursor": last,
     }
 
 

@@ -480,7 +480,9 @@ async def list_detections(
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """A filtered page of detections, oldest first; pass ``next_cursor`` back for the next page."""
+    """A filtered page of detections in arrival order; pass ``next_cursor`` back for the next
+    page (null: this was the last one). ``tail_cursor`` is never null: passed back later, it
+    gives what arrived since this page, which is how a client follows new detections."""
     query = DetectionQuery(
         since_us=None if since is None else int(since.timestamp() * 1e6),
         until_us=None if until is None else int(until.timestamp() * 1e6),
@@ -490,9 +492,11 @@ async def list_detections(
         limit=limit,
     )
     rows = await run_in_threadpool(store.list_detections, query)
+    last = str(rows[-1].seq) if rows else (cursor or "0")
     return {
         "items": [_view(r) for r in rows],
-        "next_cursor": str(rows[-1].seq) if len(rows) == limit else None,
+        "next_cursor": last if len(rows) == limit else None,
+        "tail_cursor": last,
     }
 
 
