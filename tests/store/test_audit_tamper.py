@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from copbridge.store import AuditEntry, SqlStore, open_store
+from copbridge.store.audit_chain import UnreadableRecord
 from copbridge.store.sqlite import path_from_url
 
 Tamper = Callable[[str], None]
@@ -183,5 +184,37 @@ def test_the_database_refuses_a_record_not_appended_after_the_last(
         report = store.verify_audit()
         assert report.ok
         assert report.records == 6
+    finally:
+        store.close()
+
+
+UNREADABLE = {
+    "data-as-bytes": "UPDATE audit SET data = CAST(data AS BLOB) WHERE seq = 2",
+    "data-not-json": "UPDATE audit SET data = 'not json' WHERE seq = 2",
+    "data-an-array": "UPDATE audit SET data = '[1]' WHERE seq = 2",
+    "time-as-text": "UPDATE audit SET at_us = 'soon' WHERE seq = 2",
+    "actor-as-bytes": "UPDATE audit SET actor = X'41' WHERE seq = 2",
+}
+
+
+@pytest.mark.parametrize("edit", sorted(UNREADABLE))
+def test_a_record_edited_into_something_unreadable_is_named_not_a_crash(
+    edit: str, tmp_path: Path
+) -> None:
+    """verify (and the audit list) ended in a traceback (JSONDecodeError) on such a row, a 500
+    over HTTP: the tool meant to report tampering fell over on it. (SQLite only: PostgreSQL's
+    typed columns refuse these edits.)"""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = open_store(url)
+    try:
+        store.upgrade()
+        store.append_audit([AuditEntry(kind=f"k{i}", data={"n": i}) for i in range(4)])
+        _edit(url, UNREADABLE[edit])
+        report = store.verify_audit()
+        assert not report.ok
+        assert (report.first_broken_seq, report.records) == (2, 2)
+        assert (report.reason or "").startswith("record 2 cannot be read: ")
+        with pytest.raises(UnreadableRecord, match="record 2 cannot be read"):
+            store.audit_records(limit=10)
     finally:
         store.close()

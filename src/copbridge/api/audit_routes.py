@@ -6,25 +6,35 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
 from copbridge.api.deps import StoreDep
+from copbridge.api.errors import problem
+from copbridge.logs import get_logger
+from copbridge.store.audit_chain import UnreadableRecord
+
+_log = get_logger("copbridge.audit")
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
 
-@router.get("")
+@router.get("", response_model=None)
 async def list_audit(
     store: StoreDep,
     kind: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = None,
     # 1-18 digits: every such number fits the stores' 64-bit integers (a longer one was a 500).
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> dict[str, Any] | JSONResponse:
     """Audit records in sequence order, optionally of one kind; pass ``next_cursor`` back for
     the next page (null: this was the last one), or ``tail_cursor`` later for what was
     recorded since."""
     after = 0 if cursor is None else int(cursor)
-    records = await run_in_threadpool(store.audit_records, after, limit, kind)
+    try:
+        records = await run_in_threadpool(store.audit_records, after, limit, kind)
+    except UnreadableRecord as exc:  # edited behind our back: say which, not a bare 500
+        _log.error("audit record unreadable", error=str(exc))
+        return problem(500, f"{exc}; GET /api/v1/audit/verify names the first broken link")
     last = str(records[-1].seq) if records else str(after)
     return {
         "items": [

@@ -78,6 +78,15 @@ def record_hash(
     return hashlib.sha256(canonical(seq, at_us, kind, actor, subject, data, prev_hash)).hexdigest()
 
 
+class UnreadableRecord(ValueError):
+    """A stored audit row whose columns do not hold what appending writes (edited behind our
+    back): ``seq`` is its number as stored."""
+
+    def __init__(self, seq: object, reason: str) -> None:
+        super().__init__(f"record {seq} cannot be read: {reason}")
+        self.seq = seq
+
+
 def verify_chain(records: Iterable[tuple[AuditRecord, str]]) -> ChainReport:
     """Walk the records in stored order, each with its data as stored; name the first one whose
     link or content is broken. The stored data must be the canonical text the hash covers: any
@@ -86,32 +95,37 @@ def verify_chain(records: Iterable[tuple[AuditRecord, str]]) -> ChainReport:
     expected_prev = GENESIS_HASH
     expected_seq = 1
     count = 0
-    for rec, stored in records:
+    readable = iter(records)
+    while True:
+        try:
+            rec, stored = next(readable)
+        except StopIteration:
+            break
+        except UnreadableRecord as exc:  # edited into something else: no chain past it
+            seq = exc.seq if isinstance(exc.seq, int) else expected_seq
+            return ChainReport(False, count + 1, seq, str(exc))
         count += 1
-        if rec.seq != expected_seq:
-            return ChainReport(
-                False,
-                count,
-                rec.seq,
-                f"record {rec.seq} follows {expected_seq - 1}: records missing",
-            )
-        if rec.prev_hash != expected_prev:
-            return ChainReport(
-                False, count, rec.seq, f"record {rec.seq} does not link to record {rec.seq - 1}"
-            )
-        actual = record_hash(
-            rec.seq, rec.at_us, rec.kind, rec.actor, rec.subject, rec.data, rec.prev_hash
-        )
-        if actual != rec.hash:
-            return ChainReport(
-                False, count, rec.seq, f"record {rec.seq} content does not match its hash"
-            )
-        if jsontext.canonical(rec.data) != stored.encode():
-            return ChainReport(
-                False, count, rec.seq, f"record {rec.seq} data is not stored as it was hashed"
-            )
+        broken = _broken(rec, stored, expected_seq, expected_prev)
+        if broken is not None:
+            return ChainReport(False, count, rec.seq, broken)
         expected_prev = rec.hash
         expected_seq += 1
     if count == 0:
         return ChainReport(True, 0)
     return ChainReport(True, count, head_seq=expected_seq - 1, head_hash=expected_prev)
+
+
+def _broken(rec: AuditRecord, stored: str, expected_seq: int, expected_prev: str) -> str | None:
+    """Why ``rec`` breaks the chain at its place, or None."""
+    if rec.seq != expected_seq:
+        return f"record {rec.seq} follows {expected_seq - 1}: records missing"
+    if rec.prev_hash != expected_prev:
+        return f"record {rec.seq} does not link to record {rec.seq - 1}"
+    actual = record_hash(
+        rec.seq, rec.at_us, rec.kind, rec.actor, rec.subject, rec.data, rec.prev_hash
+    )
+    if actual != rec.hash:
+        return f"record {rec.seq} content does not match its hash"
+    if jsontext.canonical(rec.data) != stored.encode():
+        return f"record {rec.seq} data is not stored as it was hashed"
+    return None

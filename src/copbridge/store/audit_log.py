@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from copbridge import jsontext
-from copbridge.store.audit_chain import GENESIS_HASH, canonical_with
+from copbridge.store.audit_chain import GENESIS_HASH, UnreadableRecord, canonical_with
 from copbridge.store.records import AuditEntry, AuditRecord, JsonObject
 from copbridge.store.tx import Tx
 
@@ -59,14 +59,29 @@ def _as_unicode(value: Any) -> Any:
 
 
 def _record(row: tuple[object, ...]) -> AuditRecord:
+    """The row as appending wrote it, or :class:`UnreadableRecord` for one edited behind our
+    back into something else (SQLite keeps any type in any column)."""
     seq, at_us, kind, actor, subject, data, prev_hash, digest = row
+    if not isinstance(seq, int) or not isinstance(at_us, int):
+        raise UnreadableRecord(seq, "its number or time is not an integer")
+    texts = (kind, prev_hash, digest, data)
+    if not all(isinstance(v, str) for v in texts) or not all(
+        v is None or isinstance(v, str) for v in (actor, subject)
+    ):
+        raise UnreadableRecord(seq, "a column that holds text holds something else")
+    try:
+        parsed = json.loads(str(data))
+    except ValueError:
+        raise UnreadableRecord(seq, "its data is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise UnreadableRecord(seq, "its data is not a JSON object")
     return AuditRecord(
-        seq=int(seq),  # type: ignore[call-overload]
-        at_us=int(at_us),  # type: ignore[call-overload]
+        seq=seq,
+        at_us=at_us,
         kind=str(kind),
         actor=None if actor is None else str(actor),
         subject=None if subject is None else str(subject),
-        data=json.loads(str(data)),
+        data=parsed,
         prev_hash=str(prev_hash),
         hash=str(digest),
     )
