@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from copbridge.api.app import create_app
+from copbridge.store import open_store
 from tests.conftest import ADMIN_HEADERS
 from tests.security import helpers as h
 
@@ -60,9 +61,19 @@ def test_guessing_keys_is_locked_out_and_audits_stay_bounded(tmp_path: Path) -> 
                 "/api/v1/audit", params={"kind": "auth.failed"}, headers=ADMIN_HEADERS
             ).json()["items"]
             assert admin.get("/api/v1/detections", headers=ADMIN_HEADERS).status_code == 200
-    assert len(failed) == 10
+    # Ten refusals and the lock-out; the 29 attempts after it were counted, not recorded
+    # (before, they left no trace at all: a guessing run looked like 10 attempts however long).
+    assert len(failed) == 11
+    assert "locked out" in failed[-1]["data"]["reason"]
     assert {f["data"]["ip"] for f in failed} == {"203.0.113.9"}
     assert all("guess" not in str(f) for f in failed)  # what was presented is not recorded
+    store = open_store(f"sqlite:///{tmp_path / 'sec.db'}")
+    try:
+        records = [r for r in store.audit_records(limit=1000) if r.kind == "auth.failed"]
+    finally:
+        store.close()
+    counted = records[-1].data  # written at shutdown
+    assert (counted["ip"], counted["locked_out_attempts"]) == ("203.0.113.9", 29)
 
 
 def test_each_limit_and_hardening_header_is_sent_once(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from cachetools import TTLCache
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -46,6 +46,9 @@ RATE_LIMITED = Counter("copbridge_rate_limited_total", "Requests answered 429.",
 #: At most this many auth-failure audit records per minute across all clients; the failures
 #: past it are counted and the count written with the next record the budget lets through.
 _FAILURE_AUDITS_PER_MINUTE = 600
+_LOCKED_OUT_ADDRESSES = 10_000
+"""Addresses whose refused attempts are counted one by one; past this many, together."""
+_OTHER_ADDRESSES = "other addresses"
 #: At most this many ``auth.forbidden`` records per minute for one credential (a valid key
 #: calling what it may not, in a loop, must not grow the audit without bound).
 _FORBIDDEN_AUDITS_PER_MINUTE = 60
@@ -115,6 +118,8 @@ class Guard:
         self.index: dict[tuple[int, str], tuple[str, str]] = {}
         self._revoked: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=settings.key_cache_ttl_s)
         self._unaudited: dict[tuple[str, str], int] = {}  # past a budget: (kind, identity)
+        # Failed attempts answered 429 (the address is locked out) since its last record.
+        self._locked_out: dict[str, int] = {}
         self._verifying: dict[str, asyncio.Future[KeyAnswer]] = {}
 
     # -- the gate ----------------------------------------------------------------------------------
@@ -169,21 +174,15 @@ class Guard:
         if not verdict.allowed:
             request.state.ratelimit = verdict
             RATE_LIMITED.labels("failure").inc()
+            await self._locked_out_attempt(request, ip, credential)
             raise HTTPException(429, "too many failed attempts", headers=verdict.headers())
+        data: dict[str, Any] = {"reason": reason, **_attempt(request, ip, credential)}
+        if locked := self._locked_out.pop(ip, 0):
+            data["locked_out_attempts"] = locked
         await self.audit_within(
             "failure-audit",
             "all",
-            AuditEntry(
-                kind="auth.failed",
-                subject=_key_id_of(credential),
-                data={
-                    "reason": reason,
-                    "route": getattr(request.state, "route_template", None),
-                    "method": request.method,
-                    "ip": ip,
-                    "credential": _credential_kind(credential),
-                },
-            ),
+            AuditEntry(kind="auth.failed", subject=_key_id_of(credential), data=data),
         )
         # The audit keeps the exact reason; the caller is not told whether the key id exists
         # (the secret check already costs the same either way).
@@ -256,6 +255,50 @@ class Guard:
             return self.keyring.record(key_id)
         return await run_in_threadpool(self.keyring.record, key_id)
 
+    async def _locked_out_attempt(self, request: Request, ip: str, credential: str | None) -> None:
+        """A failed attempt from a locked-out address: the first one is recorded, the rest
+        counted (``locked_out_attempts`` in the address's next record, or at shutdown) so that
+        a guessing run shows its size, not only the attempts before the lock-out."""
+        if ip in self._locked_out:
+            self._locked_out[ip] += 1
+            return
+        if len(self._locked_out) >= _LOCKED_OUT_ADDRESSES:
+            self._locked_out[_OTHER_ADDRESSES] = self._locked_out.get(_OTHER_ADDRESSES, 0) + 1
+            return
+        self._locked_out[ip] = 0
+        reason = "too many failed attempts: locked out (further ones are counted, not recorded)"
+        await self.audit_within(
+            "failure-audit",
+            "all",
+            AuditEntry(
+                kind="auth.failed",
+                subject=_key_id_of(credential),
+                data={"reason": reason, **_attempt(request, ip, credential)},
+            ),
+        )
+
+    async def _record_locked_out(self) -> None:
+        """At shutdown: the counted attempts of every locked-out address, one record each."""
+        counted, self._locked_out = self._locked_out, {}
+        entries = [
+            AuditEntry(
+                kind="auth.failed",
+                data={
+                    "reason": "failed attempts while locked out, since the last record",
+                    "ip": ip,
+                    "locked_out_attempts": count,
+                },
+            )
+            for ip, count in counted.items()
+            if count
+        ]
+        if not entries:
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.store.submit_audit(entries)), 5.0)
+        except (StoreError, TimeoutError) as exc:
+            _log.warning("locked-out attempts not recorded", count=len(entries), error=str(exc))
+
     async def audit_within(self, budget: str, identity: str, entry: AuditEntry) -> None:
         """Audit ``entry`` if the budget allows; else count it. The next record let through
         says how many of its kind went unrecorded meanwhile (``"unrecorded"``)."""
@@ -278,6 +321,7 @@ class Guard:
         future.add_done_callback(_report_audit_failure)
 
     async def close(self) -> None:
+        await self._record_locked_out()
         storage = self.limits.storage
         closer = getattr(storage, "close", None)
         if closer is not None:
@@ -311,6 +355,16 @@ def presented_credential(request: Request) -> str | None:
 def client_ip(request: Request) -> str:
     client = request.scope.get("client")  # as request.client, without building an Address
     return str(client[0]) if client else "unknown"
+
+
+def _attempt(request: Request, ip: str, credential: str | None) -> dict[str, Any]:
+    """What an ``auth.failed`` record says of the attempt (never what was presented)."""
+    return {
+        "route": getattr(request.state, "route_template", None),
+        "method": request.method,
+        "ip": ip,
+        "credential": _credential_kind(credential),
+    }
 
 
 def _credential_kind(credential: str | None) -> str | None:
