@@ -384,11 +384,31 @@ def test_camera_pointing_above_the_horizon_is_422_naming_the_angle(client: TestC
     assert client.get(f"{URL}/{EXAMPLE['id']}").status_code == 404
 
 
-def test_oversized_body_is_413_before_parsing(tmp_path: Path) -> None:
+def test_oversized_body_is_413_before_parsing_and_audited_as_rejected(tmp_path: Path) -> None:
     settings = app_settings(tmp_path, max_body_bytes=4096)
+    big = example(label="x", sensor={"id": "a", "model": "m" * 8000})
+    line = 'copbridge_detections_rejected_total{reason="too_large"} '
+
+    def too_large(text: str) -> float:
+        return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line))
+
     with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
-        answer = client.post(URL, json=example(label="x", sensor={"id": "a", "model": "m" * 8000}))
-    assert answer.status_code == 413
+        before = too_large(client.get("/metrics").text)
+        answer = client.post(URL, json=big)
+        batch = client.post(f"{URL}/batch", json=[big])
+        store = client.app.state.store  # type: ignore[attr-defined]
+        store._writer.run(lambda conn: None)  # the audit write is queued, not awaited: flush it
+        rejected = [r for r in store.audit_records(limit=100) if r.kind == "detection.rejected"]
+        metrics = client.get("/metrics").text
+    assert (answer.status_code, batch.status_code) == (413, 413)
+    # It left no record: a detection refused for its size was the one refusal not audited.
+    assert [(r.data["reason"], r.data["route"]) for r in rejected] == [
+        ("too_large", URL),
+        ("too_large", f"{URL}/batch"),
+    ]
+    assert rejected[0].data["message"] == "request body is over the 4096 byte limit"
+    assert rejected[0].data["credential"] == "key"
+    assert too_large(metrics) == before + 2
 
 
 @pytest.mark.parametrize("url", [URL, f"{URL}/batch"])

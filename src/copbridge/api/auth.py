@@ -110,6 +110,7 @@ class Guard:
                 "auth": settings.rate_limit_auth,
                 "failure": settings.rate_limit_auth,
                 "failure-audit": f"{_FAILURE_AUDITS_PER_MINUTE}/minute",
+                "oversize-audit": f"{_FAILURE_AUDITS_PER_MINUTE}/minute",
                 "forbidden-audit": f"{_FORBIDDEN_AUDITS_PER_MINUTE}/minute",
             },
             prefix=settings.rate_limit_prefix,
@@ -363,11 +364,11 @@ def _attempt(request: Request, ip: str, credential: str | None) -> dict[str, Any
         "route": getattr(request.state, "route_template", None),
         "method": request.method,
         "ip": ip,
-        "credential": _credential_kind(credential),
+        "credential": credential_kind(credential),
     }
 
 
-def _credential_kind(credential: str | None) -> str | None:
+def credential_kind(credential: str | None) -> str | None:
     if credential is None:
         return None
     if credential.startswith("cpb_"):

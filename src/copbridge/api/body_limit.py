@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from copbridge.api.auth import Guard, client_ip, credential_kind, presented_credential
 from copbridge.api.errors import problem
+from copbridge.metrics import DETECTIONS_REJECTED
+from copbridge.store import AuditEntry
 
 
 class _TooLarge(Exception):
@@ -70,6 +74,37 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(413, f"request body is over the {self.max_bytes} byte limit")
+        detail = f"request body is over the {self.max_bytes} byte limit"
+        if scope.get("method") == "POST" and scope.get("path") in _DETECTION_ROUTES:
+            await _audit_refused(scope, detail)
+        response = problem(413, detail)
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+_DETECTION_ROUTES = ("/api/v1/detections", "/api/v1/detections/batch")
+
+
+async def _audit_refused(scope: Scope, detail: str) -> None:
+    """A detection body refused for its size is a detection rejected (counted and audited as
+    the others are). It is refused before any credential is checked, so it is audited within
+    a budget, like a failed credential, and without an actor."""
+    DETECTIONS_REJECTED.labels("too_large").inc()
+    app = scope.get("app")
+    guard = getattr(getattr(app, "state", None), "guard", None)
+    if not isinstance(guard, Guard):
+        return
+    request = Request(scope)
+    credential = presented_credential(request)
+    entry = AuditEntry(
+        kind="detection.rejected",
+        data={
+            "reason": "too_large",
+            "field": "body",
+            "message": detail,
+            "route": scope.get("path"),
+            "ip": client_ip(request),
+            "credential": credential_kind(credential),
+        },
+    )
+    await guard.audit_within("oversize-audit", "all", entry)
