@@ -534,3 +534,14 @@ def test_reading_a_database_that_is_not_there_fails_and_makes_none(
     assert missing.returncode == 1
     assert f"no database at {tmp_path / 'cli.db'}" in missing.stderr
     assert not (tmp_path / "cli.db").exists()
+
+
+def test_a_token_expiring_past_year_9999_is_revoked_not_a_500(
+    app: FastAPI, client: TestClient
+) -> None:
+    """Only a leaked signing key could make one; its revocation's expiry in microseconds did not
+    fit the store's 64-bit integer (OverflowError, a 500)."""
+    far = h.server_signed(app, h.claims(app, "admin", ("audit:read",), exp=10**18))
+    answer = client.post("/api/v1/auth/revoke", json={"token": far})
+    assert answer.status_code == 200, answer.text
+    assert client.get("/api/v1/audit/verify", headers=h.bearer(far)).status_code == 401

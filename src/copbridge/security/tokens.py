@@ -155,9 +155,14 @@ class TokenAuthority:
             subject=str(claims["sub"]),
             scopes=tuple(str(scope).split()) if isinstance(scope, str) else (),
             use=use,
-            expires_s=int(claims["exp"]),
+            # Past year 9999 (only a leaked key could sign such a token) a revocation's
+            # expiry overflowed the stores' 64-bit microseconds: a 500.
+            expires_s=min(int(claims["exp"]), _LAST_EXPIRY_S),
             family=str(family) if family is not None else None,
         )
+
+
+_LAST_EXPIRY_S = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 def family_mark(family: str) -> str:
