@@ -77,7 +77,8 @@ def test_json_lines_keep_their_order_and_a_bad_one_is_named() -> None:
     assert out[1]["errors"][0]["field"] == "bbox"
     assert "location" in out[2]
     fields = [o["errors"][0]["field"] for o in out[3:8]]
-    assert fields == ["body", "time", "body", "body", "label"]
+    # The 5,000-digit number is named where it is, as a NaN is (they were "body")
+    assert fields == ["body", "time", "label", "body", "label"]
     assert "location" in out[8]
 
 
@@ -136,3 +137,17 @@ def test_an_image_the_api_would_refuse_is_an_error_line_and_a_good_one_is_linked
     assert [json.loads(o)["errors"][0]["field"] for o in out[:2]] == ["image", "image"]
     assert "base64" in json.loads(out[0])["error"]
     assert "/api/v1/detections/good/image" in out[2]
+
+
+def test_a_nan_is_named_by_its_field_and_its_detection_by_its_id() -> None:
+    """The API names the field holding a NaN; the offline form named the body, id null."""
+    nan = json.dumps(example(id="nan")).replace('"confidence": 0.91', '"confidence": NaN')
+    deep = json.dumps(example(id="deep")).replace('"roll": 0.0', '"roll": -Infinity', 1)
+    result = _geolocate(nan + "\n" + deep + "\n")
+    assert result.returncode == 1
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(o["id"], o["errors"][0]["field"]) for o in out] == [
+        ("nan", "confidence"),
+        ("deep", "gimbal.roll"),
+    ]
+    assert out[0]["error"] == "not JSON: confidence: NaN is not a JSON number"

@@ -31,11 +31,15 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
-    """A part of the file that is not a JSON value."""
+    """A part of the file that is not a JSON value. When it is an object that holds one value
+    JSON does not have (NaN, a number too long), ``field`` names where (``gimbal.roll``) and
+    ``detection_id`` is its ``id``."""
 
     line: int
     error: str
     end: int
+    field: str | None = None
+    detection_id: str | None = None
 
 
 Item = Document | Unreadable
@@ -99,15 +103,33 @@ class _Reader:
             self.skip_blank()
         while self.pos < len(self.text):
             try:
-                value, end = _DECODER.raw_decode(self.text, self.pos)
+                value, end = _LENIENT.raw_decode(self.text, self.pos)
             except (ValueError, RecursionError) as exc:
                 after = _next_object(self.text, self.pos)
                 yield Unreadable(self.line(), unreadable_reason(exc), after)
                 self.pos = after
             else:
-                yield Document(self.line(), self.text[self.pos : end], value, end)
+                yield self._checked(value, end)
                 self.pos = end
             self.skip_blank()
+
+    def _checked(self, value: Any, end: int) -> Item:
+        """The value as a document, or as unreadable where it holds a value JSON lacks."""
+        try:
+            found = _first_bad(value)
+        except RecursionError:
+            found = ("", _Bad("nested too deeply"))
+        if found is None:
+            return Document(self.line(), self.text[self.pos : end], value, end)
+        field, bad = found
+        found_id = value.get("id") if isinstance(value, dict) else None
+        return Unreadable(
+            self.line(),
+            f"{field}: {bad.reason}" if field else bad.reason,
+            end,
+            field=field or None,
+            detection_id=found_id if isinstance(found_id, str) else None,
+        )
 
     def array(self) -> Iterator[Item]:
         text = self.text
@@ -126,14 +148,8 @@ class _Reader:
                 )
                 self.pos = len(text)
                 return
-            try:
-                bad = _first_bad(value)
-            except RecursionError:
-                bad = _Bad("nested too deeply")
-            if bad is not None:  # a NaN or an endless integer breaks its element, not the rest
-                yield Unreadable(self.line(), bad.reason, end)
-            else:
-                yield Document(self.line(), text[self.pos : end], value, end)
+            # A NaN or an endless integer breaks its element, not the rest.
+            yield self._checked(value, end)
             self.pos = end
             self.skip_blank()
             if self.pos < len(text) and text[self.pos] == ",":
@@ -159,13 +175,6 @@ class _Reader:
         return self._line
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)  # NaN, Infinity: not JSON
-
-
 class _Bad:
     """A value JSON does not have, kept in place so that its array element alone is refused."""
 
@@ -185,15 +194,18 @@ _LENIENT = json.JSONDecoder(
 )
 
 
-def _first_bad(value: Any) -> _Bad | None:
+def _first_bad(value: Any, path: str = "") -> tuple[str, _Bad] | None:
+    """The first value JSON does not have, with where it is (``a.b[2]``; "" at the top)."""
     if isinstance(value, _Bad):
-        return value
+        return path, value
     if isinstance(value, dict):
-        value = value.values()
-    elif not isinstance(value, list):
+        pairs: Any = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        pairs = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
         return None
-    for item in value:
-        found = _first_bad(item)
+    for where, item in pairs:
+        found = _first_bad(item, where)
         if found is not None:
             return found
     return None

@@ -37,7 +37,10 @@ def geolocate(data: bytes, pipeline: Pipeline, fmt: Format = "json") -> Iterator
     _, found = documents.read(data)
     for item in found:
         if isinstance(item, documents.Unreadable):
-            yield _error(item.line, None, [{"field": "body", "message": f"not JSON: {item.error}"}])
+            # A NaN is named where it is, as the API names it (its model sees the value).
+            field = item.field or "body"
+            error = {"field": field, "message": f"not JSON: {item.error}"}
+            yield _error(item.line, item.detection_id, [error])
             continue
         if not isinstance(item.value, dict):
             kind = documents.kind_of(item.value)

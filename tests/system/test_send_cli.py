@@ -105,7 +105,7 @@ def test_a_messy_file_is_read_line_by_line_and_a_rerun_stores_nothing_twice(
     assert first.returncode == 1, first.stderr
     out = first.stdout
     assert out.splitlines()[0] == "accepted 2, duplicates 1, rejected 5 of 8", out
-    assert f"not JSON: NaN is not a JSON number (at {source}:2)" in out
+    assert f"not JSON: confidence: NaN is not a JSON number (at {source}:2)" in out
     assert f"{source}:3)" in out
     assert "confidence" in out
     assert "not UTF-8 (byte" in out
