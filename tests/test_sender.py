@@ -439,3 +439,30 @@ def test_an_item_whose_commit_was_cut_off_ends_the_run_in_doubt_exit_3(
     assert result.exit_code == 3, result.output
     assert "accepted 1, duplicates 0, rejected 0 of 1" in result.output
     assert "1 left in doubt: send the same files again to know" in result.output
+
+
+@pytest.mark.parametrize(
+    ("given", "posted_to"),
+    [
+        ("http://127.0.0.1:9000", "http://127.0.0.1:9000/api/v1/detections/batch"),
+        ("http://127.0.0.1:9000/", "http://127.0.0.1:9000/api/v1/detections/batch"),
+        ("http://127.0.0.1:9000/api/v1/", "http://127.0.0.1:9000/api/v1/detections/batch"),
+        ("http://h/tak/api/v1/detections", "http://h/tak/api/v1/detections/batch"),
+        ("https://h/tak/api/v1/detections/batch", "https://h/tak/api/v1/detections/batch"),
+        ("https://h/tak", "https://h/tak/api/v1/detections/batch"),
+    ],
+)
+def test_a_url_with_the_api_s_own_path_is_taken_as_its_base(given: str, posted_to: str) -> None:
+    """--url .../api/v1 posted to .../api/v1//api/v1/detections/batch (a 404)."""
+    from copbridge.cli import _service_url
+
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(207, json={"results": [{"index": 0, "status": 202, "answer": {}}]})
+
+    transport = httpx.MockTransport(answer)
+    with httpx.Client(base_url=_service_url(given), transport=transport) as client:
+        client.post("/api/v1/detections/batch", content=b"[]")
+    assert seen == [posted_to]

@@ -293,7 +293,14 @@ def _service_url(url: str) -> str:
         fail(f"--url {url!r} is not a URL: {exc}", 2)
     if parsed.scheme not in ("http", "https") or not parsed.host:
         fail(f"--url {url!r} must be http:// or https:// and name a host", 2)
-    return url
+    # The base URL; the API's own paths, pasted with it, are taken off (they were doubled:
+    # .../api/v1//api/v1/detections/batch, a 404).
+    path = parsed.path.rstrip("/")
+    for suffix in ("/api/v1/detections/batch", "/api/v1/detections", "/api/v1"):
+        if path.endswith(suffix):
+            path = path.removesuffix(suffix)
+            break
+    return str(parsed.copy_with(path=path or "/", query=None, fragment=None)).rstrip("/")
 
 
 def _credential(key: str) -> str:
