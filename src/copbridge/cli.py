@@ -393,18 +393,29 @@ def _bootstrap_key(settings: Settings, store: Store) -> str | None:
     from copbridge.security.bootstrap import ensure_bootstrap_key
 
     configured = settings.bootstrap_key.get_secret_value() if settings.bootstrap_key else None
+    pepper = _pepper(settings, store)
     try:
-        return ensure_bootstrap_key(store, _pepper(settings), configured)
+        return ensure_bootstrap_key(store, pepper, configured)
     except (StoreError, OSError, RuntimeError) as exc:
         store.close()
         fail(f"cannot create the bootstrap key: {exc}")
 
 
-def _pepper(settings: Settings) -> bytes:
-    from copbridge.security.keys import load_pepper
+def _pepper(settings: Settings, store: Store) -> bytes:
+    """The key pepper, once the store has said it is the one its keys were made with."""
+    from copbridge.security.keys import PepperMismatch, check_pepper, load_pepper
 
-    pepper = settings.key_pepper.get_secret_value() if settings.key_pepper else None
-    return load_pepper(pepper, settings.data_dir)
+    configured = settings.key_pepper.get_secret_value() if settings.key_pepper else None
+    try:
+        pepper = load_pepper(configured, settings.data_dir)
+        check_pepper(store, pepper)
+    except PepperMismatch as exc:
+        store.close()
+        fail(str(exc), 2)
+    except (StoreError, OSError, RuntimeError) as exc:
+        store.close()
+        fail(f"cannot check the key pepper: {exc}")
+    return pepper
 
 
 @contextlib.contextmanager
@@ -463,7 +474,7 @@ def keys_create(
         at = now_us()
         expires = None if expires_days is None else at + int(expires_days * 86400e6)
         try:
-            record = new_key_record(key, _pepper(settings), name, scope, at, expires)
+            record = new_key_record(key, _pepper(settings, store), name, scope, at, expires)
             store.create_key(record, "cli")
         except StoreError as exc:
             fail(f"key not created: {exc}")

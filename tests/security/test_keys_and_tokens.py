@@ -386,12 +386,15 @@ def test_signing_key_from_pem_files(tmp_path: Path) -> None:
         assert not (tmp_path / "data" / "jwt-keys").exists()
 
 
-def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
+def _cli_env(tmp_path: Path) -> dict[str, str]:
+    return {
         "COPBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
         "COPBRIDGE_DATA_DIR": str(tmp_path / "data"),
     }
+
+
+def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **_cli_env(tmp_path)}
     return subprocess.run(
         [*COPBRIDGE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
@@ -545,3 +548,36 @@ def test_a_token_expiring_past_year_9999_is_revoked_not_a_500(
     answer = client.post("/api/v1/auth/revoke", json={"token": far})
     assert answer.status_code == 200, answer.text
     assert client.get("/api/v1/audit/verify", headers=h.bearer(far)).status_code == 401
+
+
+def test_a_process_with_another_pepper_refuses_to_start_on_the_store(tmp_path: Path) -> None:
+    """Two replicas on one store, each with its own data folder and no COPBRIDGE_KEY_PEPPER:
+    each hashed and checked keys with its own pepper, so the second refused every key the first
+    made (the bootstrap key included) with a 401. It now refuses to start, saying why."""
+    created = _cli(["keys", "create", "--name", "ops"], tmp_path)
+    assert created.returncode == 0, created.stderr
+    elsewhere = {"COPBRIDGE_DATA_DIR": str(tmp_path / "another-data-folder")}
+    for args in (["keys", "create", "--name", "second"], ["serve", "--port", "1"]):
+        refused = subprocess.run(
+            [*COPBRIDGE, *args],
+            env={**os.environ, **_cli_env(tmp_path), **elsewhere},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 2, (args, refused.stderr)
+        assert "the key pepper differs from the one this store's keys were made with" in (
+            refused.stderr
+        )
+        assert "Traceback" not in refused.stderr
+    same = {"COPBRIDGE_KEY_PEPPER": (tmp_path / "data" / "key-pepper").read_text().strip()}
+    again = subprocess.run(
+        [*COPBRIDGE, "keys", "create", "--name", "third"],
+        env={**os.environ, **_cli_env(tmp_path), **elsewhere, **same},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr

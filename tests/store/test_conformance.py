@@ -379,6 +379,12 @@ def test_a_platform_slot_is_never_granted_to_a_pose_older_than_the_last_shown(
     assert store.claim_platform_slot("uav-9", later, interval, pose_us=t - 600 * SECOND_US)
 
 
+def test_the_first_mark_of_a_name_stays(store: SqlStore) -> None:
+    assert store.first_mark("key_pepper", "aa") == "aa"
+    assert store.first_mark("key_pepper", "bb") == "aa"
+    assert store.first_mark("other", "bb") == "bb"
+
+
 def test_keys_create_list_revoke(store: SqlStore) -> None:
     key = ApiKeyRecord("k1", "ops", "hash", ("detections:write",), now_us(), None, None, None)
     store.create_key(key, actor="test")

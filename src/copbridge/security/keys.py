@@ -100,6 +100,22 @@ def secret_matches(pepper: bytes, key: KeyText, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(pepper, key).encode(), stored_hash.encode())
 
 
+class PepperMismatch(RuntimeError):
+    """This process's pepper is not the one the store's keys were made with."""
+
+
+def check_pepper(store: Store, pepper: bytes) -> None:
+    """Refuse a pepper other than the one the first process on this store had: a replica with
+    its own (its own data folder, no ``COPBRIDGE_KEY_PEPPER``) refused every key with a 401."""
+    mark = hmac.new(pepper, b"copbridge key pepper", hashlib.sha256).hexdigest()
+    if store.first_mark("key_pepper", mark) != mark:
+        raise PepperMismatch(
+            "the key pepper differs from the one this store's keys were made with (another "
+            "replica's, or an earlier data folder's): give every process on this store the same "
+            "COPBRIDGE_KEY_PEPPER, or one COPBRIDGE_DATA_DIR"
+        )
+
+
 def load_pepper(configured: str | None, data_dir: Path) -> bytes:
     """The server pepper: from settings, else ``<data_dir>/key-pepper`` (created 0600 once).
 

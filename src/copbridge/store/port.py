@@ -166,6 +166,10 @@ class Store(Protocol):
 
     def count_keys(self) -> int: ...
 
+    def first_mark(self, name: str, value: str) -> str:
+        """The value the store holds for ``name``: ``value`` if it held none yet."""
+        ...
+
     def add_refresh_token(self, record: RefreshTokenRecord) -> None: ...
 
     def use_refresh_token(self, jti: str, now_us: int) -> tuple[str, RefreshTokenRecord | None]:

@@ -633,6 +633,18 @@ class SqlStore:
         row = self._read(lambda tx: tx.one("SELECT COUNT(*) FROM api_keys"))
         return 0 if row is None else int(row[0])
 
+    def first_mark(self, name: str, value: str) -> str:
+        def job(tx: Tx) -> str:
+            tx.execute(
+                "INSERT INTO service_marks (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, value),
+            )
+            row = tx.one("SELECT value FROM service_marks WHERE name = ?", (name,))
+            return value if row is None else str(row[0])
+
+        return self._write_now(job)
+
     def add_refresh_token(self, record: RefreshTokenRecord) -> None:
         self._write_now(
             lambda tx: tx.execute(
