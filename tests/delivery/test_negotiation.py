@@ -258,6 +258,7 @@ def _protobuf_stream(port: int, answer_wait_s: float = ANSWER_WAIT_S) -> StreamT
     return StreamTransport(
         destination,
         ping_uid="p",
+        expect_answer=False,
         wake=lambda: None,
         answer_wait_s=answer_wait_s,
     )

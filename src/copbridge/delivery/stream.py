@@ -65,12 +65,13 @@ class StreamTransport:
         destination: Destination,
         *,
         ping_uid: str,
+        expect_answer: bool,
         wake: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
         answer_wait_s: float = ANSWER_WAIT_S,
     ) -> None:
         self.destination = destination
-        self.answers_pings = False  # until this link's peer answers a ping
+        self.answers_pings = expect_answer
         self._protocol: WireProtocol = "xml"
         self._answer_wait_s = answer_wait_s
         # While negotiating: the scanner (it knows the kind awaited) and the first event of that

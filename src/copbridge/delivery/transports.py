@@ -66,13 +66,15 @@ class Unacknowledged:
 
 
 def open_transport(
-    destination: Destination, *, ping_uid: str, wake: Callable[[], None]
+    destination: Destination, *, ping_uid: str, expect_answer: bool, wake: Callable[[], None]
 ) -> Transport:
     """A transport for ``destination`` (not opened yet)."""
     if destination.is_stream:
         from copbridge.delivery.stream import StreamTransport
 
-        return StreamTransport(destination, ping_uid=ping_uid, wake=wake)
+        return StreamTransport(
+            destination, ping_uid=ping_uid, expect_answer=expect_answer, wake=wake
+        )
     if destination.scheme == "udp":
         from copbridge.delivery.datagram import DatagramTransport
 

@@ -62,13 +62,13 @@ class DeliveryTiming:
         return 2 * destination.keepalive_s + 5
 
 
-TransportFactory = Callable[[Destination, str, Callable[[], None]], Transport]
+TransportFactory = Callable[[Destination, str, bool, Callable[[], None]], Transport]
 
 
 def _default_transport(
-    destination: Destination, ping_uid: str, wake: Callable[[], None]
+    destination: Destination, ping_uid: str, expect_answer: bool, wake: Callable[[], None]
 ) -> Transport:
-    return open_transport(destination, ping_uid=ping_uid, wake=wake)
+    return open_transport(destination, ping_uid=ping_uid, expect_answer=expect_answer, wake=wake)
 
 
 class _Marker:
@@ -115,6 +115,7 @@ class Courier:
         # Written to a link that acknowledges (a pong for a later ping) but not acknowledged yet:
         # still leased, not marked sent, so a crash or a drop sends them again.
         self._unconfirmed: deque[tuple[float, list[OutboxItem]]] = deque()
+        self._answers_pings = False
         self._lease_us = int(timing.lease_for(destination) * _S)
         self._ping_uid = f"copbridge-{owner.rsplit(':', 1)[-1][:12]}-ping"
         self._stopping = False
@@ -133,10 +134,9 @@ class Courier:
     async def run(self) -> None:
         name = self.destination.name
         while not self._stopping:
-            # Each link learns anew whether its peer answers pings (``_learn_acknowledgement``):
-            # a server that did before may have been replaced by one that does not, and holding
-            # this one to the old server's habit cut every link as half-open after 15 s.
-            transport = self._factory(self.destination, self._ping_uid, self.wake)
+            transport = self._factory(
+                self.destination, self._ping_uid, self._answers_pings, self.wake
+            )
             try:
                 await transport.open()
                 await self._monitor.connected(name)
@@ -150,6 +150,7 @@ class Courier:
                 _log.exception("courier failed", destination=name)
                 await self._dropped(transport, f"internal error: {exc!r}")
             finally:
+                self._answers_pings |= bool(getattr(transport, "answers_pings", False))
                 with contextlib.suppress(Exception):
                     await transport.close()
         # Stopped cleanly: rows claimed ahead go back now rather than when their lease runs out.
