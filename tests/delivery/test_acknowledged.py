@@ -13,6 +13,7 @@ from copbridge.store import SqlStore
 
 from .conftest import make_settings, poll_until, running
 from .events import detection_record, queue
+from .sink import CotSink
 
 _PONG = (
     b'<?xml version="1.0"?><event version="2.0" uid="peer" type="t-x-c-t-r" how="h-g-i-g-o" '
@@ -32,12 +33,14 @@ class Peer:
         self.received = b""
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
         with contextlib.suppress(OSError, ConnectionError):
             while chunk := await reader.read(1 << 16):
                 self.received += chunk
@@ -49,6 +52,14 @@ class Peer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+
+    async def stop_now(self) -> None:
+        """Stop listening and cut every connection (a server going away)."""
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
 
 async def test_rows_stay_leased_until_the_peer_acknowledges_them(
@@ -87,3 +98,37 @@ async def test_rows_stay_leased_until_the_peer_acknowledges_them(
             await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 3, 10)
     finally:
         await peer.stop()
+
+
+async def test_a_server_replaced_by_one_that_never_answers_pings_is_delivered_to(
+    sqlite_store: SqlStore, tmp_path: Path
+) -> None:
+    """The courier remembered that the destination answered pings: the replacement (a plain
+    CoT input, or another server after a failover) had every link cut as half-open after the
+    keepalive bound, the same rows sent again and again and none ever marked sent."""
+    first = Peer()
+    await first.start()
+    url = f"tcp://127.0.0.1:{first.port}"
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'unused.db'}",
+        destinations=[DestinationSettings(url=url, keepalive_s=KEEPALIVE_S)],
+    )
+    service = DeliveryService(settings, sqlite_store)
+    replacement = CotSink()
+    try:
+        async with running(service):
+            queue(sqlite_store, [url], [detection_record("before")])
+            service.notify()
+            await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 1, 10)
+            await first.stop_now()
+            await replacement.start(first.port)  # the same address; it never answers pings
+            queue(sqlite_store, [url], [detection_record(f"after-{i}") for i in range(3)])
+            service.notify()
+            await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 4, 15)
+            await asyncio.sleep(4 * KEEPALIVE_S)  # past the half-open bound, several times
+            assert sqlite_store.outbox_stats([url])[0].pending == 0
+            assert len(replacement.connections) == 1  # one link, never cut
+            assert sorted(replacement.uids()) == [f"copbridge.uav-7.after-{i}" for i in range(3)]
+    finally:
+        await first.stop()
+        await replacement.stop()

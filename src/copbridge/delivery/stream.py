@@ -86,6 +86,7 @@ class StreamTransport:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._closed_reason: str | None = None
+        self._peer_gone = False  # the server closed or reset the connection itself
         # Unbounded on purpose: pongs are matched to pings in order, so none may be dropped; the
         # keepalive check ends the link before a silent peer lets this grow for long.
         self._pings: deque[float] = deque()
@@ -114,6 +115,8 @@ class StreamTransport:
             )
         except TimeoutError as exc:
             raise LinkError(f"connect timed out after {self._connect_timeout:g} s") from exc
+        except ConnectionRefusedError as exc:  # nobody listens: the server there is gone
+            raise LinkError(f"connect failed: {exc}", peer_gone=True) from exc
         except (OSError, ssl.SSLError) as exc:
             raise LinkError(f"connect failed: {exc}") from exc
         sock = writer.get_extra_info("socket")
@@ -201,15 +204,17 @@ class StreamTransport:
                     self._wake()  # writes waiting for this acknowledgement can be marked sent
                 tail = window[-(len(_PONG) - 1) :]
             self._closed_reason = "the server closed the connection"
+            self._peer_gone = True
         except (OSError, ssl.SSLError) as exc:
             self._closed_reason = f"read failed: {exc}"
+            self._peer_gone = isinstance(exc, ConnectionResetError)
         finally:
             self._control_seen.set()
             self._wake()
 
     def _check(self) -> None:
         if self._closed_reason is not None:
-            raise LinkError(self._closed_reason)
+            raise LinkError(self._closed_reason, peer_gone=self._peer_gone)
         if self._writer is None:
             raise LinkError("not connected")
 
@@ -222,7 +227,8 @@ class StreamTransport:
         except TimeoutError as exc:
             raise LinkError(f"write stalled for {self._drain_timeout:g} s") from exc
         except (OSError, ssl.SSLError) as exc:
-            raise LinkError(f"write failed: {exc}") from exc
+            gone = isinstance(exc, ConnectionResetError | BrokenPipeError)
+            raise LinkError(f"write failed: {exc}", peer_gone=gone) from exc
 
     async def send(self, frames: Sequence[bytes]) -> None:
         await self._write(b"".join(frames))

@@ -13,7 +13,14 @@ from copbridge.delivery.destinations import Destination, WireProtocol
 
 
 class LinkError(Exception):
-    """The link cannot carry events now (refused, closed, silent, stalled); reconnect later."""
+    """The link cannot carry events now (refused, closed, silent, stalled); reconnect later.
+
+    ``peer_gone``: the other end said so itself (refused the connection, closed or reset it):
+    whatever answers at that address next may be another server."""
+
+    def __init__(self, message: str, *, peer_gone: bool = False) -> None:
+        super().__init__(message)
+        self.peer_gone = peer_gone
 
 
 class Transport(Protocol):

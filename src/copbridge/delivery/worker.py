@@ -137,11 +137,13 @@ class Courier:
             transport = self._factory(
                 self.destination, self._ping_uid, self._answers_pings, self.wake
             )
+            peer_gone = False
             try:
                 await transport.open()
                 await self._monitor.connected(name)
                 await self._carry(transport)
             except LinkError as exc:
+                peer_gone = exc.peer_gone
                 await self._dropped(transport, str(exc))
             except asyncio.CancelledError:
                 self._release_held_now("worker stopped")
@@ -150,7 +152,15 @@ class Courier:
                 _log.exception("courier failed", destination=name)
                 await self._dropped(transport, f"internal error: {exc!r}")
             finally:
-                self._answers_pings |= bool(getattr(transport, "answers_pings", False))
+                # Once the destination has answered pings, later links must too: a path that
+                # swallows new connections (a black hole) would otherwise have what is written
+                # into it marked sent. Unless the server there went away itself (refused the
+                # connection, closed or reset it): what answers next may be another server,
+                # one that never answers pings, and each of its links was cut as half-open.
+                if peer_gone:
+                    self._answers_pings = False
+                else:
+                    self._answers_pings |= bool(getattr(transport, "answers_pings", False))
                 with contextlib.suppress(Exception):
                     await transport.close()
         # Stopped cleanly: rows claimed ahead go back now rather than when their lease runs out.
