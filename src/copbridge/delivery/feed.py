@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ _log = get_logger("copbridge.feed")
 _PING = b'type="t-x-c-t"'
 _QUEUE = 10_000  # a client further behind than this is dropped; it reconnects to a fresh replay
 _WRITE_TIMEOUT_S = 30.0
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 _REPLAY_CHUNK = 256
 """Replayed events written per drain: a client that stops reading holds at most this many in
 our buffer (the whole replay in one write held a copy of the picture per client, 25 MB each)."""
@@ -52,11 +55,16 @@ class FeedAddress:
     port: int
 
 
-def _end(writer: asyncio.StreamWriter) -> None:
-    """Close a client's connection; with bytes still unsent, abort it. ``close()`` keeps the
-    socket, and our buffer, until they are flushed: a client that stopped reading (a phone
-    gone half-open over a radio) held both until TCP gave up, minutes later."""
-    if writer.transport.get_write_buffer_size() > 0:
+def _end(writer: asyncio.StreamWriter, *, abort: bool = False) -> None:
+    """Close a client's connection; abort it when it is dropped for not reading (``abort``)
+    or bytes are still unsent. ``close()`` keeps the socket, and our buffer, until they are
+    flushed: a client that stopped reading (a phone gone half-open over a radio) held both
+    until TCP gave up, minutes later."""
+    if abort or writer.transport.get_write_buffer_size() > 0:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # a reset, and the kernel's queue dropped too, not sent on later
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         writer.transport.abort()
     else:
         writer.close()
@@ -283,11 +291,11 @@ class CotFeed:
         for client in list(self._clients):
             if not all(client.offer(item) for item in items):
                 _log.warning("feed client too slow; dropped")
-                self._drop(client)
+                self._drop(client, abort=True)
 
-    def _drop(self, client: _Client) -> None:
+    def _drop(self, client: _Client, *, abort: bool = False) -> None:
         self._clients.discard(client)
-        _end(client.writer)
+        _end(client.writer, abort=abort)
         with contextlib.suppress(asyncio.QueueFull):
             client.queue.put_nowait(None)
 
@@ -307,6 +315,7 @@ class CotFeed:
         self._clients.add(client)
         FEED_CLIENTS.inc()
         listener = self._spawn(self._listen(reader, client), f"feed read {peer}")
+        failed = False  # it stopped taking what we write: its connection is aborted
         try:
             snapshot = await asyncio.to_thread(self._store.feed_snapshot, time.time_ns() // 1000)
             client.replayed(snapshot)
@@ -322,13 +331,14 @@ class CotFeed:
                     await self._write(writer, event_body(item.payload) + b"\n")
         except (OSError, TimeoutError) as exc:
             _log.info("feed client gone", peer=str(peer), error=str(exc))
+            failed = True
         finally:
             if serving is not None:
                 self._serving.discard(serving)
             self._clients.discard(client)
             FEED_CLIENTS.dec()
             listener.cancel()
-            _end(writer)
+            _end(writer, abort=failed)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
