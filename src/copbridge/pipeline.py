@@ -250,10 +250,11 @@ class Pipeline:
             answer["warnings"] = [_stale_warning(answer["stale"], now)]
         # The store decides for every replica whether the platform event is due; this process
         # only skips building one it emitted itself within the interval.
+        # None for a detection stale on arrival (an offline detector's old buffer): its pose
+        # is no more current than it is. The store never emits a pose older than the last.
         platform = (
             self._platform_event(detection, located, now)
-            if self._platform_live(detection, now)
-            and self._platform_schedule.claim(detection.sensor.id, now)
+            if event.stale > now and self._platform_schedule.claim(detection.sensor.id, now)
             else None
         )
         hashed = body_hashes(detection, image)
@@ -565,14 +566,6 @@ class Pipeline:
     def _platform_type(self, detection: Detection) -> str:
         return cot.PLATFORM_TYPE_AIRBORNE if _airborne(detection) else cot.PLATFORM_TYPE_FIXED
 
-    def _platform_stale_s(self) -> float:
-        return max(60.0, self.settings.platform_interval_s * PLATFORM_STALE_FACTOR)
-
-    def _platform_live(self, detection: Detection, now: datetime) -> bool:
-        """Whether the pose this detection was taken from is still current enough to show: an
-        older one (an offline detector uploading its buffer) would be stale on arrival."""
-        return (now - detection.time).total_seconds() < self._platform_stale_s()
-
     def _platform_event(self, detection: Detection, located: Located, now: datetime) -> QueuedEvent:
         """The sensor's own marker with its field of view, so ATAK draws the camera's cone."""
         intrinsics, pose = located.intrinsics, located.pose
@@ -593,7 +586,7 @@ class Pipeline:
             vfov=_fov(intrinsics.height, intrinsics.fy),
             range_m=_boresight_range(located),
             sensor_model=detection.sensor.model,
-            stale_seconds=self._platform_stale_s(),
+            stale_seconds=max(60.0, self.settings.platform_interval_s * PLATFORM_STALE_FACTOR),
             pose_time=min(detection.time, now),
         )
         payload = cot.to_xml(event)

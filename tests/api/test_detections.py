@@ -960,7 +960,7 @@ def test_a_late_detection_never_moves_the_platform_back_on_the_map(
 ) -> None:
     """An offline detector uploading its buffer: the platform event of a detection taken ten
     minutes ago went out stamped as current, after a newer one, and sent the sensor back."""
-    settings = app_settings(tmp_path, platform_interval_s=0.05)  # platform stale after 60 s
+    settings = app_settings(tmp_path, platform_interval_s=0.05)
     with TestClient(create_app(settings), headers=auth_headers) as client:
         store = client.app.state.store  # type: ignore[attr-defined]
 
@@ -982,9 +982,21 @@ def test_a_late_detection_never_moves_the_platform_back_on_the_map(
         assert client.post(URL, json=newer).status_code == 202
         events = platform_events()
         assert len(events) == 2
-        event = parse_xml(events[1].payload)  # valid from the pose's time, for 60 s
+        event = parse_xml(events[1].payload)  # valid from the pose's time, 60 s on from now
         assert abs((event.start - datetime.fromisoformat(newer["time"])).total_seconds()) < 1e-3
-        assert event.stale == event.start + timedelta(seconds=60)
+        assert event.stale == event.time + timedelta(seconds=60)
+    # A detection a few minutes old (a detector's clock behind, a slow pipeline) still shows
+    # its sensor while the detection itself is shown: only a stale one shows none.
+    with TestClient(create_app(settings), headers=auth_headers) as client:
+        store = client.app.state.store  # type: ignore[attr-defined]
+        minutes_old = datetime.now(UTC) - timedelta(seconds=200)  # its event stale in 100 s
+        other = {**EXAMPLE["sensor"], "id": "uav-9"}
+        body = example(id="minutes-old", sensor=other, time=minutes_old.isoformat())
+        assert client.post(URL, json=body).status_code == 202
+        [marker] = [e for e in store.feed_since(0, 0) if e.uid == "copbridge.uav-9"]
+        event = parse_xml(marker.payload)
+        assert abs((event.start - minutes_old).total_seconds()) < 1e-3
+        assert event.stale > datetime.now(UTC)
 
 
 def test_rejections_are_audited_with_their_reason(client: TestClient) -> None:

@@ -414,8 +414,8 @@ def build_platform_event(
     stale_seconds: float = 120.0,
     pose_time: datetime | None = None,
 ) -> PlatformEvent:
-    """The sensor's own marker, made at `now`, of its pose at `pose_time` (default `now`):
-    valid from then for `stale_seconds`; `ce`/`le` 1-sigma of the platform position.
+    """The sensor's own marker, made at `now`, of its pose at `pose_time` (its start; default
+    `now`), stale `stale_seconds` after `now`; `ce`/`le` 1-sigma of the platform position.
 
     `elevation` defaults to 0 rather than None because ATAK turns the slant `range` into a
     ground range with cos(elevation) and draws no cone when elevation is missing.
@@ -426,7 +426,7 @@ def build_platform_event(
         type=platform_type or (PLATFORM_TYPE_AIRBORNE if airborne else PLATFORM_TYPE_FIXED),
         time=now,
         start=start,
-        stale=start + timedelta(seconds=_finite(stale_seconds, "stale seconds")),
+        stale=now + timedelta(seconds=_finite(stale_seconds, "stale seconds")),
         lat=lat,
         lon=lon,
         hae=hae,
