@@ -55,11 +55,18 @@ class Peer:
 
     async def stop_now(self) -> None:
         """Stop listening and cut every connection (a server going away)."""
-        for writer in self._writers:
-            writer.transport.abort()
+        self.close_listener()
+        self.cut_connections()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def close_listener(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+
+    def cut_connections(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
 
 
 async def test_rows_stay_leased_until_the_peer_acknowledges_them(
@@ -121,6 +128,10 @@ async def test_a_server_replaced_by_one_that_never_answers_pings_is_delivered_to
             service.notify()
             await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 1, 10)
             await first.stop_now()
+            # Nothing listens there for a moment: a connection is refused.
+            await poll_until(
+                lambda: "connect failed" in (service.monitor.state(url).last_error or ""), 10
+            )
             await replacement.start(first.port)  # the same address; it never answers pings
             queue(sqlite_store, [url], [detection_record(f"after-{i}") for i in range(3)])
             service.notify()
@@ -132,3 +143,69 @@ async def test_a_server_replaced_by_one_that_never_answers_pings_is_delivered_to
     finally:
         await first.stop()
         await replacement.stop()
+
+
+class _ProxyOfADeadServer:
+    """Accepts connections and swallows what they carry, never answering (a proxy whose server
+    behind it died, looking for another); ``cut`` closes every connection it holds."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+        self.received = b""
+        self._server: asyncio.Server | None = None
+
+    async def start(self, port: int) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        with contextlib.suppress(OSError, ConnectionError):
+            while chunk := await reader.read(1 << 16):
+                self.received += chunk
+
+    def cut(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_rows_written_to_a_proxy_whose_server_died_stay_leased(
+    sqlite_store: SqlStore, tmp_path: Path
+) -> None:
+    """A close (the proxy ending its side when the server behind it died) must not make the
+    courier forget that the destination answers pings: what it writes into the proxy's next
+    connection, which nobody reads, would be marked sent and lost (a review finding against
+    a version that forgot on a close)."""
+    peer = Peer()
+    await peer.start()
+    url = f"tcp://127.0.0.1:{peer.port}"
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'unused.db'}",
+        destinations=[DestinationSettings(url=url, keepalive_s=KEEPALIVE_S)],
+    )
+    service = DeliveryService(settings, sqlite_store)
+    proxy = _ProxyOfADeadServer()
+    try:
+        async with running(service):
+            queue(sqlite_store, [url], [detection_record("before")])
+            service.notify()
+            await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 1, 10)
+            # The proxy takes the address over at once (no moment without a listener)...
+            peer.close_listener()
+            await proxy.start(peer.port)
+            peer.cut_connections()  # ...and closes the link the courier had
+            queue(sqlite_store, [url], [detection_record("into-the-proxy")])
+            service.notify()
+            await poll_until(lambda: b"into-the-proxy" in proxy.received, 10)
+            await asyncio.sleep(3 * KEEPALIVE_S)
+            proxy.cut()
+            await asyncio.sleep(KEEPALIVE_S)
+            stats = sqlite_store.outbox_stats([url])[0]
+            assert (stats.sent, stats.pending) == (1, 1)  # not marked sent: nobody took it
+    finally:
+        await peer.stop()
+        await proxy.stop()

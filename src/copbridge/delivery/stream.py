@@ -86,7 +86,6 @@ class StreamTransport:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._closed_reason: str | None = None
-        self._peer_gone = False  # the server closed or reset the connection itself
         # Unbounded on purpose: pongs are matched to pings in order, so none may be dropped; the
         # keepalive check ends the link before a silent peer lets this grow for long.
         self._pings: deque[float] = deque()
@@ -204,17 +203,15 @@ class StreamTransport:
                     self._wake()  # writes waiting for this acknowledgement can be marked sent
                 tail = window[-(len(_PONG) - 1) :]
             self._closed_reason = "the server closed the connection"
-            self._peer_gone = True
         except (OSError, ssl.SSLError) as exc:
             self._closed_reason = f"read failed: {exc}"
-            self._peer_gone = isinstance(exc, ConnectionResetError)
         finally:
             self._control_seen.set()
             self._wake()
 
     def _check(self) -> None:
         if self._closed_reason is not None:
-            raise LinkError(self._closed_reason, peer_gone=self._peer_gone)
+            raise LinkError(self._closed_reason)
         if self._writer is None:
             raise LinkError("not connected")
 
@@ -227,8 +224,7 @@ class StreamTransport:
         except TimeoutError as exc:
             raise LinkError(f"write stalled for {self._drain_timeout:g} s") from exc
         except (OSError, ssl.SSLError) as exc:
-            gone = isinstance(exc, ConnectionResetError | BrokenPipeError)
-            raise LinkError(f"write failed: {exc}", peer_gone=gone) from exc
+            raise LinkError(f"write failed: {exc}") from exc
 
     async def send(self, frames: Sequence[bytes]) -> None:
         await self._write(b"".join(frames))

@@ -15,8 +15,10 @@ from copbridge.delivery.destinations import Destination, WireProtocol
 class LinkError(Exception):
     """The link cannot carry events now (refused, closed, silent, stalled); reconnect later.
 
-    ``peer_gone``: the other end said so itself (refused the connection, closed or reset it):
-    whatever answers at that address next may be another server."""
+    ``peer_gone``: nothing listens at the address (the connection was refused): whatever
+    answers there next may be another server. A close or a reset does not say as much: a proxy
+    in front closes its side when the server behind it dies, then accepts new connections
+    while it looks for one."""
 
     def __init__(self, message: str, *, peer_gone: bool = False) -> None:
         super().__init__(message)

@@ -153,10 +153,10 @@ class Courier:
                 await self._dropped(transport, f"internal error: {exc!r}")
             finally:
                 # Once the destination has answered pings, later links must too: a path that
-                # swallows new connections (a black hole) would otherwise have what is written
-                # into it marked sent. Unless the server there went away itself (refused the
-                # connection, closed or reset it): what answers next may be another server,
-                # one that never answers pings, and each of its links was cut as half-open.
+                # swallows new connections (a black hole, a proxy whose server died) would
+                # otherwise have what is written into it marked sent. Unless nothing listened
+                # there for a while (the connection refused): what answers next may be another
+                # server, one that never answers pings, whose every link was cut as half-open.
                 if peer_gone:
                     self._answers_pings = False
                 else:
