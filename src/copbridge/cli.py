@@ -403,12 +403,13 @@ def _bootstrap_key(settings: Settings, store: Store) -> str | None:
 
 def _pepper(settings: Settings, store: Store) -> bytes:
     """The key pepper, once the store has said it is the one its keys were made with."""
-    from copbridge.security.keys import PepperMismatch, check_pepper, load_pepper
+    from copbridge.security.keys import PepperMismatch, check_pepper, load_pepper, parse_key
 
     configured = settings.key_pepper.get_secret_value() if settings.key_pepper else None
+    bootstrap = settings.bootstrap_key.get_secret_value() if settings.bootstrap_key else None
     try:
         pepper = load_pepper(configured, settings.data_dir)
-        check_pepper(store, pepper)
+        check_pepper(store, pepper, parse_key(bootstrap) if bootstrap else None)
     except PepperMismatch as exc:
         store.close()
         fail(str(exc), 2)

@@ -581,3 +581,35 @@ def test_a_process_with_another_pepper_refuses_to_start_on_the_store(tmp_path: P
         check=False,
     )
     assert again.returncode == 0, again.stderr
+
+
+def test_a_store_with_keys_is_marked_only_by_a_pepper_shown_to_be_right(tmp_path: Path) -> None:
+    """A store made before the fingerprint existed holds keys and no mark: the first process to
+    start (perhaps an admin's with another data folder) must not mark it with its pepper and
+    lock the right replicas out. A key verified, or the configured bootstrap key, proves it."""
+    from copbridge.security.keys import (
+        KeyRing,
+        PepperMismatch,
+        check_pepper,
+        new_key_record,
+        now_us,
+    )
+    from copbridge.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'marks.db'}")
+    try:
+        store.upgrade()
+        right, wrong = b"r" * 64, b"w" * 64
+        key, text = mint_key()
+        store.create_key(new_key_record(key, right, "ops", ["audit:read"], now_us()), "t")
+        check_pepper(store, wrong)  # nothing proves it either way: no mark, no refusal
+        assert store.mark("key_pepper") is None
+        with pytest.raises(PepperMismatch, match="COPBRIDGE_BOOTSTRAP_KEY does not verify"):
+            check_pepper(store, wrong, proof=key)
+        assert KeyRing(store, right).verify(text)[1] == "ok"  # a key verified: marked
+        assert store.mark("key_pepper") is not None
+        with pytest.raises(PepperMismatch, match="the key pepper differs"):
+            check_pepper(store, wrong)
+        check_pepper(store, right)
+    finally:
+        store.close()

@@ -22,7 +22,10 @@ from pathlib import Path
 
 from cachetools import TTLCache
 
+from copbridge.logs import get_logger
 from copbridge.store import ApiKeyRecord, Store
+
+_log = get_logger("copbridge.keys")
 
 PREFIX = "cpb_"
 #: Every scope a key may hold; the bootstrap key holds them all.
@@ -104,16 +107,41 @@ class PepperMismatch(RuntimeError):
     """This process's pepper is not the one the store's keys were made with."""
 
 
-def check_pepper(store: Store, pepper: bytes) -> None:
-    """Refuse a pepper other than the one the first process on this store had: a replica with
-    its own (its own data folder, no ``COPBRIDGE_KEY_PEPPER``) refused every key with a 401."""
-    mark = hmac.new(pepper, b"copbridge key pepper", hashlib.sha256).hexdigest()
-    if store.first_mark("key_pepper", mark) != mark:
-        raise PepperMismatch(
-            "the key pepper differs from the one this store's keys were made with (another "
-            "replica's, or an earlier data folder's): give every process on this store the same "
-            "COPBRIDGE_KEY_PEPPER, or one COPBRIDGE_DATA_DIR"
-        )
+PEPPER_MARK = "key_pepper"
+_MISMATCH = (
+    "the key pepper differs from the one this store's keys were made with (another "
+    "replica's, or an earlier data folder's): give every process on this store the same "
+    "COPBRIDGE_KEY_PEPPER, or one COPBRIDGE_DATA_DIR"
+)
+
+
+def pepper_mark(pepper: bytes) -> str:
+    """The pepper's fingerprint kept in the store: an HMAC of a constant under it."""
+    return hmac.new(pepper, b"copbridge key pepper", hashlib.sha256).hexdigest()
+
+
+def check_pepper(store: Store, pepper: bytes, proof: KeyText | None = None) -> None:
+    """Refuse a pepper other than the store's: a replica with its own (its own data folder, no
+    ``COPBRIDGE_KEY_PEPPER``) refused every key with a 401.
+
+    The store's fingerprint is written only where this pepper is known to be right: on a
+    store without keys (its keys will be made with it), when ``proof`` (the configured
+    bootstrap key) is stored and verifies with it, or when a serving process verifies a key
+    (:class:`KeyRing`). A store with keys and no fingerprint yet (made before it existed) is not
+    marked by a process that merely starts: a wrong pepper would lock the right ones out."""
+    ours = pepper_mark(pepper)
+    stored = store.mark(PEPPER_MARK)
+    if stored is None:
+        proven = store.count_keys() == 0
+        if proof is not None and (record := store.get_key(proof.key_id)) is not None:
+            if not secret_matches(pepper, proof, record.secret_hash):
+                raise PepperMismatch(f"COPBRIDGE_BOOTSTRAP_KEY does not verify: {_MISMATCH}")
+            proven = True
+        if not proven:
+            return
+        stored = store.first_mark(PEPPER_MARK, ours)
+    if stored != ours:
+        raise PepperMismatch(_MISMATCH)
 
 
 def load_pepper(configured: str | None, data_dir: Path) -> bytes:
@@ -202,6 +230,7 @@ class KeyRing:
             raise ValueError(f"key cache TTL must be in (0, {MAX_CACHE_TTL_S}] s")
         self.store = store
         self.pepper = pepper
+        self._pepper_marked = False
         self._lock = threading.Lock()
         # Keyed by a digest of the presented text, so no key text sits in the cache; each entry
         # holds the record and when (monotonic) it was verified.
@@ -262,6 +291,11 @@ class KeyRing:
         with self._lock:
             self._verified[self.digest(text)] = (record, time.monotonic())
         self.store.touch_key(record.key_id, at)
+        if not self._pepper_marked:  # a key verified: this pepper is the store's
+            self._pepper_marked = True
+            ours = pepper_mark(self.pepper)
+            if self.store.first_mark(PEPPER_MARK, ours) != ours:
+                _log.error("the store holds another key pepper's fingerprint than this one's")
         return record, "ok"
 
     def record(self, key_id: str, fresh: bool = False) -> ApiKeyRecord | None:

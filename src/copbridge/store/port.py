@@ -166,6 +166,10 @@ class Store(Protocol):
 
     def count_keys(self) -> int: ...
 
+    def mark(self, name: str) -> str | None:
+        """The value the store holds for ``name``, if any."""
+        ...
+
     def first_mark(self, name: str, value: str) -> str:
         """The value the store holds for ``name``: ``value`` if it held none yet."""
         ...

@@ -633,6 +633,12 @@ class SqlStore:
         row = self._read(lambda tx: tx.one("SELECT COUNT(*) FROM api_keys"))
         return 0 if row is None else int(row[0])
 
+    def mark(self, name: str) -> str | None:
+        row = self._read(
+            lambda tx: tx.one("SELECT value FROM service_marks WHERE name = ?", (name,))
+        )
+        return None if row is None else str(row[0])
+
     def first_mark(self, name: str, value: str) -> str:
         def job(tx: Tx) -> str:
             tx.execute(
