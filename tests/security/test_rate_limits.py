@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from copbridge.api.app import create_app
@@ -87,3 +88,27 @@ def test_each_limit_and_hardening_header_is_sent_once(tmp_path: Path) -> None:
         for field in ("ratelimit-limit", "ratelimit-reset", "cache-control", "x-frame-options"):
             assert names.count(field) == 1, (answer.status_code, field, names)
     assert answers[1].headers["retry-after"] == answers[1].headers["ratelimit-reset"]
+
+
+def test_locked_out_attempts_are_written_every_minute_not_only_at_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts waited for the address's next record or the shutdown (lost to a SIGKILL),
+    and the table of locked-out addresses never emptied: past 10,000 addresses, new ones were
+    no longer recorded at all."""
+    from copbridge.api import auth
+
+    monkeypatch.setattr(auth, "_LOCKED_OUT_RECORD_EVERY_S", 0.3)  # a minute, made short
+    app = create_app(h.secured_settings(tmp_path, rate_limit_auth="3/minute"))
+    with TestClient(app, client=("203.0.113.7", 4000)) as attacker:
+        guesses = [h.bearer(f"cpb_guess{i}") for i in range(11)]
+        codes = [attacker.get("/api/v1/detections", headers=g).status_code for g in guesses[:10]]
+        assert codes == [401] * 3 + [429] * 7
+        time.sleep(0.4)
+        assert attacker.get("/api/v1/detections", headers=guesses[10]).status_code == 429
+        store = app.state.store
+        store._writer.run(lambda conn: None)  # the records are queued: let them commit
+        failed = [r.data for r in store.audit_records(limit=100) if r.kind == "auth.failed"]
+    assert [f.get("locked_out_attempts") for f in failed if "locked_out_attempts" in f] == [6]
+    lockouts = [f for f in failed if str(f["reason"]).startswith("too many failed attempts")]
+    assert len(lockouts) == 2  # recorded anew after the minute's records

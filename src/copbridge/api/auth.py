@@ -9,6 +9,7 @@ flood of garbage credentials cannot grow it without bound.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, NoReturn
@@ -49,6 +50,7 @@ _FAILURE_AUDITS_PER_MINUTE = 600
 _LOCKED_OUT_ADDRESSES = 10_000
 """Addresses whose refused attempts are counted one by one; past this many, together."""
 _OTHER_ADDRESSES = "other addresses"
+_LOCKED_OUT_RECORD_EVERY_S = 60.0
 #: At most this many ``auth.forbidden`` records per minute for one credential (a valid key
 #: calling what it may not, in a loop, must not grow the audit without bound).
 _FORBIDDEN_AUDITS_PER_MINUTE = 60
@@ -121,6 +123,7 @@ class Guard:
         self._unaudited: dict[tuple[str, str], int] = {}  # past a budget: (kind, identity)
         # Failed attempts answered 429 (the address is locked out) since its last record.
         self._locked_out: dict[str, int] = {}
+        self._locked_out_since = time.monotonic()
         self._verifying: dict[str, asyncio.Future[KeyAnswer]] = {}
 
     # -- the gate ----------------------------------------------------------------------------------
@@ -260,6 +263,11 @@ class Guard:
         """A failed attempt from a locked-out address: the first one is recorded, the rest
         counted (``locked_out_attempts`` in the address's next record, or at shutdown) so that
         a guessing run shows its size, not only the attempts before the lock-out."""
+        # Written every minute (queued, not awaited): a table of every address ever locked out
+        # would fill, and counts would wait for the address's next failure.
+        due = time.monotonic() - self._locked_out_since >= _LOCKED_OUT_RECORD_EVERY_S
+        if due and (entries := self._locked_out_entries()):
+            self.audit_many(entries)
         if ip in self._locked_out:
             self._locked_out[ip] += 1
             return
@@ -278,10 +286,12 @@ class Guard:
             ),
         )
 
-    async def _record_locked_out(self) -> None:
-        """At shutdown: the counted attempts of every locked-out address, one record each."""
+    def _locked_out_entries(self) -> list[AuditEntry]:
+        """The counted attempts of every locked-out address, one record each; the count starts
+        again (an address still locked out is recorded anew at its next attempt)."""
         counted, self._locked_out = self._locked_out, {}
-        entries = [
+        self._locked_out_since = time.monotonic()
+        return [
             AuditEntry(
                 kind="auth.failed",
                 data={
@@ -293,6 +303,10 @@ class Guard:
             for ip, count in counted.items()
             if count
         ]
+
+    async def _record_locked_out(self) -> None:
+        """At shutdown: what the lock-outs counted since the last minute's records."""
+        entries = self._locked_out_entries()
         if not entries:
             return
         try:
@@ -314,10 +328,14 @@ class Guard:
 
     def audit(self, entry: AuditEntry) -> None:
         """Queue an audit record without waiting for its commit."""
+        self.audit_many([entry])
+
+    def audit_many(self, entries: list[AuditEntry]) -> None:
+        """Queue audit records (one write) without waiting for their commit."""
         try:
-            future = self.store.submit_audit([entry])
+            future = self.store.submit_audit(entries)
         except StoreError as exc:
-            _log.warning("audit record not queued", kind=entry.kind, error=str(exc))
+            _log.warning("audit records not queued", kind=entries[0].kind, error=str(exc))
             return
         future.add_done_callback(_report_audit_failure)
 
