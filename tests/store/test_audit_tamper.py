@@ -192,6 +192,7 @@ UNREADABLE = {
     "data-as-bytes": "UPDATE audit SET data = CAST(data AS BLOB) WHERE seq = 2",
     "data-not-json": "UPDATE audit SET data = 'not json' WHERE seq = 2",
     "data-an-array": "UPDATE audit SET data = '[1]' WHERE seq = 2",
+    "data-nested-deep": "UPDATE audit SET data = '" + "[" * 100_000 + "' WHERE seq = 2",
     "time-as-text": "UPDATE audit SET at_us = 'soon' WHERE seq = 2",
     "actor-as-bytes": "UPDATE audit SET actor = X'41' WHERE seq = 2",
 }

@@ -71,7 +71,7 @@ def _record(row: tuple[object, ...]) -> AuditRecord:
         raise UnreadableRecord(seq, "a column that holds text holds something else")
     try:
         parsed = json.loads(str(data))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UnreadableRecord(seq, "its data is not JSON") from None
     if not isinstance(parsed, dict):
         raise UnreadableRecord(seq, "its data is not a JSON object")
