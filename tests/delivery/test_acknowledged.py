@@ -69,17 +69,28 @@ class Peer:
             writer.transport.abort()
 
 
-async def test_rows_stay_leased_until_the_peer_acknowledges_them(
-    sqlite_store: SqlStore, tmp_path: Path
-) -> None:
-    peer = Peer()
-    await peer.start()
+def _delivery_to(peer: Peer, store: SqlStore, tmp_path: Path) -> tuple[str, DeliveryService]:
     url = f"tcp://127.0.0.1:{peer.port}"
     settings = make_settings(
         f"sqlite:///{tmp_path / 'unused.db'}",
         destinations=[DestinationSettings(url=url, keepalive_s=KEEPALIVE_S)],
     )
-    service = DeliveryService(settings, sqlite_store)
+    return url, DeliveryService(settings, store)
+
+
+async def _one_sent(store: SqlStore, service: DeliveryService, url: str) -> None:
+    """A first row delivered and acknowledged: the courier now knows the peer answers pings."""
+    queue(store, [url], [detection_record("before")])
+    service.notify()
+    await poll_until(lambda: store.outbox_stats([url])[0].sent == 1, 10)
+
+
+async def test_rows_stay_leased_until_the_peer_acknowledges_them(
+    sqlite_store: SqlStore, tmp_path: Path
+) -> None:
+    peer = Peer()
+    await peer.start()
+    url, service = _delivery_to(peer, sqlite_store, tmp_path)
     try:
         async with running(service):
             # While the peer answers, what it reads is acknowledged and marked sent.
@@ -115,18 +126,11 @@ async def test_a_server_replaced_by_one_that_never_answers_pings_is_delivered_to
     keepalive bound, the same rows sent again and again and none ever marked sent."""
     first = Peer()
     await first.start()
-    url = f"tcp://127.0.0.1:{first.port}"
-    settings = make_settings(
-        f"sqlite:///{tmp_path / 'unused.db'}",
-        destinations=[DestinationSettings(url=url, keepalive_s=KEEPALIVE_S)],
-    )
-    service = DeliveryService(settings, sqlite_store)
+    url, service = _delivery_to(first, sqlite_store, tmp_path)
     replacement = CotSink()
     try:
         async with running(service):
-            queue(sqlite_store, [url], [detection_record("before")])
-            service.notify()
-            await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 1, 10)
+            await _one_sent(sqlite_store, service, url)
             await first.stop_now()
             # Nothing listens there for a moment: a connection is refused.
             await poll_until(
@@ -182,18 +186,11 @@ async def test_rows_written_to_a_proxy_whose_server_died_stay_leased(
     a version that forgot on a close)."""
     peer = Peer()
     await peer.start()
-    url = f"tcp://127.0.0.1:{peer.port}"
-    settings = make_settings(
-        f"sqlite:///{tmp_path / 'unused.db'}",
-        destinations=[DestinationSettings(url=url, keepalive_s=KEEPALIVE_S)],
-    )
-    service = DeliveryService(settings, sqlite_store)
+    url, service = _delivery_to(peer, sqlite_store, tmp_path)
     proxy = _ProxyOfADeadServer()
     try:
         async with running(service):
-            queue(sqlite_store, [url], [detection_record("before")])
-            service.notify()
-            await poll_until(lambda: sqlite_store.outbox_stats([url])[0].sent == 1, 10)
+            await _one_sent(sqlite_store, service, url)
             # The proxy takes the address over at once (no moment without a listener)...
             peer.close_listener()
             await proxy.start(peer.port)
