@@ -380,6 +380,23 @@ def test_items_the_store_was_too_busy_for_are_sent_again_not_counted_as_refused(
     assert summary.duplicates_after_retry == 1  # its first commit was cut off
 
 
+def test_items_the_store_stayed_too_busy_for_are_not_stored_not_refused() -> None:
+    """503 to every try: they were counted "rejected: 503: busy" beside the refusals, exit 1,
+    as though sending them again would not help."""
+    client, sent = _answers(
+        (207, {"results": [_ok(0), _busy(1)]}),
+        *[(207, {"results": [_busy(0)]})] * 4,
+    )
+    summary = Summary()
+    detections = [Pending(f"f:{i}", json.dumps({"id": f"d{i}"})) for i in range(2)]
+    Sender(client, summary, sleep=lambda _: None).send(detections)
+    assert len(sent) == 5
+    assert (summary.accepted, summary.rejected, summary.in_doubt) == (1, 0, 0)
+    assert (summary.not_stored.count, summary.not_stored.places) == (1, ["f:1"])
+    assert summary.exit_status() == 3
+    assert any("1 more were not stored: the store was busy (503)" in x for x in summary.lines())
+
+
 @pytest.mark.parametrize(
     "body", ["<html>proxy</html>", {"results": [_ok(0)]}, {"results": [_ok(0), _ok(0)]}]
 )

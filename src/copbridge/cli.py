@@ -280,6 +280,8 @@ def send(
         # An item of a batch whose commit was cut off: the run went on, but that one may or
         # may not be stored (it was exit 0, as though every detection were).
         fail(f"{summary.in_doubt} left in doubt: send the same files again to know", 3)
+    if summary.not_stored.count:
+        fail(f"{summary.not_stored.count} not stored (the store was busy): send again", 3)
     if status := summary.exit_status():
         raise typer.Exit(status)
 

@@ -115,6 +115,8 @@ class Summary:
     reasons: dict[str, Reason] = field(default_factory=dict)
     #: Accepted with a warning (stale on arrival: stored, but it will expire unsent).
     stale_on_arrival: Reason = field(default_factory=Reason)
+    #: Answered 503 (the store busy) to every try: not stored; sending them again will do.
+    not_stored: Reason = field(default_factory=Reason)
 
     @property
     def total(self) -> int:
@@ -122,9 +124,9 @@ class Summary:
 
     def exit_status(self) -> int:
         """``copbridge send``'s status for a run that went to its end: 3 when some detection
-        was left in doubt (sent, and no answer told whether it was stored), 1 when some were
-        refused, 0 when every one is stored."""
-        if self.in_doubt:
+        was left in doubt (sent, and no answer told whether it was stored) or not stored (the
+        store was busy to every try), 1 when some were refused, 0 when every one is stored."""
+        if self.in_doubt or self.not_stored.count:
             return 3
         return 1 if self.rejected else 0
 
@@ -147,6 +149,13 @@ class Summary:
             out.append(
                 f"  {self.in_doubt} more were sent and no answer told whether they were stored "
                 "(send the file again to know: stored ones come back as duplicates)"
+            )
+        busy = self.not_stored
+        if busy.count:
+            more = ", ..." if busy.count > len(busy.places) else ""
+            out.append(
+                f"  {busy.count} more were not stored: the store was busy (503) to every try; "
+                f"send the same files again (at {', '.join(busy.places)}{more})"
             )
         stale = self.stale_on_arrival
         if stale.count:
@@ -318,8 +327,14 @@ class Sender:
         )
 
     def _count(self, result: dict[str, Any], detection: Pending, retried: bool) -> None:
-        if result["status"] == 503 and _item_stored_unknown(result):
-            self.summary.in_doubt += 1  # its commit was cut off: it may be stored
+        if result["status"] == 503 and (retried or _item_stored_unknown(result)):
+            self.summary.in_doubt += 1  # its commit was cut off, or an earlier try's: maybe stored
+            return
+        if result["status"] == 503:
+            # Still not taken after every try: not stored, and not refused for what it says
+            # (it was counted "rejected" with the refusals, exit 1, as though sending it again
+            # would not help).
+            self.summary.not_stored.note(detection.place)
             return
         if result["status"] == 202:
             if result["answer"]["duplicate"]:
