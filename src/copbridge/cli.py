@@ -226,7 +226,8 @@ def send(
     answered as a duplicate instead of being stored twice. Exit status: 0 every detection was
     stored (now or before), 1 some were refused, 2 bad arguments or unreadable files (nothing
     sent), 3 the service stopped taking them (unreachable, the credential was refused, or a
-    batch was left in doubt). A batch that no answer told about (the connection was lost, or
+    batch was left in doubt), or some were left in doubt or not stored (the store busy to every
+    try). A batch that no answer told about (the connection was lost, or
     a 5xx other than 503 to every try) stops the run and is reported apart: it may have been
     stored; running the same files again tells (stored ones come back as duplicates).
     """
