@@ -112,3 +112,22 @@ def test_locked_out_attempts_are_written_every_minute_not_only_at_shutdown(
     assert [f.get("locked_out_attempts") for f in failed if "locked_out_attempts" in f] == [6]
     lockouts = [f for f in failed if str(f["reason"]).startswith("too many failed attempts")]
     assert len(lockouts) == 2  # recorded anew after the minute's records
+
+
+def test_a_minute_s_lock_out_counts_are_at_most_101_records(tmp_path: Path) -> None:
+    """Many addresses (a distributed run): one record each for the 100 with the most attempts,
+    one for the rest together, not a record per address."""
+    app = create_app(h.secured_settings(tmp_path))
+    with TestClient(app):
+        guard = app.state.guard
+        guard._locked_out = {f"198.51.100.{i}": i + 1 for i in range(150)}
+        entries = guard._locked_out_entries()
+    assert len(entries) == 101
+    assert entries[0].data == {
+        "reason": "failed attempts while locked out, since the last record",
+        "ip": "198.51.100.149",
+        "locked_out_attempts": 150,
+    }
+    assert entries[-1].data["ip"] == "50 other addresses"
+    assert entries[-1].data["locked_out_attempts"] == sum(range(1, 51))
+    assert guard._locked_out == {}

@@ -51,6 +51,7 @@ _LOCKED_OUT_ADDRESSES = 10_000
 """Addresses whose refused attempts are counted one by one; past this many, together."""
 _OTHER_ADDRESSES = "other addresses"
 _LOCKED_OUT_RECORD_EVERY_S = 60.0
+_LOCKED_OUT_RECORDED = 100  # addresses recorded one by one each minute; the rest together
 #: At most this many ``auth.forbidden`` records per minute for one credential (a valid key
 #: calling what it may not, in a loop, must not grow the audit without bound).
 _FORBIDDEN_AUDITS_PER_MINUTE = 60
@@ -287,22 +288,28 @@ class Guard:
         )
 
     def _locked_out_entries(self) -> list[AuditEntry]:
-        """The counted attempts of every locked-out address, one record each; the count starts
-        again (an address still locked out is recorded anew at its next attempt)."""
+        """The counted attempts of the locked-out addresses: one record each for the 100 with
+        the most, one for the rest together; the count starts again (an address still locked
+        out is recorded anew at its next attempt)."""
         counted, self._locked_out = self._locked_out, {}
         self._locked_out_since = time.monotonic()
-        return [
+        ranked = sorted(((n, ip) for ip, n in counted.items() if n), reverse=True)
+        reason = "failed attempts while locked out, since the last record"
+        entries = [
             AuditEntry(
                 kind="auth.failed",
-                data={
-                    "reason": "failed attempts while locked out, since the last record",
-                    "ip": ip,
-                    "locked_out_attempts": count,
-                },
+                data={"reason": reason, "ip": ip, "locked_out_attempts": n},
             )
-            for ip, count in counted.items()
-            if count
+            for n, ip in ranked[:_LOCKED_OUT_RECORDED]
         ]
+        if rest := ranked[_LOCKED_OUT_RECORDED:]:
+            data = {
+                "reason": reason,
+                "ip": f"{len(rest)} other addresses",
+                "locked_out_attempts": sum(n for n, _ in rest),
+            }
+            entries.append(AuditEntry(kind="auth.failed", data=data))
+        return entries
 
     async def _record_locked_out(self) -> None:
         """At shutdown: what the lock-outs counted since the last minute's records."""
