@@ -254,7 +254,8 @@ class Pipeline:
         # is no more current than it is. The store never emits a pose older than the last.
         platform = (
             self._platform_event(detection, located, now)
-            if event.stale > now and self._platform_schedule.claim(detection.sensor.id, now)
+            if event.stale > now
+            and self._platform_schedule.claim(detection.sensor.id, now, min(detection.time, now))
             else None
         )
         hashed = body_hashes(detection, image)

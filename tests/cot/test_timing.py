@@ -22,6 +22,16 @@ def test_at_most_once_per_interval_per_sensor() -> None:
     assert not schedule.claim("uav-7", NOW + 19 * S)
 
 
+def test_an_older_pose_is_refused_without_using_the_slot() -> None:
+    """A late upload's pose used the interval's slot and, refused by the store, held back the
+    live sensor's next marker for an interval."""
+    schedule = PlatformSchedule(interval_seconds=10)
+    assert schedule.claim("uav-7", NOW, pose_time=NOW)
+    assert not schedule.claim("uav-7", NOW + 11 * S, pose_time=NOW - 30 * S)  # older
+    assert not schedule.claim("uav-7", NOW + 11 * S, pose_time=NOW)  # the same pose
+    assert schedule.claim("uav-7", NOW + 11 * S, pose_time=NOW + 11 * S)  # the slot was free
+
+
 def test_due_does_not_record() -> None:
     schedule = PlatformSchedule(interval_seconds=10)
     assert schedule.due("uav-7", NOW)

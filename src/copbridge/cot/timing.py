@@ -59,11 +59,12 @@ class PlatformSchedule:
     rather than silencing it until the clock catches up.
     """
 
-    __slots__ = ("_last", "interval")
+    __slots__ = ("_last", "_poses", "interval")
 
     def __init__(self, interval_seconds: float = DEFAULT_PLATFORM_INTERVAL_SECONDS) -> None:
         self.interval = timedelta(seconds=_positive_seconds(interval_seconds, "platform interval"))
         self._last: dict[str, datetime] = {}
+        self._poses: dict[str, datetime] = {}  # the capture time of the pose last let through
 
     def due(self, sensor_id: str, now: datetime) -> bool:
         """True when the sensor's marker may be sent at `now` (does not record anything)."""
@@ -74,11 +75,19 @@ class PlatformSchedule:
         """Record that the sensor's marker was sent at `now`."""
         self._last[sensor_id] = now
 
-    def claim(self, sensor_id: str, now: datetime) -> bool:
-        """`due` and, when due, `mark` in one step: True means "send it now"."""
+    def claim(self, sensor_id: str, now: datetime, pose_time: datetime | None = None) -> bool:
+        """`due` and, when due, `mark` in one step: True means "send it now". A `pose_time`
+        not after the one last let through is refused without using the slot: an older
+        position must never follow a newer one, and a late upload's refusal must not hold back
+        the live sensor's next marker for an interval."""
         if not self.due(sensor_id, now):
             return False
+        last_pose = self._poses.get(sensor_id)
+        if pose_time is not None and last_pose is not None and pose_time <= last_pose:
+            return False
         self._last[sensor_id] = now
+        if pose_time is not None:
+            self._poses[sensor_id] = pose_time
         return True
 
     def prune(self, now: datetime) -> None:
