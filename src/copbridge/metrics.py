@@ -45,7 +45,10 @@ COMMIT_BATCH = Histogram(
     "Jobs written by one group commit.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
-STORE_ERRORS = Counter("copbridge_store_errors_total", "Group commits that failed.")
+STORE_ERRORS = Counter(
+    "copbridge_store_errors_total",
+    "Group commits that failed, or in which the store refused a write (disk full, read-only).",
+)
 DELIVERY_SENT = Counter(
     "copbridge_delivery_sent_total", "Events written to a destination.", ["destination"]
 )

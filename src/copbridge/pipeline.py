@@ -38,6 +38,7 @@ from copbridge.store import (
     ImageBlob,
     QueuedEvent,
     SqlStore,
+    StoreUnavailable,
 )
 
 PLATFORM_STALE_FACTOR = 3.0
@@ -107,6 +108,7 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self._stale_logged_us = -(1 << 62)  # when a stale-on-arrival detection was last logged
+        self._refused_logged = float("-inf")  # when the store's refusal was last logged
         self._store = store
         self._on_stored = on_stored
         self.destinations = tuple(destinations)
@@ -295,7 +297,11 @@ class Pipeline:
     async def commit(self, prepared: Sequence[Prepared]) -> list[tuple[Acceptance, dict[str, Any]]]:
         """Store prepared detections durably (one group commit) and give each its answer."""
         future = self.store.submit_detections([p.record for p in prepared], self.destinations)
-        results = await asyncio.wrap_future(future)
+        try:
+            results = await asyncio.wrap_future(future)
+        except StoreUnavailable as exc:
+            self._not_stored(len(prepared), exc)
+            raise
         if self._on_stored is not None and any(r.outcome == "accepted" for r in results):
             self._on_stored()
         answers = []
@@ -312,6 +318,16 @@ class Pipeline:
                     DETECTIONS_REJECTED.labels("conflict").inc()
                 answers.append((result, stored_answer(result.answer, duplicate=True)))
         return answers
+
+    def _not_stored(self, count: int, exc: StoreUnavailable) -> None:
+        """Counted by reason, and logged at most every ``_STALE_LOG_EVERY_S``: a store that
+        refuses writes (a full disk, a read-only file) was seen only as 503s in the request
+        log, at level info."""
+        DETECTIONS_REJECTED.labels("store_unavailable").inc(count)
+        now = time.monotonic()
+        if now - self._refused_logged >= _STALE_LOG_EVERY_S:
+            self._refused_logged = now
+            _log.warning("the store refused detections (answered 503)", count=count, error=str(exc))
 
     def _stale_on_arrival(self, record: DetectionRecord) -> None:
         """Counted, and logged at most every ``_STALE_LOG_EVERY_S``: the contract lets it expire

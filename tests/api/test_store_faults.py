@@ -38,6 +38,7 @@ def test_full_sqlite_disk_gives_503_and_nothing_half_written(tmp_path: Path) -> 
     accepted: list[str] = []
     refused: list[str] = []
     with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
+        before = _store_metrics(client)
         for i in range(400):
             answer = client.post(URL, json=example(id=f"d{i}", label="x" * 60))
             if answer.status_code == 202:
@@ -51,6 +52,11 @@ def test_full_sqlite_disk_gives_503_and_nothing_half_written(tmp_path: Path) -> 
                 break
         assert accepted
         assert refused, "the capped database never filled up"
+        # Counted as store errors and as detections refused for the store (both stayed at 0:
+        # the refused write was inside a transaction whose commit went through).
+        after = _store_metrics(client)
+        assert after[0] - before[0] >= 1
+        assert after[1] - before[1] == len(refused)
         assert client.get("/livez").status_code == 200
         # Reads still work, yet the store takes no detection: not ready, saying why.
         ready = client.get("/readyz")
@@ -63,6 +69,17 @@ def test_full_sqlite_disk_gives_503_and_nothing_half_written(tmp_path: Path) -> 
             assert time.monotonic() < deadline, "never ready again"
             time.sleep(0.1)
         _check_consistent(client, accepted, refused)
+
+
+def _store_metrics(client: TestClient) -> tuple[float, float]:
+    """copbridge_store_errors_total and the detections refused because of the store."""
+    lines = client.get("/metrics").text.splitlines()
+
+    def value(prefix: str) -> float:
+        return sum(float(x.split()[-1]) for x in lines if x.startswith(prefix))
+
+    refused = 'copbridge_detections_rejected_total{reason="store_unavailable"} '
+    return value("copbridge_store_errors_total "), value(refused)
 
 
 def _database(url: str) -> tuple[str, str]:

@@ -397,12 +397,16 @@ class GroupWriter(Generic[C]):
         self._observe_batch(len(jobs), started, ok=False)
 
     def _settle(self, results: list[tuple[_Job[C], bool, Any]], size: int, started: float) -> None:
+        refused = False
         for job, ok, value in results:
             if ok:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
-        self._observe_batch(size, started, ok=True)
+                refused = refused or isinstance(value, StoreUnavailable)
+        # A write the store refused inside the transaction (a full disk, a read-only file) is a
+        # store error too, though the commit of the others went through: it went uncounted.
+        self._observe_batch(size, started, ok=not refused)
 
     def _observe_batch(self, size: int, started: float, *, ok: bool) -> None:
         if self._observe is not None:
