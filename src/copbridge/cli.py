@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from pydantic import SecretStr
@@ -21,6 +21,9 @@ from pydantic import SecretStr
 from copbridge import __version__
 from copbridge.config import Settings, SettingsError, load_settings
 from copbridge.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from copbridge.pipeline import Pipeline
 
 app = typer.Typer(
     name="copbridge",
@@ -86,6 +89,8 @@ def serve(
         if problem is not None:
             fail(f"COPBRIDGE_TLS_CERT / COPBRIDGE_TLS_KEY cannot be used: {problem}", 2)
     _check_delivery(settings, run_worker=settings.run_worker, feed=settings.feed)
+    _check_signing_keys(settings)
+    _pipeline_or_exit(settings)  # a terrain file, stale times and CoT types that cannot be used
     store = build_store(settings)
     _make_ready(settings, store)
     minted = _bootstrap_key(settings, store)
@@ -119,6 +124,25 @@ def serve(
         store.close()
     if not server.started:
         fail(f"could not listen on {settings.host}:{settings.port}")
+
+
+def _pipeline_or_exit(settings: Settings) -> Pipeline:
+    from copbridge.pipeline import Pipeline, PipelineSettingError
+
+    try:
+        return Pipeline(settings)
+    except PipelineSettingError as exc:
+        fail(str(exc), 2)
+
+
+def _check_signing_keys(settings: Settings) -> None:
+    from copbridge.security.signing import pem_problem
+
+    files = [("jwt_signing_key", settings.jwt_signing_key)]
+    files += [("jwt_previous_keys", p) for p in settings.jwt_previous_keys]
+    for name, path in files:
+        if path is not None and (problem := pem_problem(path)) is not None:
+            fail(f"invalid setting {name} (COPBRIDGE_{name.upper()}): {path}: {problem}", 2)
 
 
 def _check_delivery(settings: Settings, *, run_worker: bool, feed: str) -> None:
@@ -189,7 +213,6 @@ def geolocate(
 ) -> None:
     """Locate detections offline (no server, no database); one line per input, in order."""
     from copbridge.offline import geolocate as locate_all
-    from copbridge.pipeline import Pipeline
 
     if fmt not in ("json", "cot"):
         fail(f"--format must be json or cot, not {fmt!r}", 2)
@@ -199,7 +222,7 @@ def geolocate(
     except OSError as exc:
         fail(f"cannot read {source}: {exc}", 2)
     failed = 0
-    for line in locate_all(data, Pipeline(settings), "cot" if fmt == "cot" else "json"):
+    for line in locate_all(data, _pipeline_or_exit(settings), "cot" if fmt == "cot" else "json"):
         typer.echo(line.text)
         failed += not line.ok
     if failed:

@@ -64,6 +64,8 @@ def configure_logging(
         logger.propagate = True
     # Access lines duplicate our own request log line, which carries the request id.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # GDAL's own messages (at info) repeat the error the terrain's opening reports.
+    logging.getLogger("rasterio").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> FilteringBoundLogger:

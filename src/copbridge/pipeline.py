@@ -7,11 +7,12 @@ the group-committed write that makes the detection, its outbox rows and audit re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,20 @@ from copbridge.store import (
 
 PLATFORM_STALE_FACTOR = 3.0
 """A platform marker stays fresh for three emission intervals: one lost update never blinks it."""
+
+
+class PipelineSettingError(ValueError):
+    """A setting the pipeline cannot be built with (a terrain file that does not open, a stale
+    time that is not positive): one line naming the setting, not a traceback at start-up."""
+
+
+@contextlib.contextmanager
+def _setting(name: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        variable = f"COPBRIDGE_{name.upper()}"
+        raise PipelineSettingError(f"invalid setting {name} ({variable}): {exc}") from exc
 
 
 class Rejection(Exception):
@@ -113,11 +128,15 @@ class Pipeline:
         self._on_stored = on_stored
         self.destinations = tuple(destinations)
         self.geoid = geo.load_egm96()
-        self.terrain = open_terrain(settings.terrain) if settings.terrain else None
-        self.mapping = cot.TypeMapping.from_config(settings.cot_types)
-        self.stale = cot.StalePolicy(
-            default_seconds=settings.stale_seconds, per_label=dict(settings.stale_seconds_by_label)
-        )
+        with _setting("terrain"):
+            self.terrain = open_terrain(settings.terrain) if settings.terrain else None
+        with _setting("cot_types"):
+            self.mapping = cot.TypeMapping.from_config(settings.cot_types)
+        with _setting("stale_seconds_by_label"):
+            self.stale = cot.StalePolicy(
+                default_seconds=settings.stale_seconds,
+                per_label=dict(settings.stale_seconds_by_label),
+            )
         self.ground_labels = frozenset(
             cot.normalise_label(label) for label in settings.ground_labels
         )

@@ -16,6 +16,8 @@ import pytest
 from copbridge.store import open_store
 from tests.system.processes import run_copbridge, start_serve
 
+_EXAMPLE_FILE = Path(__file__).parents[1] / "api" / "data" / "contract_example.json"
+
 
 def test_serve_answers_livez_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     serve = start_serve(tmp_path)
@@ -161,6 +163,40 @@ def test_unusable_delivery_settings_are_one_clear_line(
     assert named in lines[0]
     assert "bootstrap" not in result.stdout  # checked before anything is stored
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"COPBRIDGE_TERRAIN": "/nonexistent.tif"}, "invalid setting terrain (COPBRIDGE_TERRAIN)"),
+        (
+            {"COPBRIDGE_JWT_SIGNING_KEY": "/nonexistent.pem"},
+            "invalid setting jwt_signing_key (COPBRIDGE_JWT_SIGNING_KEY)",
+        ),
+        (
+            {"COPBRIDGE_STALE_SECONDS_BY_LABEL": '{"person": -1}'},
+            "invalid setting stale_seconds_by_label (COPBRIDGE_STALE_SECONDS_BY_LABEL)",
+        ),
+    ],
+    ids=["terrain", "signing key", "stale time"],
+)
+def test_settings_the_pipeline_or_tokens_cannot_use_are_one_line_before_start(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    """Each was a traceback from inside uvicorn's start-up, exit 3 (operator review)."""
+    env = {"COPBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", **env}
+    result = run_copbridge(["serve"], env, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "x.db").exists()
+    if "jwt" in named:
+        return  # geolocate signs nothing
+    offline = run_copbridge(["geolocate", str(_EXAMPLE_FILE)], env, tmp_path)
+    assert offline.returncode == 2, offline.stderr
+    assert named in offline.stderr
+    assert "Traceback" not in offline.stderr
 
 
 def test_unknown_config_key_in_toml_is_refused(tmp_path: Path) -> None:

@@ -46,6 +46,15 @@ def thumbprint(public: rsa.RSAPublicKey) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+def pem_problem(path: Path) -> str | None:
+    """Why the PEM file at ``path`` cannot be used as an RSA key, or None."""
+    try:
+        _load_pem(path)
+    except (OSError, ValueError, TypeError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def _load_pem(path: Path, password: bytes | None = None) -> rsa.RSAPrivateKey | rsa.RSAPublicKey:
     data = path.read_bytes()
     if b"PRIVATE KEY" in data:
