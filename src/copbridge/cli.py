@@ -435,6 +435,10 @@ def _pepper(settings: Settings, store: Store) -> bytes:
     bootstrap = settings.bootstrap_key.get_secret_value() if settings.bootstrap_key else None
     try:
         pepper = load_pepper(configured, settings.data_dir)
+    except OSError as exc:  # the data folder is a file, or not writable
+        store.close()
+        fail(f"invalid setting data_dir (COPBRIDGE_DATA_DIR): {settings.data_dir}: {exc}", 2)
+    try:
         check_pepper(store, pepper, parse_key(bootstrap) if bootstrap else None)
     except PepperMismatch as exc:
         store.close()

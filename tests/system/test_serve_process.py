@@ -255,3 +255,18 @@ def test_sigkill_loses_nothing_that_was_committed(tmp_path: Path) -> None:
         assert store.verify_audit().ok
     finally:
         store.close()
+
+
+def test_a_data_folder_that_is_a_file_is_named_as_the_setting(tmp_path: Path) -> None:
+    """It said 'cannot check the key pepper: [Errno 17] File exists', naming no setting."""
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("")
+    env = {
+        "COPBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+        "COPBRIDGE_DATA_DIR": str(not_a_folder),
+    }
+    for args in (["keys", "create", "--name", "ops"], ["serve"]):
+        result = run_copbridge(args, env, tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "invalid setting data_dir (COPBRIDGE_DATA_DIR)" in result.stderr
+        assert "Traceback" not in result.stderr
