@@ -99,6 +99,11 @@ class Reason:
         if len(self.places) < PLACES_KEPT:
             self.places.append(place)
 
+    def where(self) -> str:
+        """``at f:1, f:2, ...``: the places kept, and that there were more."""
+        more = ", ..." if self.count > len(self.places) else ""
+        return f"at {', '.join(self.places)}{more}"
+
 
 @dataclass
 class Summary:
@@ -152,22 +157,19 @@ class Summary:
             )
         busy = self.not_stored
         if busy.count:
-            more = ", ..." if busy.count > len(busy.places) else ""
             out.append(
                 f"  {busy.count} more were not stored: the store was busy (503) to every try; "
-                f"send the same files again (at {', '.join(busy.places)}{more})"
+                f"send the same files again ({busy.where()})"
             )
         stale = self.stale_on_arrival
         if stale.count:
-            more = ", ..." if stale.count > len(stale.places) else ""
             out.append(
                 f"  {stale.count} of the accepted were stale on arrival: stored, but they will "
-                f"expire without being delivered (at {', '.join(stale.places)}{more})"
+                f"expire without being delivered ({stale.where()})"
             )
         ranked = sorted(self.reasons.items(), key=lambda kv: -kv[1].count)
         for reason, entry in ranked[:20]:
-            more = ", ..." if entry.count > len(entry.places) else ""
-            out.append(f"  {entry.count} x {reason} (at {', '.join(entry.places)}{more})")
+            out.append(f"  {entry.count} x {reason} ({entry.where()})")
         if len(ranked) > 20:
             out.append(f"  ... and {len(ranked) - 20} other reasons")
         return out
