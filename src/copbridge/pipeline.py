@@ -273,10 +273,11 @@ class Pipeline:
         # only skips building one it emitted itself within the interval.
         # None for a detection stale on arrival (an offline detector's old buffer): its pose
         # is no more current than it is. The store never emits a pose older than the last.
+        pose_time = min(detection.time, now)
         platform = (
-            self._platform_event(detection, located, now)
+            self._platform_event(detection, located, now, pose_time)
             if event.stale > now
-            and self._platform_schedule.claim(detection.sensor.id, now, min(detection.time, now))
+            and self._platform_schedule.claim(detection.sensor.id, now, pose_time)
             else None
         )
         hashed = body_hashes(detection, image)
@@ -602,7 +603,9 @@ class Pipeline:
     def _platform_type(self, detection: Detection) -> str:
         return cot.PLATFORM_TYPE_AIRBORNE if _airborne(detection) else cot.PLATFORM_TYPE_FIXED
 
-    def _platform_event(self, detection: Detection, located: Located, now: datetime) -> QueuedEvent:
+    def _platform_event(
+        self, detection: Detection, located: Located, now: datetime, pose_time: datetime
+    ) -> QueuedEvent:
         """The sensor's own marker with its field of view, so ATAK draws the camera's cone."""
         intrinsics, pose = located.intrinsics, located.pose
         north, east, down = geo.ray_ned(intrinsics, pose, intrinsics.cx, intrinsics.cy)
@@ -623,7 +626,7 @@ class Pipeline:
             range_m=_boresight_range(located),
             sensor_model=detection.sensor.model,
             stale_seconds=max(60.0, self.settings.platform_interval_s * PLATFORM_STALE_FACTOR),
-            pose_time=min(detection.time, now),
+            pose_time=pose_time,
         )
         payload = cot.to_xml(event)
         return QueuedEvent(
