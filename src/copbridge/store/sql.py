@@ -634,10 +634,7 @@ class SqlStore:
         return 0 if row is None else int(row[0])
 
     def mark(self, name: str) -> str | None:
-        row = self._read(
-            lambda tx: tx.one("SELECT value FROM service_marks WHERE name = ?", (name,))
-        )
-        return None if row is None else str(row[0])
+        return self._read(lambda tx: _mark(tx, name))
 
     def first_mark(self, name: str, value: str) -> str:
         def job(tx: Tx) -> str:
@@ -646,8 +643,8 @@ class SqlStore:
                 "ON CONFLICT (name) DO NOTHING",
                 (name, value),
             )
-            row = tx.one("SELECT value FROM service_marks WHERE name = ?", (name,))
-            return value if row is None else str(row[0])
+            stored = _mark(tx, name)
+            return value if stored is None else stored
 
         return self._write_now(job)
 
@@ -922,3 +919,8 @@ def _mark_family_revoked(
         "WHERE f.family IS NOT NULL ON CONFLICT (jti) DO NOTHING",
         (now_us + _FAMILY_MARK_LIFE_US, *params),
     )
+
+
+def _mark(tx: Tx, name: str) -> str | None:
+    row = tx.one("SELECT value FROM service_marks WHERE name = ?", (name,))
+    return None if row is None else str(row[0])
